@@ -1,0 +1,116 @@
+"""Commands: the only way a transaction changes.
+
+Each command is an entry of the replicated log. It carries everything its application
+needs, including the proposer's clock reading `at`, so that applying it is a pure function
+and every node that applies the same log reaches the same state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from coordinator.model import Outcome, Vote
+
+
+@dataclass(frozen=True)
+class Command:
+    kind: ClassVar[str] = ""
+    txid: str
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["type"] = self.kind
+        return d
+
+
+@dataclass(frozen=True)
+class Begin(Command):
+    kind: ClassVar[str] = "begin"
+    timeout_s: float = 60.0
+    labels: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Enlist(Command):
+    kind: ClassVar[str] = "enlist"
+    name: str = ""
+    url: str = ""
+    vote: Vote | None = None  # YES when the participant prepared before enlisting
+
+
+@dataclass(frozen=True)
+class StartPrepare(Command):
+    """Closes enlistment: from here on the participant set is fixed."""
+
+    kind: ClassVar[str] = "start_prepare"
+
+
+@dataclass(frozen=True)
+class RecordVote(Command):
+    kind: ClassVar[str] = "vote"
+    name: str = ""
+    vote: Vote = Vote.NO
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Decide(Command):
+    """The decision register's only input (DESIGN §3 rule 1): the first one applied wins."""
+
+    kind: ClassVar[str] = "decide"
+    outcome: Outcome = Outcome.ABORT
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Phase2Attempt(Command):
+    """A phase-2 message that failed; recorded so that operators see why a transaction is stuck."""
+
+    kind: ClassVar[str] = "phase2_attempt"
+    name: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Ack(Command):
+    """A participant acknowledged the outcome. `heuristic` is what it reported instead, when
+    its own outcome contradicts the decision (`commit`, `abort`) or is unknown (`unknown`)."""
+
+    kind: ClassVar[str] = "ack"
+    name: str = ""
+    heuristic: str | None = None
+
+
+@dataclass(frozen=True)
+class AcknowledgeHeuristic(Command):
+    """An operator has seen a heuristic outcome and dealt with it."""
+
+    kind: ClassVar[str] = "acknowledge_heuristic"
+
+
+COMMAND_TYPES: dict[str, type[Command]] = {
+    c.kind: c
+    for c in (Begin, Enlist, StartPrepare, RecordVote, Decide, Phase2Attempt, Ack, AcknowledgeHeuristic)
+}
+
+
+def command_from_dict(d: dict[str, Any]) -> Command:
+    d = dict(d)
+    cls = COMMAND_TYPES[d.pop("type")]
+    if "vote" in d and d["vote"] is not None:
+        d["vote"] = Vote(d["vote"])
+    if "outcome" in d:
+        d["outcome"] = Outcome(d["outcome"])
+    return cls(**d)
+
+
+def encode(cmd: Command) -> bytes:
+    return json.dumps(cmd.to_dict(), separators=(",", ":")).encode()
+
+
+def decode(data: bytes | str) -> Command:
+    return command_from_dict(json.loads(data))
