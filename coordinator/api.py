@@ -1,0 +1,417 @@
+"""The public HTTP API v1 (DESIGN §4) on FastAPI.
+
+Errors always have one shape, `{"error": {"code", "message"}}`, with the status codes of the
+table in README.md. Request bodies are validated strictly (unknown fields are refused) and
+capped in size before they are parsed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+import time
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coordinator import model
+from coordinator.engine import EngineError
+from coordinator.log import LogUnavailable, NotLeader
+from coordinator.model import Outcome, Transaction, TxState, Vote
+from coordinator.statemachine import Status
+from coordinator.store import ListFilter
+
+TXID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_IDEMPOTENCY_KEY = 200
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}, **extra}, status_code=status, headers=headers
+    )
+
+
+# -- request bodies --------------------------------------------------------------------------
+
+
+class BeginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout_s: float | None = Field(default=None, ge=model.MIN_TIMEOUT_S, le=model.MAX_TIMEOUT_S)
+    labels: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > model.MAX_LABELS:
+            raise ValueError(f"at most {model.MAX_LABELS} labels")
+        for k, val in v.items():
+            if not 0 < len(k) <= model.MAX_LABEL_KEY:
+                raise ValueError(f"label keys are 1 to {model.MAX_LABEL_KEY} characters")
+            if len(val) > model.MAX_LABEL_VALUE:
+                raise ValueError(f"label values are at most {model.MAX_LABEL_VALUE} characters")
+        return v
+
+
+class EnlistRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=model.MAX_NAME)
+    url: str = Field(min_length=1, max_length=model.MAX_URL)
+    vote: Literal["yes"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("name: letters, digits, '.', '_' and '-', starting with a letter or digit")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return validate_participant_url(v)
+
+
+def validate_participant_url(v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("url must be http:// or https://")
+    if not parts.hostname:
+        raise ValueError("url has no host")
+    if parts.query or parts.fragment:
+        raise ValueError("url must not have a query or fragment")
+    if parts.username or parts.password:
+        raise ValueError("url must not carry credentials")
+    try:
+        _ = parts.port
+    except ValueError as e:
+        raise ValueError("url has an invalid port") from e
+    host = parts.hostname
+    if not re.match(r"^[A-Za-z0-9.-]+$", host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as e:
+            raise ValueError("url has an invalid host") from e
+    return v
+
+
+# -- representation ---------------------------------------------------------------------------
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def txn_json(t: Transaction) -> dict[str, Any]:
+    return {
+        "txid": t.txid,
+        "state": t.state.value,
+        "outcome": t.outcome.value if t.outcome else None,
+        "decision_reason": t.decision_reason,
+        "labels": t.labels,
+        "idempotency_key": t.idempotency_key,
+        "timeout_s": t.timeout_s,
+        "created_at": iso(t.created_at),
+        "expires_at": iso(t.expires_at),
+        "updated_at": iso(t.updated_at),
+        "prepare_started_at": iso(t.prepare_started_at),
+        "decided_at": iso(t.decided_at),
+        "completed_at": iso(t.completed_at),
+        "heuristic": t.heuristic.value if t.heuristic else None,
+        "heuristic_acknowledged": t.heuristic_acknowledged,
+        "participants": [
+            {
+                "name": p.name,
+                "url": p.url,
+                "vote": p.vote.value if p.vote else None,
+                "vote_reason": p.vote_reason,
+                "phase2": p.phase2.value,
+                "attempts": p.attempts,
+                "last_error": p.last_error,
+                "heuristic": p.heuristic,
+                "enlisted_at": iso(p.enlisted_at),
+                "voted_at": iso(p.voted_at),
+                "last_attempt_at": iso(p.last_attempt_at),
+                "acked_at": iso(p.acked_at),
+            }
+            for p in t.participants
+        ],
+    }
+
+
+# -- middleware: body size cap ----------------------------------------------------------------
+
+
+class BodyLimit:
+    """Refuse bodies over `max_bytes` with 413 before anything parses them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._refuse(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    raise ApiError(413, "body_too_large", f"request body over {self.max_bytes} bytes")
+            return msg
+
+        await self.app(scope, limited, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resp = error_response(413, "body_too_large", f"request body over {self.max_bytes} bytes")
+        await resp(scope, receive, send)
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+
+def create_app(node: Any) -> FastAPI:
+    """`node` is a `coordinator.node.Node` (typed loosely to avoid an import cycle)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    app = FastAPI(
+        title="txc coordinator",
+        version="1",
+        description="Two-phase-commit transaction coordinator. See README.md for the protocol.",
+        lifespan=lifespan,
+    )
+    settings = node.settings
+    engine = node.engine
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_r: Request, e: ApiError) -> JSONResponse:
+        return error_response(e.status, e.code, e.message, e.headers, **e.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, e: RequestValidationError) -> JSONResponse:
+        errors = e.errors()
+        if any(err.get("type") == "json_invalid" for err in errors):
+            return error_response(400, "malformed_json", "request body is not valid JSON")
+        details = [
+            {"field": ".".join(str(x) for x in err.get("loc", ())[1:]), "problem": err.get("msg", "")}
+            for err in errors
+        ]
+        summary = "; ".join(f"{d['field'] or 'body'}: {d['problem']}" for d in details)
+        return error_response(422, "invalid_request", summary, details=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, e: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        return error_response(e.status_code, codes.get(e.status_code, "http_error"), str(e.detail))
+
+    @app.exception_handler(NotLeader)
+    async def _not_leader(_r: Request, e: NotLeader) -> JSONResponse:
+        headers = {"Txc-Leader": e.leader_url} if e.leader_url else None
+        return error_response(503, "not_leader", str(e), headers)
+
+    @app.exception_handler(LogUnavailable)
+    async def _unavailable(_r: Request, e: LogUnavailable) -> JSONResponse:
+        return error_response(503, "unavailable", str(e), {"Retry-After": "1"})
+
+    @app.exception_handler(EngineError)
+    async def _engine(_r: Request, e: EngineError) -> JSONResponse:
+        status = {Status.NOT_FOUND: 404, Status.CONFLICT: 409, Status.INVALID: 422}.get(e.status, 500)
+        extra = {"transaction": txn_json(e.txn)} if e.txn is not None else {}
+        return error_response(status, e.status.value, str(e), **extra)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_r: Request, e: Exception) -> JSONResponse:
+        node.log_unexpected(e)
+        return error_response(500, "internal", "internal error; see the node's log")
+
+    def authenticate(request: Request) -> None:
+        if not settings.api_token:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "unauthenticated", "missing bearer token", {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(token.encode(), settings.api_token.encode()):
+            raise ApiError(403, "forbidden", "invalid token")
+
+    Auth = Depends(authenticate)
+
+    def check_txid(txid: str) -> str:
+        if not TXID_RE.match(txid):
+            raise ApiError(400, "invalid_txid", "txid: 1-64 letters, digits, '.', '_', ':' or '-'")
+        return txid
+
+    async def must_get(txid: str) -> Transaction:
+        t = await engine.get(check_txid(txid))
+        if t is None:
+            raise ApiError(404, "not_found", f"transaction {txid} not found")
+        return t
+
+    @app.post("/v1/transactions", status_code=201, dependencies=[Auth])
+    async def begin(body: BeginRequest, response: Response) -> dict[str, Any]:
+        t, created = await engine.begin(body.timeout_s, body.labels, body.idempotency_key)
+        if not created:
+            response.status_code = 200
+        return txn_json(t)
+
+    @app.get("/v1/transactions", dependencies=[Auth])
+    async def list_transactions(
+        state: Annotated[TxState | None, Query()] = None,
+        label: Annotated[str | None, Query(description="key:value", max_length=400)] = None,
+        participant: Annotated[str | None, Query(max_length=model.MAX_NAME)] = None,
+        min_age_s: Annotated[float | None, Query(ge=0)] = None,
+        max_age_s: Annotated[float | None, Query(ge=0)] = None,
+        limit: Annotated[int, Query(ge=1, le=settings.list_page_max)] = 50,
+        cursor: Annotated[str | None, Query(max_length=400)] = None,
+    ) -> dict[str, Any]:
+        lbl = None
+        if label is not None:
+            k, sep, v = label.partition(":")
+            if not sep or not k:
+                raise ApiError(400, "invalid_filter", "label filter is key:value")
+            lbl = (k, v)
+        f = ListFilter(state.value if state else None, lbl, participant, min_age_s, max_age_s, limit, cursor)
+        try:
+            items, next_cursor = await node.store.list(f, time.time())
+        except ValueError as e:
+            raise ApiError(400, "invalid_cursor", str(e)) from None
+        return {"items": [txn_json(t) for t in items], "next_cursor": next_cursor}
+
+    @app.get("/v1/transactions/{txid}", dependencies=[Auth])
+    async def get_transaction(txid: str) -> dict[str, Any]:
+        return txn_json(await must_get(txid))
+
+    @app.get("/v1/transactions/{txid}/timeline", dependencies=[Auth])
+    async def timeline(txid: str) -> dict[str, Any]:
+        await must_get(txid)
+        events = await node.store.history(txid)
+        for ev in events:
+            ev["at"] = iso(ev["at"])
+        return {"txid": txid, "events": events}
+
+    @app.post("/v1/transactions/{txid}/participants", status_code=201, dependencies=[Auth])
+    async def enlist(txid: str, body: EnlistRequest) -> dict[str, Any]:
+        vote = Vote.YES if body.vote == "yes" else None
+        t = await engine.enlist(check_txid(txid), body.name, body.url, vote)
+        return txn_json(t)
+
+    @app.post("/v1/transactions/{txid}/commit", dependencies=[Auth])
+    async def commit(txid: str) -> Any:
+        t = await engine.commit(check_txid(txid))
+        if t.outcome is Outcome.ABORT:
+            return error_response(
+                409,
+                "aborted",
+                f"transaction aborted: {t.decision_reason or 'no reason recorded'}",
+                txid=t.txid,
+                outcome="abort",
+                state=t.state.value,
+                transaction=txn_json(t),
+            )
+        return txn_json(t)
+
+    @app.post("/v1/transactions/{txid}/abort", dependencies=[Auth])
+    async def abort(txid: str) -> Any:
+        t = await engine.abort(check_txid(txid))
+        if t.outcome is Outcome.COMMIT:
+            return error_response(
+                409,
+                "committed",
+                "transaction already committed",
+                txid=t.txid,
+                outcome="commit",
+                state=t.state.value,
+                transaction=txn_json(t),
+            )
+        return txn_json(t)
+
+    @app.get("/v1/transactions/{txid}/outcome", dependencies=[Auth])
+    async def outcome(txid: str) -> dict[str, Any]:
+        o = await engine.outcome(check_txid(txid))
+        return {"txid": txid, "outcome": o.value if o else "pending"}
+
+    @app.post("/v1/transactions/{txid}/retry", dependencies=[Auth])
+    async def retry(txid: str) -> dict[str, Any]:
+        t = await must_get(txid)
+        if t.state not in (TxState.COMMITTING, TxState.ABORTING):
+            raise ApiError(409, "conflict", f"transaction is {t.state.value}; nothing to retry")
+        woke = engine.retry_now(txid)
+        return {"txid": txid, "retrying": woke, "state": t.state.value}
+
+    @app.post("/v1/transactions/{txid}/heuristic/acknowledge", dependencies=[Auth])
+    async def acknowledge(txid: str) -> dict[str, Any]:
+        await must_get(txid)
+        return txn_json(await engine.acknowledge_heuristic(txid))
+
+    @app.get("/v1/cluster", dependencies=[Auth])
+    async def cluster() -> dict[str, Any]:
+        return node.log.status()  # type: ignore[no-any-return]
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Any:
+        problems = await node.readiness_problems()
+        if problems:
+            return error_response(503, "not_ready", "; ".join(problems))
+        return {"status": "ready"}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(await node.render_metrics(), media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,223 @@
+"""The `txc` command: start everything, run one node, and operate transactions.
+
+Exit codes a script can use:
+
+| code | meaning |
+|---|---|
+| 0 | done |
+| 1 | failed (unexpected answer, or a start-up error) |
+| 2 | bad command line or configuration |
+| 3 | transaction not found |
+| 4 | state conflict (e.g. `commit` of an aborted transaction) |
+| 5 | coordinator unreachable or without a leader |
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import httpx
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
+DEFAULT_URL = "http://127.0.0.1:7000"
+CLI_TIMEOUT_S = 30.0
+
+
+class CliError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    headers = {}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    return httpx.Client(base_url=args.url, headers=headers, timeout=CLI_TIMEOUT_S)
+
+
+def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> dict[str, Any]:
+    try:
+        with _client(args) as c:
+            r = c.request(method, path, **kw)
+    except httpx.HTTPError as e:
+        raise CliError(EXIT_UNAVAILABLE, f"cannot reach the coordinator at {args.url}: {e}") from None
+    try:
+        body = r.json()
+    except ValueError:
+        body = {"error": {"code": "http_error", "message": r.text[:300]}}
+    if r.status_code < 300:
+        return body  # type: ignore[no-any-return]
+    err = body.get("error", {}) if isinstance(body, dict) else {}
+    msg = f"{r.status_code} {err.get('code', '')}: {err.get('message', '')}"
+    code = {404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT, 503: EXIT_UNAVAILABLE, 400: EXIT_USAGE, 422: EXIT_USAGE}
+    raise CliError(code.get(r.status_code, EXIT_FAILED), msg)
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def _print(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else human)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("state", args.state), ("label", args.label), ("participant", args.participant), ("min_age_s", args.min_age)) if v is not None}
+    params["limit"] = args.limit
+    data = _request(args, "GET", "/v1/transactions", params=params)
+    rows = [
+        [
+            t["txid"],
+            t["state"],
+            t["outcome"] or "-",
+            t["created_at"],
+            ",".join(f"{p['name']}:{p['vote'] or '?'}/{p['phase2']}" for p in t["participants"]) or "-",
+            t["heuristic"] or "",
+        ]
+        for t in data["items"]
+    ]
+    _print(args, data, _table(rows, ["TXID", "STATE", "OUTCOME", "CREATED", "PARTICIPANTS", "HEURISTIC"]))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    t = _request(args, "GET", f"/v1/transactions/{args.txid}")
+    tl = _request(args, "GET", f"/v1/transactions/{args.txid}/timeline")
+    lines = [f"{k}: {t[k]}" for k in ("txid", "state", "outcome", "decision_reason", "labels", "created_at", "expires_at", "decided_at", "completed_at", "heuristic") if t.get(k) not in (None, {}, "")]
+    rows = [[p["name"], p["url"], p["vote"] or "-", p["phase2"], str(p["attempts"]), p["last_error"] or ""] for p in t["participants"]]
+    lines += ["", _table(rows, ["PARTICIPANT", "URL", "VOTE", "PHASE2", "ATTEMPTS", "LAST ERROR"]), ""]
+    ev_rows = [[str(e["index"]), e["at"], e["kind"], json.dumps(e["detail"], separators=(",", ":"))[:100]] for e in tl["events"]]
+    lines.append(_table(ev_rows, ["INDEX", "AT", "COMMAND", "DETAIL"]))
+    _print(args, {"transaction": t, "timeline": tl["events"]}, "\n".join(lines))
+    return EXIT_OK
+
+
+def _action(path: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        t = _request(args, "POST", f"/v1/transactions/{args.txid}/{path}")
+        _print(args, t, f"{t.get('txid', args.txid)}: {t.get('state', '')} {t.get('outcome') or ''}".strip())
+        return EXIT_OK
+
+    return run
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    c = _request(args, "GET", "/v1/cluster")
+    rows = [[m["id"], m["url"], m["role"], str(m.get("match_index", "")), str(m.get("lag", "")), "yes" if m.get("healthy") else "no"] for m in c["members"]]
+    head = f"leader: {c.get('leader')}  term: {c.get('term')}  commit: {c.get('commit_index')}  applied: {c.get('applied_index')}"
+    _print(args, c, head + "\n\n" + _table(rows, ["NODE", "URL", "ROLE", "MATCH", "LAG", "HEALTHY"]))
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from coordinator import config
+    from coordinator.node import build_app
+
+    logging.basicConfig(level=os.environ.get("TXC_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = config.load(args.config, port=args.port, host=args.host, database_url=args.database_url, node_id=args.node_id).validate()
+    except config.ConfigError as e:
+        print(f"txc serve: configuration error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        app = build_app(settings)
+    except Exception as e:  # the database is unreachable or refuses the migrations
+        print(f"txc serve: cannot prepare the database: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from coordinator import migrate
+    from coordinator.db import normalise_url
+
+    url = args.database_url or os.environ.get("TXC_DATABASE_URL")
+    if not url:
+        raise CliError(EXIT_USAGE, "give --database-url or set TXC_DATABASE_URL")
+    migrate.upgrade(normalise_url(url), args.branch)
+    print(f"migrated {args.branch} to head")
+    return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from coordinator.up import up
+
+    return up(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="txc", description="txc: a two-phase-commit coordinator")
+    p.add_argument("--url", default=os.environ.get("TXC_URL", DEFAULT_URL), help="a coordinator node's URL (TXC_URL)")
+    p.add_argument("--token", default=os.environ.get("TXC_API_TOKEN", ""), help="API token (TXC_API_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start everything: PostgreSQL, the coordinator, demo participants")
+    up.add_argument("--data-dir", default=os.environ.get("TXC_DATA_DIR", ".txc"), help="where the embedded database lives (default .txc)")
+    up.add_argument("--port", type=int, default=7000, help="first coordinator node's port")
+    up.add_argument("--database-url", default=os.environ.get("TXC_DATABASE_URL"), help="use this PostgreSQL server (superuser URL) instead of the embedded one")
+    up.add_argument("--no-demo", action="store_true", help="do not start the demo participants")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run one coordinator node (settings from --config / TXC_* variables)")
+    serve.add_argument("--config", default=None, help="TOML settings file (TXC_CONFIG)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--database-url", default=None)
+    serve.add_argument("--node-id", default=None)
+    serve.set_defaults(func=cmd_serve)
+
+    mig = sub.add_parser("migrate", help="apply the database migrations")
+    mig.add_argument("--database-url", default=None)
+    mig.add_argument("--branch", choices=["coordinator", "participant"], default="coordinator")
+    mig.set_defaults(func=cmd_migrate)
+
+    ls = sub.add_parser("list", help="list transactions")
+    ls.add_argument("--state", choices=["active", "preparing", "committing", "committed", "aborting", "aborted"])
+    ls.add_argument("--label", help="key:value")
+    ls.add_argument("--participant")
+    ls.add_argument("--min-age", type=float, help="only transactions older than this many seconds")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="one transaction, its participants and its timeline")
+    show.add_argument("txid")
+    show.set_defaults(func=cmd_show)
+
+    for name, path, help_ in (
+        ("commit", "commit", "run 2PC for a transaction (commits only on unanimous YES)"),
+        ("abort", "abort", "abort a transaction that is not committed"),
+        ("retry", "retry", "retry phase 2 of a transaction now"),
+    ):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("txid")
+        sp.set_defaults(func=_action(path))
+
+    cl = sub.add_parser("cluster", help="members, leader, term, commit and applied index")
+    cl.set_defaults(func=cmd_cluster)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as e:
+        print(f"txc: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130

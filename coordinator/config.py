@@ -1,0 +1,99 @@
+"""Node configuration: defaults, then a TOML file, then `TXC_*` environment variables.
+
+Every timeout and bound the engine uses is named here with its default, so an operator can
+read one table to know how the node behaves (README "Configuration" mirrors it).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration that the node refuses to start with; the message says what to fix."""
+
+
+@dataclass
+class Settings:
+    node_id: str = "node1"
+    host: str = "127.0.0.1"
+    port: int = 7000
+    # The URL other nodes and participants use to reach this node (defaults to http://host:port).
+    advertise_url: str = ""
+    database_url: str = ""
+    # `development` accepts unauthenticated requests; `production` refuses to start without
+    # an API token and a participant token.
+    environment: str = "development"
+    api_token: str = field(default="", repr=False)
+    participant_token: str = field(default="", repr=False)
+
+    default_timeout_s: float = 60.0  # a transaction's lifetime when begin gives none
+    prepare_timeout_s: float = 10.0  # one prepare request, bounded also by the expiry
+    phase2_request_timeout_s: float = 10.0  # one commit/abort request to a participant
+    phase2_backoff_initial_s: float = 0.1
+    phase2_backoff_max_s: float = 30.0  # retries never stop; they slow down to this
+    phase2_inline_wait_s: float = 2.0  # how long commit waits for phase 2 before answering
+    sweep_interval_s: float = 0.5  # how often expired transactions are looked for
+    max_inflight_phase2: int = 256  # phase-2 drivers running at once
+    max_body_bytes: int = 64 * 1024
+    log_batch_max: int = 512  # commands written in one log transaction (group commit)
+    log_queue_max: int = 10_000  # proposals waiting for the log before 503
+    participant_connections: int = 200  # HTTP connections to participants, all together
+    list_page_max: int = 500
+
+    def __post_init__(self) -> None:
+        if not self.advertise_url:
+            self.advertise_url = f"http://{self.host}:{self.port}"
+
+    def validate(self) -> Settings:
+        if not self.database_url:
+            raise ConfigError("database_url is not set (TXC_DATABASE_URL)")
+        if self.environment not in ("development", "production"):
+            raise ConfigError("environment must be 'development' or 'production'")
+        if self.environment == "production":
+            missing = [n for n in ("api_token", "participant_token") if not getattr(self, n)]
+            if missing:
+                names = ", ".join(f"TXC_{n.upper()}" for n in missing)
+                raise ConfigError(f"production configuration without credentials: set {names}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name.endswith("_s") and v <= 0:
+                raise ConfigError(f"{f.name} must be > 0")
+        return self
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    kind = typ if isinstance(typ, type) else {"int": int, "float": float, "str": str}.get(typ, str)
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from e
+
+
+def load(path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings: defaults < file < environment < explicit overrides."""
+    env = dict(os.environ) if env is None else env
+    values: dict[str, Any] = {}
+    known = {f.name: f.type for f in fields(Settings)}
+    path = path or env.get("TXC_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from e
+        for k, v in data.items():
+            if k not in known:
+                raise ConfigError(f"unknown setting {k!r} in {path}")
+            values[k] = _coerce(k, v, known[k])
+    for name, typ in known.items():
+        env_name = f"TXC_{name.upper()}"
+        if env_name in env:
+            values[name] = _coerce(env_name, env[env_name], typ)
+    for k, v in overrides.items():
+        if v is not None:
+            values[k] = v
+    return Settings(**values)

@@ -1,0 +1,91 @@
+"""The coordinator node's tables (SQLAlchemy Core). Alembic's `coordinator` branch creates
+them; `migrations/versions/c0001_coordinator.py` must stay in step with this file."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+# The log: one row per entry. For a single node every entry is committed when written; under
+# Raft an entry can be overwritten until it is committed.
+log_entries = Table(
+    "txc_log",
+    metadata,
+    Column("index", BigInteger, primary_key=True, autoincrement=False),
+    Column("term", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# Term and vote in one row, written in one synchronous transaction (DESIGN §3 rule 4).
+hard_state = Table(
+    "txc_hard_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("term", BigInteger, nullable=False),
+    Column("vote", Text),
+    Column("commit_index", BigInteger, nullable=False),
+)
+
+# How far the applied state goes; advanced in the same transaction as the apply.
+applied_state = Table(
+    "txc_applied",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_applied", BigInteger, nullable=False),
+    Column("last_applied_term", BigInteger, nullable=False),
+)
+
+# The last snapshot's metadata (log compaction); the snapshot's content is the applied state.
+snapshot_meta = Table(
+    "txc_snapshot",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("index", BigInteger, nullable=False),
+    Column("term", BigInteger, nullable=False),
+    Column("config", JSONB, nullable=False),
+)
+
+# The applied state: one row per transaction; `doc` is the whole record, the other columns
+# are copies kept for filtering and sorting.
+transactions = Table(
+    "txc_transactions",
+    metadata,
+    Column("txid", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("outcome", String(8)),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("heuristic", String(8)),
+    Column("labels", JSONB, nullable=False),
+    Column("doc", JSONB, nullable=False),
+    Index("txc_transactions_state_created", "state", "created_at"),
+    Index("txc_transactions_created", "created_at"),
+    Index("txc_transactions_labels", "labels", postgresql_using="gin"),
+)
+
+# Each applied command that changed a transaction: the timeline the dashboard and `txc show`
+# display. Kept apart from the log because compaction drops log entries.
+history = Table(
+    "txc_history",
+    metadata,
+    Column("txid", String(64), primary_key=True),
+    Column("index", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", Double, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("detail", JSONB, nullable=False),
+)
