@@ -5,8 +5,6 @@ table in README.md. Request bodies are validated strictly (unknown fields are re
 capped in size before they are parsed.
 """
 
-from __future__ import annotations
-
 import hmac
 import ipaddress
 import re

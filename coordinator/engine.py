@@ -286,7 +286,7 @@ class Engine:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Phase2Incomplete),
             wait=wait_exponential_jitter(
-                initial=self.settings.phase2_backoff_initial_s,
+                multiplier=self.settings.phase2_backoff_initial_s,
                 max=self.settings.phase2_backoff_max_s,
                 jitter=self.settings.phase2_backoff_initial_s,
             ),

@@ -16,6 +16,7 @@ def alembic_config(database_url: str) -> Config:
     here = Path(migrations.__file__).parent
     cfg = Config()
     cfg.set_main_option("script_location", str(here))
+    cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", str(here / "versions"))
     cfg.cmd_opts = None
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -207,7 +207,7 @@ class Store:
             conds.append(or_(t.created_at < c_at, and_(t.created_at == c_at, t.txid < c_txid)))
         q = (
             select(t.doc)
-            .where(and_(*conds))
+            .where(and_(true(), *conds))
             .order_by(t.created_at.desc(), t.txid.desc())
             .limit(f.limit + 1)
         )

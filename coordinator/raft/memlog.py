@@ -11,6 +11,8 @@ commit >= snapshot index; entries are contiguous after the snapshot.
 
 from __future__ import annotations
 
+import itertools
+
 from coordinator.raft.membership import apply_change
 from coordinator.raft.messages import ConfState, Entry, EntryKind, Snapshot, SnapshotMeta
 
@@ -21,6 +23,7 @@ class RaftLog:
         self.entries: list[Entry] = []
         # Indexes of conf-change entries in `entries`, ascending: membership is a fold of them.
         self.conf_indexes: list[int] = []
+        self.conf_version = 0  # bumped whenever conf_indexes or the snapshot's conf change
         self.commit = snapshot.meta.index
         self.applied = snapshot.meta.index
         self.stable_last = snapshot.meta.index
@@ -73,7 +76,9 @@ class RaftLog:
         mine = self.last_term()
         return last_term > mine or (last_term == mine and last_index >= self.last_index())
 
-    def slice(self, lo: int, hi: int, max_bytes: int | None = None, max_count: int | None = None) -> list[Entry]:
+    def slice(
+        self, lo: int, hi: int, max_bytes: int | None = None, max_count: int | None = None
+    ) -> list[Entry]:
         """Entries [lo, hi), at least one when any, then as many as fit the bounds."""
         assert self.snap_index < lo <= hi <= self.last_index() + 1, (lo, hi, self.snap_index)
         out: list[Entry] = []
@@ -143,7 +148,9 @@ class RaftLog:
         last_new = prev_index + len(entries)
         ci = self.find_conflict(entries)
         if ci:
-            assert ci > self.commit, f"conflict at {ci} would truncate committed entries (commit {self.commit})"
+            assert ci > self.commit, (
+                f"conflict at {ci} would truncate committed entries (commit {self.commit})"
+            )
             self._truncate_and_append(list(entries[ci - prev_index - 1 :]))
         self.commit_to(min(leader_commit, last_new))
         return last_new
@@ -156,21 +163,30 @@ class RaftLog:
 
     def _truncate_and_append(self, entries: list[Entry]) -> None:
         first = entries[0].index
-        assert self.snap_index < first <= self.last_index() + 1, (first, self.snap_index, self.last_index())
+        assert self.snap_index < first <= self.last_index() + 1, (
+            first,
+            self.snap_index,
+            self.last_index(),
+        )
         assert first > self.commit or not self.entries, "truncating committed entries"
-        for prev, e in zip(entries, entries[1:], strict=False):
+        for prev, e in itertools.pairwise(entries):
             assert e.index == prev.index + 1 and e.term >= prev.term, (prev, e)
         before = self.term(first - 1)
         assert before is not None and before <= entries[0].term, (before, entries[0])
         del self.entries[first - self.snap_index - 1 :]
         self.entries.extend(entries)
-        self.conf_indexes = [ci for ci in self.conf_indexes if ci < first]
-        self.conf_indexes.extend(e.index for e in entries if e.kind is EntryKind.CONF_CHANGE)
+        kept = [ci for ci in self.conf_indexes if ci < first]
+        added = [e.index for e in entries if e.kind is EntryKind.CONF_CHANGE]
+        if added or len(kept) != len(self.conf_indexes):
+            self.conf_version += 1
+        self.conf_indexes = kept + added
         self.stable_last = min(self.stable_last, first - 1)
 
     def commit_to(self, index: int) -> None:
         if index > self.commit:
-            assert index <= self.last_index(), f"commit {index} beyond last index {self.last_index()}"
+            assert index <= self.last_index(), (
+                f"commit {index} beyond last index {self.last_index()}"
+            )
             self.commit = index
 
     def stable_to(self, index: int, term: int) -> None:
@@ -193,6 +209,7 @@ class RaftLog:
         self.pending_snapshot = snapshot
         self.entries = []
         self.conf_indexes = []
+        self.conf_version += 1
         self.commit = meta.index
         self.applied = meta.index
         self.stable_last = meta.index

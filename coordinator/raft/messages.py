@@ -73,7 +73,12 @@ class Entry:
         return len(self.data) + 24
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "term": self.term, "kind": self.kind.value, "data": _b64(self.data)}
+        return {
+            "index": self.index,
+            "term": self.term,
+            "kind": self.kind.value,
+            "data": _b64(self.data),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Entry:

@@ -1,0 +1,324 @@
+"""FastAPI integration shared by every kind of participant (DESIGN §5 and §6).
+
+A participant object (`PgResourceManager`, `CallbackParticipant`) gives a service:
+- `router`: the three protocol endpoints (`POST {prefix}/prepare|commit|abort`) the
+  coordinator calls, authenticated with the shared bearer token when one is configured;
+- `join()`: a FastAPI dependency that joins the caller's global transaction (read from the
+  `Txc-Transaction` header) for the duration of one business request;
+- `install(app)`: router + error rendering + the in-doubt recovery loop in the app's lifespan.
+
+Why the join dependency must have `scope="function"`: the participant's end-of-request steps
+(prepare, record, enlist) must finish *before* the response is sent, and a failure there must
+become the response (409/503). FastAPI runs the exit code of function-scoped dependencies
+before sending the response and turns exceptions raised there into error responses; request-
+scoped ones run after the response is already on the wire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from participant_sdk.client import TxcClient
+from participant_sdk.errors import (
+    MissingTransaction,
+    ParticipantError,
+    TxcError,
+    WorkRefused,
+)
+from participant_sdk.headers import (
+    COORDINATOR_HEADER,
+    MAX_PARTICIPANT_NAME,
+    MAX_TXID,
+    TRANSACTION_HEADER,
+    is_valid_txid,
+    validate_base_url,
+    validate_participant_name,
+)
+from participant_sdk.recovery import (
+    RECOVERY_INTERVAL_S,
+    InDoubt,
+    RecoveryLoop,
+    RecoveryReport,
+    resolve_in_doubt,
+)
+
+log = logging.getLogger("txc.sdk.participant")
+
+DEFAULT_PREFIX = "/txc"
+MAX_COORDINATOR_CLIENTS = 16  # distinct coordinator URLs learned from Txc-Coordinator headers
+MAX_REASON = 500  # characters of a reason / error message sent back to the coordinator
+
+
+@dataclass(frozen=True)
+class ProtocolReply:
+    """One answer of the participant protocol: HTTP status and JSON body."""
+
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def error(cls, status: int, code: str, message: str) -> ProtocolReply:
+        return cls(status, {"error": {"code": code, "message": message[:MAX_REASON]}})
+
+
+class ProtocolRequest(BaseModel):
+    txid: str = Field(min_length=1, max_length=MAX_TXID)
+    participant: str = Field(min_length=1, max_length=MAX_PARTICIPANT_NAME)
+
+
+class JoinFailed(HTTPException):
+    """The join dependency could not take part in the transaction. Rendered as
+    `{"error": {"code", "message"}}` by `install()`'s handler (FastAPI's default handler
+    renders it as `{"detail": {...}}`)."""
+
+    def __init__(self, error: ParticipantError) -> None:
+        super().__init__(
+            status_code=error.status or 500,
+            detail={"code": error.code, "message": error.message},
+        )
+        self.error = error
+
+
+def _join_failed_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, JoinFailed)
+    return JSONResponse(status_code=exc.status_code, content={"error": exc.detail})
+
+
+class ParticipantBase(ABC):
+    """What every participant kind shares: identity, coordinator access, protocol router,
+    join dependency plumbing and the recovery loop."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        public_url: str,
+        coordinator_url: str | None = None,
+        token: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        coordinator: TxcClient | None = None,
+        recovery_interval_s: float = RECOVERY_INTERVAL_S,
+    ) -> None:
+        self.name = validate_participant_name(name)
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise ValueError(f"prefix must start and not end with '/', got {prefix!r}")
+        self.prefix = prefix
+        self.public_url = validate_base_url(public_url)
+        self.protocol_url = self.public_url + prefix
+        self.token = token or None
+        if recovery_interval_s <= 0:
+            raise ValueError("recovery_interval_s must be positive")
+        self.recovery_interval_s = recovery_interval_s
+        self.coordinator_url = validate_base_url(coordinator_url) if coordinator_url else None
+        self._clients: dict[str, TxcClient] = {}
+        self._clients_lock = threading.Lock()
+        if coordinator is not None:
+            self.coordinator_url = coordinator.base_url
+            self._clients[coordinator.base_url] = coordinator
+        self._recovery: RecoveryLoop | None = None
+        self._router: APIRouter | None = None
+
+    # -- what each participant kind implements ------------------------------------------------
+
+    @abstractmethod
+    def prepare(self, txid: str) -> ProtocolReply: ...
+
+    @abstractmethod
+    def commit(self, txid: str) -> ProtocolReply: ...
+
+    @abstractmethod
+    def abort(self, txid: str) -> ProtocolReply: ...
+
+    @abstractmethod
+    def in_doubt(self) -> list[InDoubt]:
+        """Everything recovery must look at (prepared work and records in 'prepared')."""
+
+    @abstractmethod
+    def abort_orphan(self, txid: str) -> str:
+        """Roll back prepared work that was never recorded (so never enlisted); returns the
+        action taken, re-checking under the txid lock."""
+
+    @abstractmethod
+    def work(self, txid: str, coordinator_url: str | None = None) -> AbstractContextManager[Any]:
+        """Do one request's work inside global transaction `txid` (outside FastAPI too)."""
+
+    @abstractmethod
+    def local_work(self) -> AbstractContextManager[Any]:
+        """Work outside any global transaction (join(required=False) without a header)."""
+
+    # -- coordinator access ---------------------------------------------------------------------
+
+    def coordinator_for(self, url: str | None = None) -> TxcClient:
+        """The client for this participant's coordinator. The configured URL wins; a URL from
+        the caller's `Txc-Coordinator` header is used only when none is configured (it would
+        otherwise let any caller point this participant, and its token, anywhere)."""
+        chosen = self.coordinator_url or (validate_base_url(url) if url else None)
+        if chosen is None:
+            raise MissingTransaction(
+                f"no coordinator configured and no {COORDINATOR_HEADER} header",
+                code="no_coordinator",
+            )
+        with self._clients_lock:
+            client = self._clients.get(chosen)
+            if client is None:
+                if len(self._clients) >= MAX_COORDINATOR_CLIENTS:
+                    raise WorkRefused(
+                        f"more than {MAX_COORDINATOR_CLIENTS} coordinators seen", code="too_many"
+                    )
+                client = TxcClient(chosen, token=self.token)
+                self._clients[chosen] = client
+            return client
+
+    def enlist(self, txid: str, coordinator_url: str | None, vote: str | None) -> None:
+        """Enlist; raise WorkRefused when the coordinator definitely did not take it (4xx),
+        EnlistmentUncertain-style errors are left to the caller (it knows what is prepared)."""
+        self.coordinator_for(coordinator_url).enlist(txid, self.name, self.protocol_url, vote)
+
+    @staticmethod
+    def enlistment_definitely_failed(e: TxcError) -> bool:
+        """A 4xx answer is a decision: the coordinator did not enlist us. Anything else
+        (network error, 5xx, garbled answer) leaves it unknown."""
+        return e.status is not None and 400 <= e.status < 500
+
+    # -- recovery ---------------------------------------------------------------------------------
+
+    def resolve_in_doubt(self, dry_run: bool = False) -> RecoveryReport:
+        return resolve_in_doubt(self, dry_run=dry_run)
+
+    def start_recovery(self) -> None:
+        """Start the periodic in-doubt resolution (first pass at once)."""
+        if self._recovery is None:
+            self._recovery = RecoveryLoop(self, self.recovery_interval_s)
+            self._recovery.start()
+
+    def stop_recovery(self) -> None:
+        if self._recovery is not None:
+            self._recovery.stop()
+            self._recovery = None
+
+    def close(self) -> None:
+        self.stop_recovery()
+        with self._clients_lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+    # -- FastAPI --------------------------------------------------------------------------------
+
+    @property
+    def router(self) -> APIRouter:
+        if self._router is None:
+            self._router = self._build_router()
+        return self._router
+
+    def _check_token(self, authorization: str | None) -> None:
+        if self.token is None:
+            return
+        if not authorization or not authorization.startswith("Bearer "):
+            raise HTTPException(
+                401, {"code": "unauthorized", "message": "bearer token required"}
+            )
+        given = authorization[len("Bearer ") :].encode()
+        if not hmac.compare_digest(given, self.token.encode()):
+            raise HTTPException(403, {"code": "forbidden", "message": "wrong token"})
+
+    def _handle(self, action: str, req: ProtocolRequest) -> JSONResponse:
+        if req.participant != self.name:
+            reply = ProtocolReply.error(
+                400, "wrong_participant", f"this is {self.name!r}, not {req.participant!r}"
+            )
+        elif not is_valid_txid(req.txid):
+            reply = ProtocolReply.error(400, "invalid_txid", f"malformed txid {req.txid!r}")
+        else:
+            handler: Callable[[str], ProtocolReply] = getattr(self, action)
+            try:
+                reply = handler(req.txid)
+            except Exception as e:  # the coordinator retries; tell it why
+                log.exception("%s %s of %s failed", self.name, action, req.txid)
+                reply = ProtocolReply.error(
+                    503, "participant_unavailable", f"{type(e).__name__}: {e}"
+                )
+        return JSONResponse(status_code=reply.status, content=reply.body)
+
+    def _build_router(self) -> APIRouter:
+        def verify(authorization: str | None = Header(default=None)) -> None:
+            self._check_token(authorization)
+
+        router = APIRouter(prefix=self.prefix, dependencies=[Depends(verify)], tags=["txc"])
+
+        @router.post("/prepare")
+        def prepare(req: ProtocolRequest) -> JSONResponse:
+            return self._handle("prepare", req)
+
+        @router.post("/commit")
+        def commit(req: ProtocolRequest) -> JSONResponse:
+            return self._handle("commit", req)
+
+        @router.post("/abort")
+        def abort(req: ProtocolRequest) -> JSONResponse:
+            return self._handle("abort", req)
+
+        return router
+
+    def join(self, required: bool = True) -> Any:
+        """FastAPI dependency (use as a parameter default) joining the caller's transaction.
+
+        With `required=False`, a request without `Txc-Transaction` runs as a plain local
+        transaction instead of failing with 400."""
+
+        def dependency(request: Request) -> Iterator[Any]:
+            txid = request.headers.get(TRANSACTION_HEADER)
+            if not txid:
+                if required:
+                    raise JoinFailed(
+                        MissingTransaction(f"the {TRANSACTION_HEADER} header is required")
+                    )
+                with self.local_work() as w:
+                    yield w
+                return
+            if not is_valid_txid(txid):
+                raise JoinFailed(MissingTransaction(f"malformed {TRANSACTION_HEADER}: {txid!r}"))
+            try:
+                with self.work(txid, request.headers.get(COORDINATOR_HEADER)) as w:
+                    yield w
+            except ParticipantError as e:
+                raise JoinFailed(e) from e
+
+        return Depends(dependency, scope="function")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI | None = None) -> AsyncIterator[None]:
+        """Runs the recovery loop while the app runs; usable as `FastAPI(lifespan=...)`."""
+        self.start_recovery()
+        try:
+            yield
+        finally:
+            self.close()
+
+    def install(self, app: FastAPI, *, recovery: bool = True) -> None:
+        """Mount the protocol router, render join failures as `{"error": ...}`, and (unless
+        `recovery=False`) run the recovery loop during the app's lifespan."""
+        app.include_router(self.router)
+        app.add_exception_handler(JoinFailed, _join_failed_handler)
+        if not recovery:
+            return
+        inner = app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def lifespan(a: Any) -> AsyncIterator[Any]:
+            async with inner(a) as state, self.lifespan(a):
+                yield state
+
+        app.router.lifespan_context = lifespan

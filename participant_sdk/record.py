@@ -1,0 +1,240 @@
+"""The SDK's durable record: one row per (participant, txid) in the participant's own database.
+
+Why it exists: PostgreSQL forgets a prepared transaction once it is committed or rolled back,
+so on its own it cannot answer "was this txid already committed here?" (a repeated commit),
+"was this txid aborted before its work arrived?" (abort-before-work must refuse later work),
+or "did I prepare this and am I still waiting?" (recovery). The record answers all three.
+
+State machine: (none) -> prepared -> committed | aborted, and (none) -> aborted (an abort
+that arrived first, or a NO vote). The one rule that recovery depends on: a prepared
+transaction is only ever rolled back *after* its record says 'aborted'; so 'prepared' with no
+prepared transaction left means it was committed.
+
+Concurrency: every state-changing step for one txid runs under `txid_lock` (a PostgreSQL
+session advisory lock, so replicas of one participant sharing a database serialize too).
+Works on PostgreSQL and, for `CallbackParticipant`, on SQLite (process-local lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Index,
+    MetaData,
+    String,
+    Table,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from participant_sdk.headers import MAX_PARTICIPANT_NAME, MAX_TXID, PG_GID_MAX_BYTES
+
+TABLE_NAME = "txc_participant_record"
+STATES = ("prepared", "committed", "aborted")
+MAX_URL = 2048
+MAX_LIST = 10_000  # bound on rows one listing returns
+# Advisory-lock namespace (the two-int form keeps us apart from an app's one-bigint locks).
+ADVISORY_LOCK_CLASS = 0x7478  # "tx"
+LOCAL_LOCK_STRIPES = 64
+
+metadata = MetaData()
+
+participant_record = Table(
+    TABLE_NAME,
+    metadata,
+    Column("participant", String(MAX_PARTICIPANT_NAME), primary_key=True),
+    Column("txid", String(MAX_TXID), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("gid", String(PG_GID_MAX_BYTES), nullable=True),
+    # Where to ask for the outcome when the participant has no configured coordinator.
+    Column("coordinator_url", String(MAX_URL), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        "state IN ('prepared', 'committed', 'aborted')", name="ck_txc_participant_record_state"
+    ),
+    Index("ix_txc_participant_record_state", "participant", "state"),
+)
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the record table if missing (tests and demos; production runs the
+    `participant` Alembic branch, migration p0001, which creates the same table)."""
+    metadata.create_all(engine, checkfirst=True)
+
+
+@dataclass(frozen=True)
+class Record:
+    participant: str
+    txid: str
+    state: str
+    gid: str | None
+    coordinator_url: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+def _row(r: object) -> Record:
+    m = r._mapping  # type: ignore[attr-defined]
+    return Record(
+        m["participant"], m["txid"], m["state"], m["gid"], m["coordinator_url"],
+        m["created_at"], m["updated_at"],
+    )
+
+
+def get(conn: Connection, participant: str, txid: str) -> Record | None:
+    t = participant_record
+    row = conn.execute(
+        select(t).where(t.c.participant == participant, t.c.txid == txid)
+    ).first()
+    return _row(row) if row is not None else None
+
+
+def _insert(conn: Connection):  # type: ignore[no-untyped-def]
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(participant_record)
+    if name == "sqlite":
+        return sqlite.insert(participant_record)
+    raise NotImplementedError(f"the txc record supports postgresql and sqlite, not {name}")
+
+
+def insert_if_absent(
+    conn: Connection,
+    participant: str,
+    txid: str,
+    state: str,
+    gid: str | None = None,
+    coordinator_url: str | None = None,
+) -> bool:
+    """Insert a record; False (and no change) when one already exists."""
+    assert state in STATES
+    stmt = (
+        _insert(conn)
+        .values(participant=participant, txid=txid, state=state, gid=gid,
+                coordinator_url=coordinator_url)
+        .on_conflict_do_nothing(index_elements=["participant", "txid"])
+    )
+    result = conn.execute(stmt)
+    _commit_if_needed(conn)
+    return bool(result.rowcount)
+
+
+def set_state(
+    conn: Connection,
+    participant: str,
+    txid: str,
+    state: str,
+    gid: str | None = None,
+) -> None:
+    """Upsert the record's state (creating it when absent, e.g. abort-before-work)."""
+    assert state in STATES
+    ins = _insert(conn).values(participant=participant, txid=txid, state=state, gid=gid)
+    stmt = ins.on_conflict_do_update(
+        index_elements=["participant", "txid"],
+        set_={"state": state, "updated_at": func.now()},
+    )
+    conn.execute(stmt)
+    _commit_if_needed(conn)
+
+
+def mark(conn: Connection, participant: str, txid: str, state: str) -> None:
+    """Update an existing record's state (no-op when absent)."""
+    assert state in STATES
+    t = participant_record
+    conn.execute(
+        update(t)
+        .where(t.c.participant == participant, t.c.txid == txid)
+        .values(state=state, updated_at=func.now())
+    )
+    _commit_if_needed(conn)
+
+
+def list_in_state(conn: Connection, participant: str, state: str) -> list[Record]:
+    t = participant_record
+    rows = conn.execute(
+        select(t)
+        .where(t.c.participant == participant, t.c.state == state)
+        .order_by(t.c.created_at)
+        .limit(MAX_LIST)
+    ).all()
+    return [_row(r) for r in rows]
+
+
+def _commit_if_needed(conn: Connection) -> None:
+    """Commit when the caller's connection is not in autocommit mode (each record step is
+    durable on its own; callers never batch them with other work)."""
+    if conn.in_transaction():
+        conn.commit()
+
+
+def autocommit(engine: Engine) -> contextlib.AbstractContextManager[Connection]:
+    """A pooled connection in autocommit mode (COMMIT/ROLLBACK PREPARED refuse to run inside
+    a transaction block, and every record step should be durable at once)."""
+
+    @contextlib.contextmanager
+    def cm() -> Iterator[Connection]:
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    return cm()
+
+
+_local_locks = [threading.RLock() for _ in range(LOCAL_LOCK_STRIPES)]
+
+
+def lock_key(participant: str, txid: str) -> str:
+    return f"{participant}:{txid}"
+
+
+def acquire(conn: Connection, participant: str, txid: str) -> None:
+    """Take the PostgreSQL session advisory lock for (participant, txid) on `conn`."""
+    conn.execute(
+        text("SELECT pg_advisory_lock(:cls, hashtext(:key))"),
+        {"cls": ADVISORY_LOCK_CLASS, "key": lock_key(participant, txid)},
+    )
+
+
+def release(conn: Connection, participant: str, txid: str) -> None:
+    conn.execute(
+        text("SELECT pg_advisory_unlock(:cls, hashtext(:key))"),
+        {"cls": ADVISORY_LOCK_CLASS, "key": lock_key(participant, txid)},
+    )
+
+
+@contextlib.contextmanager
+def txid_lock(engine: Engine, participant: str, txid: str) -> Iterator[Connection]:
+    """Serialize every state change of one (participant, txid); yields an autocommit
+    connection to do it with. PostgreSQL: session advisory lock (across processes).
+    Otherwise: a process-local striped lock."""
+    with autocommit(engine) as conn:
+        if conn.dialect.name != "postgresql":
+            stripe = zlib.crc32(lock_key(participant, txid).encode()) % LOCAL_LOCK_STRIPES
+            with _local_locks[stripe]:
+                yield conn
+            return
+        acquire(conn, participant, txid)
+        try:
+            yield conn
+        finally:
+            try:
+                release(conn, participant, txid)
+            except Exception:
+                # A session that cannot unlock must not go back to the pool holding the lock.
+                conn.invalidate()
+                raise

@@ -1,0 +1,85 @@
+"""Test helpers: serving an ASGI app on a real port, and a participant whose answers a test
+scripts (it implements DESIGN §5 by hand, without the SDK)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any, port: int | None = None) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1 inside the running event loop."""
+    port = port or free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    assert server.started, "server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@dataclass
+class ScriptedParticipant:
+    """Answers prepare with `vote`; phase 2 fails with `phase2_status` while it is set."""
+
+    vote: str = "yes"
+    phase2_status: int | None = None
+    prepare_delay_s: float = 0.0
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    committed: set[str] = field(default_factory=set)
+    aborted: set[str] = field(default_factory=set)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/prepare")
+        async def prepare(req: Request) -> JSONResponse:
+            body = await req.json()
+            self.calls.append(("prepare", body["txid"]))
+            await asyncio.sleep(self.prepare_delay_s)
+            if self.vote == "no":
+                return JSONResponse({"vote": "no", "reason": "insufficient funds"}, 409)
+            return JSONResponse({"vote": self.vote})
+
+        async def finish(action: str, req: Request) -> JSONResponse:
+            body = await req.json()
+            self.calls.append((action, body["txid"]))
+            if self.phase2_status is not None:
+                return JSONResponse({"error": {"code": "down", "message": "scripted failure"}}, self.phase2_status)
+            (self.committed if action == "commit" else self.aborted).add(body["txid"])
+            return JSONResponse({})
+
+        @app.post("/commit")
+        async def commit(req: Request) -> JSONResponse:
+            return await finish("commit", req)
+
+        @app.post("/abort")
+        async def abort(req: Request) -> JSONResponse:
+            return await finish("abort", req)
+
+        return app
