@@ -90,7 +90,9 @@ class EnlistRequest(BaseModel):
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_RE.match(v):
-            raise ValueError("name: letters, digits, '.', '_' and '-', starting with a letter or digit")
+            raise ValueError(
+                "name: letters, digits, '.', '_' and '-', starting with a letter or digit"
+            )
         return v
 
     @field_validator("url")
@@ -128,7 +130,9 @@ def validate_participant_url(v: str) -> str:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def txn_json(t: Transaction) -> dict[str, Any]:
@@ -199,7 +203,9 @@ class BodyLimit:
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
-                    raise ApiError(413, "body_too_large", f"request body over {self.max_bytes} bytes")
+                    raise ApiError(
+                        413, "body_too_large", f"request body over {self.max_bytes} bytes"
+                    )
             return msg
 
         await self.app(scope, limited, send)
@@ -242,7 +248,10 @@ def create_app(node: Any) -> FastAPI:
         if any(err.get("type") == "json_invalid" for err in errors):
             return error_response(400, "malformed_json", "request body is not valid JSON")
         details = [
-            {"field": ".".join(str(x) for x in err.get("loc", ())[1:]), "problem": err.get("msg", "")}
+            {
+                "field": ".".join(str(x) for x in err.get("loc", ())[1:]),
+                "problem": err.get("msg", ""),
+            }
             for err in errors
         ]
         summary = "; ".join(f"{d['field'] or 'body'}: {d['problem']}" for d in details)
@@ -264,7 +273,9 @@ def create_app(node: Any) -> FastAPI:
 
     @app.exception_handler(EngineError)
     async def _engine(_r: Request, e: EngineError) -> JSONResponse:
-        status = {Status.NOT_FOUND: 404, Status.CONFLICT: 409, Status.INVALID: 422}.get(e.status, 500)
+        status = {Status.NOT_FOUND: 404, Status.CONFLICT: 409, Status.INVALID: 422}.get(
+            e.status, 500
+        )
         extra = {"transaction": txn_json(e.txn)} if e.txn is not None else {}
         return error_response(status, e.status.value, str(e), **extra)
 
@@ -279,7 +290,9 @@ def create_app(node: Any) -> FastAPI:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "unauthenticated", "missing bearer token", {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401, "unauthenticated", "missing bearer token", {"WWW-Authenticate": "Bearer"}
+            )
         if not hmac.compare_digest(token.encode(), settings.api_token.encode()):
             raise ApiError(403, "forbidden", "invalid token")
 
@@ -319,9 +332,11 @@ def create_app(node: Any) -> FastAPI:
             if not sep or not k:
                 raise ApiError(400, "invalid_filter", "label filter is key:value")
             lbl = (k, v)
-        f = ListFilter(state.value if state else None, lbl, participant, min_age_s, max_age_s, limit, cursor)
+        f = ListFilter(
+            state.value if state else None, lbl, participant, min_age_s, max_age_s, limit, cursor
+        )
         try:
-            items, next_cursor = await node.store.list(f, time.time())
+            items, next_cursor = await node.store.list_page(f, time.time())
         except ValueError as e:
             raise ApiError(400, "invalid_cursor", str(e)) from None
         return {"items": [txn_json(t) for t in items], "next_cursor": next_cursor}
@@ -409,7 +424,9 @@ def create_app(node: Any) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(await node.render_metrics(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(
+            await node.render_metrics(), media_type="text/plain; version=0.0.4"
+        )
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

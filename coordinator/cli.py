@@ -45,7 +45,9 @@ def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> dic
         with _client(args) as c:
             r = c.request(method, path, **kw)
     except httpx.HTTPError as e:
-        raise CliError(EXIT_UNAVAILABLE, f"cannot reach the coordinator at {args.url}: {e}") from None
+        raise CliError(
+            EXIT_UNAVAILABLE, f"cannot reach the coordinator at {args.url}: {e}"
+        ) from None
     try:
         body = r.json()
     except ValueError:
@@ -54,12 +56,20 @@ def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> dic
         return body  # type: ignore[no-any-return]
     err = body.get("error", {}) if isinstance(body, dict) else {}
     msg = f"{r.status_code} {err.get('code', '')}: {err.get('message', '')}"
-    code = {404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT, 503: EXIT_UNAVAILABLE, 400: EXIT_USAGE, 422: EXIT_USAGE}
+    code = {
+        404: EXIT_NOT_FOUND,
+        409: EXIT_CONFLICT,
+        503: EXIT_UNAVAILABLE,
+        400: EXIT_USAGE,
+        422: EXIT_USAGE,
+    }
     raise CliError(code.get(r.status_code, EXIT_FAILED), msg)
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -71,7 +81,16 @@ def _print(args: argparse.Namespace, data: Any, human: str) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    params = {k: v for k, v in (("state", args.state), ("label", args.label), ("participant", args.participant), ("min_age_s", args.min_age)) if v is not None}
+    params = {
+        k: v
+        for k, v in (
+            ("state", args.state),
+            ("label", args.label),
+            ("participant", args.participant),
+            ("min_age_s", args.min_age),
+        )
+        if v is not None
+    }
     params["limit"] = args.limit
     data = _request(args, "GET", "/v1/transactions", params=params)
     rows = [
@@ -80,22 +99,59 @@ def cmd_list(args: argparse.Namespace) -> int:
             t["state"],
             t["outcome"] or "-",
             t["created_at"],
-            ",".join(f"{p['name']}:{p['vote'] or '?'}/{p['phase2']}" for p in t["participants"]) or "-",
+            ",".join(f"{p['name']}:{p['vote'] or '?'}/{p['phase2']}" for p in t["participants"])
+            or "-",
             t["heuristic"] or "",
         ]
         for t in data["items"]
     ]
-    _print(args, data, _table(rows, ["TXID", "STATE", "OUTCOME", "CREATED", "PARTICIPANTS", "HEURISTIC"]))
+    _print(
+        args,
+        data,
+        _table(rows, ["TXID", "STATE", "OUTCOME", "CREATED", "PARTICIPANTS", "HEURISTIC"]),
+    )
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     t = _request(args, "GET", f"/v1/transactions/{args.txid}")
     tl = _request(args, "GET", f"/v1/transactions/{args.txid}/timeline")
-    lines = [f"{k}: {t[k]}" for k in ("txid", "state", "outcome", "decision_reason", "labels", "created_at", "expires_at", "decided_at", "completed_at", "heuristic") if t.get(k) not in (None, {}, "")]
-    rows = [[p["name"], p["url"], p["vote"] or "-", p["phase2"], str(p["attempts"]), p["last_error"] or ""] for p in t["participants"]]
-    lines += ["", _table(rows, ["PARTICIPANT", "URL", "VOTE", "PHASE2", "ATTEMPTS", "LAST ERROR"]), ""]
-    ev_rows = [[str(e["index"]), e["at"], e["kind"], json.dumps(e["detail"], separators=(",", ":"))[:100]] for e in tl["events"]]
+    lines = [
+        f"{k}: {t[k]}"
+        for k in (
+            "txid",
+            "state",
+            "outcome",
+            "decision_reason",
+            "labels",
+            "created_at",
+            "expires_at",
+            "decided_at",
+            "completed_at",
+            "heuristic",
+        )
+        if t.get(k) not in (None, {}, "")
+    ]
+    rows = [
+        [
+            p["name"],
+            p["url"],
+            p["vote"] or "-",
+            p["phase2"],
+            str(p["attempts"]),
+            p["last_error"] or "",
+        ]
+        for p in t["participants"]
+    ]
+    lines += [
+        "",
+        _table(rows, ["PARTICIPANT", "URL", "VOTE", "PHASE2", "ATTEMPTS", "LAST ERROR"]),
+        "",
+    ]
+    ev_rows = [
+        [str(e["index"]), e["at"], e["kind"], json.dumps(e["detail"], separators=(",", ":"))[:100]]
+        for e in tl["events"]
+    ]
     lines.append(_table(ev_rows, ["INDEX", "AT", "COMMAND", "DETAIL"]))
     _print(args, {"transaction": t, "timeline": tl["events"]}, "\n".join(lines))
     return EXIT_OK
@@ -104,7 +160,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _action(path: str) -> Any:
     def run(args: argparse.Namespace) -> int:
         t = _request(args, "POST", f"/v1/transactions/{args.txid}/{path}")
-        _print(args, t, f"{t.get('txid', args.txid)}: {t.get('state', '')} {t.get('outcome') or ''}".strip())
+        _print(
+            args,
+            t,
+            f"{t.get('txid', args.txid)}: {t.get('state', '')} {t.get('outcome') or ''}".strip(),
+        )
         return EXIT_OK
 
     return run
@@ -112,9 +172,24 @@ def _action(path: str) -> Any:
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     c = _request(args, "GET", "/v1/cluster")
-    rows = [[m["id"], m["url"], m["role"], str(m.get("match_index", "")), str(m.get("lag", "")), "yes" if m.get("healthy") else "no"] for m in c["members"]]
-    head = f"leader: {c.get('leader')}  term: {c.get('term')}  commit: {c.get('commit_index')}  applied: {c.get('applied_index')}"
-    _print(args, c, head + "\n\n" + _table(rows, ["NODE", "URL", "ROLE", "MATCH", "LAG", "HEALTHY"]))
+    rows = [
+        [
+            m["id"],
+            m["url"],
+            m["role"],
+            str(m.get("match_index", "")),
+            str(m.get("lag", "")),
+            "yes" if m.get("healthy") else "no",
+        ]
+        for m in c["members"]
+    ]
+    head = (
+        f"leader: {c.get('leader')}  term: {c.get('term')}  "
+        f"commit: {c.get('commit_index')}  applied: {c.get('applied_index')}"
+    )
+    _print(
+        args, c, head + "\n\n" + _table(rows, ["NODE", "URL", "ROLE", "MATCH", "LAG", "HEALTHY"])
+    )
     return EXIT_OK
 
 
@@ -126,9 +201,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from coordinator import config
     from coordinator.node import build_app
 
-    logging.basicConfig(level=os.environ.get("TXC_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("TXC_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     try:
-        settings = config.load(args.config, port=args.port, host=args.host, database_url=args.database_url, node_id=args.node_id).validate()
+        settings = config.load(
+            args.config,
+            port=args.port,
+            host=args.host,
+            database_url=args.database_url,
+            node_id=args.node_id,
+        ).validate()
     except config.ConfigError as e:
         print(f"txc serve: configuration error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -161,19 +245,37 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="txc", description="txc: a two-phase-commit coordinator")
-    p.add_argument("--url", default=os.environ.get("TXC_URL", DEFAULT_URL), help="a coordinator node's URL (TXC_URL)")
-    p.add_argument("--token", default=os.environ.get("TXC_API_TOKEN", ""), help="API token (TXC_API_TOKEN)")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("TXC_URL", DEFAULT_URL),
+        help="a coordinator node's URL (TXC_URL)",
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("TXC_API_TOKEN", ""), help="API token (TXC_API_TOKEN)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     sub = p.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start everything: PostgreSQL, the coordinator, demo participants")
-    up.add_argument("--data-dir", default=os.environ.get("TXC_DATA_DIR", ".txc"), help="where the embedded database lives (default .txc)")
+    up = sub.add_parser(
+        "up", help="start everything: PostgreSQL, the coordinator, demo participants"
+    )
+    up.add_argument(
+        "--data-dir",
+        default=os.environ.get("TXC_DATA_DIR", ".txc"),
+        help="where the embedded database lives (default .txc)",
+    )
     up.add_argument("--port", type=int, default=7000, help="first coordinator node's port")
-    up.add_argument("--database-url", default=os.environ.get("TXC_DATABASE_URL"), help="use this PostgreSQL server (superuser URL) instead of the embedded one")
+    up.add_argument(
+        "--database-url",
+        default=os.environ.get("TXC_DATABASE_URL"),
+        help="use this PostgreSQL server (superuser URL) instead of the embedded one",
+    )
     up.add_argument("--no-demo", action="store_true", help="do not start the demo participants")
     up.set_defaults(func=cmd_up)
 
-    serve = sub.add_parser("serve", help="run one coordinator node (settings from --config / TXC_* variables)")
+    serve = sub.add_parser(
+        "serve", help="run one coordinator node (settings from --config / TXC_* variables)"
+    )
     serve.add_argument("--config", default=None, help="TOML settings file (TXC_CONFIG)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
@@ -187,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=cmd_migrate)
 
     ls = sub.add_parser("list", help="list transactions")
-    ls.add_argument("--state", choices=["active", "preparing", "committing", "committed", "aborting", "aborted"])
+    ls.add_argument(
+        "--state", choices=["active", "preparing", "committing", "committed", "aborting", "aborted"]
+    )
     ls.add_argument("--label", help="key:value")
     ls.add_argument("--participant")
     ls.add_argument("--min-age", type=float, help="only transactions older than this many seconds")

@@ -94,7 +94,16 @@ class AcknowledgeHeuristic(Command):
 
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.kind: c
-    for c in (Begin, Enlist, StartPrepare, RecordVote, Decide, Phase2Attempt, Ack, AcknowledgeHeuristic)
+    for c in (
+        Begin,
+        Enlist,
+        StartPrepare,
+        RecordVote,
+        Decide,
+        Phase2Attempt,
+        Ack,
+        AcknowledgeHeuristic,
+    )
 }
 
 

@@ -74,7 +74,9 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from e
 
 
-def load(path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+def load(
+    path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any
+) -> Settings:
     """Build the settings: defaults < file < environment < explicit overrides."""
     env = dict(os.environ) if env is None else env
     values: dict[str, Any] = {}

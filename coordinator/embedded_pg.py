@@ -76,9 +76,7 @@ class EmbeddedPostgres:
 
     def _run(self, exe: str, args: list[str], timeout: float) -> str:
         cmd = [str(_bin_dir() / exe), *args]
-        kwargs: dict[str, object] = {}
-        if _running_as_root():
-            kwargs["user"] = OS_USER_WHEN_ROOT
+        user = OS_USER_WHEN_ROOT if _running_as_root() else None
         # Output goes to files, not pipes: pg_ctl's background postmaster inherits the
         # descriptors and a pipe would never reach EOF.
         with open(os.devnull, "rb") as devnull:
@@ -89,7 +87,7 @@ class EmbeddedPostgres:
                 stderr=subprocess.PIPE if exe != "pg_ctl" else subprocess.DEVNULL,
                 timeout=timeout,
                 check=False,
-                **kwargs,  # type: ignore[arg-type]
+                user=user,
             )
         if proc.returncode != 0:
             detail = (proc.stderr or b"").decode(errors="replace") if proc.stderr else ""
@@ -192,9 +190,10 @@ class EmbeddedPostgres:
             try:
                 with socket.create_connection((self.host, self.port), timeout=1):
                     return
-            except OSError:
+            except OSError as e:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"PostgreSQL did not accept connections on {self.port}")
+                    msg = f"PostgreSQL did not accept connections on {self.port}"
+                    raise RuntimeError(msg) from e
                 time.sleep(0.05)
 
     def stop(self) -> None:

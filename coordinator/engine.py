@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
@@ -131,7 +131,9 @@ class Engine:
         return r.txn, r.status is Status.CREATED
 
     async def enlist(self, txid: str, name: str, url: str, vote: Vote | None) -> Transaction:
-        r = await self._propose_one(Enlist(txid=txid, at=self.clock(), name=name, url=url, vote=vote))
+        r = await self._propose_one(
+            Enlist(txid=txid, at=self.clock(), name=name, url=url, vote=vote)
+        )
         if not r.ok:
             raise EngineError(r.status, r.message, r.txn)
         assert r.txn is not None
@@ -165,7 +167,9 @@ class Engine:
         if t is None:
             raise EngineError(Status.NOT_FOUND, f"transaction {txid} not found")
         if t.outcome is None:
-            r = await self._propose_one(Decide(txid=txid, at=self.clock(), outcome=Outcome.ABORT, reason=reason))
+            r = await self._propose_one(
+                Decide(txid=txid, at=self.clock(), outcome=Outcome.ABORT, reason=reason)
+            )
             assert r.txn is not None
             t = r.txn
             self._after_decision(t)
@@ -219,13 +223,26 @@ class Engine:
         ask = [p for p in t.participants if p.vote is None]
         commands: list[Command] = []
         if budget <= 0:
-            decision = Decide(txid=txid, at=now, outcome=Outcome.ABORT, reason="transaction expired before prepare")
+            decision = Decide(
+                txid=txid,
+                at=now,
+                outcome=Outcome.ABORT,
+                reason="transaction expired before prepare",
+            )
         else:
             replies = await asyncio.gather(*(self._prepare(t, p, budget) for p in ask))
             unanimous = True
             reasons: list[str] = []
             for p, reply in zip(ask, replies, strict=True):
-                commands.append(RecordVote(txid=txid, at=self.clock(), name=p.name, vote=reply.vote, reason=reply.reason))
+                commands.append(
+                    RecordVote(
+                        txid=txid,
+                        at=self.clock(),
+                        name=p.name,
+                        vote=reply.vote,
+                        reason=reply.reason,
+                    )
+                )
                 if reply.vote is Vote.NO:
                     unanimous = False
                     reasons.append(f"{p.name}: {reply.reason or 'voted no'}")
@@ -304,7 +321,7 @@ class Engine:
         except Exception:
             log.exception("phase 2 driver for %s stopped; the supervisor restarts it", txid)
 
-    def _phase2_sleep(self, txid: str) -> Callable[[float], object]:
+    def _phase2_sleep(self, txid: str) -> Callable[[float], Awaitable[None]]:
         async def sleep(seconds: float) -> None:
             ev = self._phase2_wakeup.get(txid)
             if ev is None:
@@ -330,7 +347,9 @@ class Engine:
         async with self._phase2_slots:
             replies = await asyncio.gather(
                 *(
-                    self.client.call(p.url, action, txid, p.name, self.settings.phase2_request_timeout_s)
+                    self.client.call(
+                        p.url, action, txid, p.name, self.settings.phase2_request_timeout_s
+                    )
                     for p in pending
                 )
             )
@@ -345,7 +364,9 @@ class Engine:
             else:
                 incomplete = True
                 self.metrics.phase2_retries.inc()
-                commands.append(Phase2Attempt(txid=txid, at=now, name=p.name, error=reply.error or "no answer"))
+                commands.append(
+                    Phase2Attempt(txid=txid, at=now, name=p.name, error=reply.error or "no answer")
+                )
         await self.log.propose(commands)
         if incomplete:
             raise _Phase2Incomplete()
@@ -371,14 +392,22 @@ class Engine:
         epoch = self.log.leadership_epoch()
         if epoch != self._epoch:
             self._epoch = epoch
-            log.info("leading (epoch %s): resuming %d unfinished transactions", epoch, len(self.store.inflight))
+            log.info(
+                "leading (epoch %s): resuming %d unfinished transactions",
+                epoch,
+                len(self.store.inflight),
+            )
         now = self.clock()
         expired: list[Command] = []
         for t in list(self.store.inflight.values()):
             if t.state in (TxState.COMMITTING, TxState.ABORTING):
                 self._ensure_phase2(t.txid)
             elif t.outcome is None and now >= t.expires_at:
-                expired.append(Decide(txid=t.txid, at=now, outcome=Outcome.ABORT, reason="transaction timed out"))
+                expired.append(
+                    Decide(
+                        txid=t.txid, at=now, outcome=Outcome.ABORT, reason="transaction timed out"
+                    )
+                )
             elif t.state is TxState.PREPARING and t.txid not in self._commits:
                 # A commit whose driver died with the previous leader or process: run it again
                 # (prepare is idempotent at participants).

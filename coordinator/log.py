@@ -106,7 +106,11 @@ class SingleNodeLog:
                 .on_conflict_do_nothing()
             )
             self.last_index = int(
-                (await conn.execute(select(func.coalesce(func.max(schema.log_entries.c.index), 0)))).scalar_one()
+                (
+                    await conn.execute(
+                        select(func.coalesce(func.max(schema.log_entries.c.index), 0))
+                    )
+                ).scalar_one()
             )
             self.last_applied = int(
                 (await conn.execute(select(schema.applied_state.c.last_applied))).scalar_one()

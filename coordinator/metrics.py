@@ -56,7 +56,10 @@ class Metrics:
             self.aborted.inc()
 
     def _series(self, name: str) -> str:
-        if name in self.participant_requests or len(self.participant_requests) < MAX_PARTICIPANT_SERIES:
+        if (
+            name in self.participant_requests
+            or len(self.participant_requests) < MAX_PARTICIPANT_SERIES
+        ):
             return name
         return "other"
 
@@ -75,12 +78,34 @@ class Metrics:
             for labels, v in samples:
                 lines.append(f"{name}{labels} {v}")
 
-        metric("txc_transactions_begun_total", "counter", "Transactions begun.", [("", self.begun.value)])
-        metric("txc_transactions_committed_total", "counter", "Transactions decided COMMIT.", [("", self.committed.value)])
-        metric("txc_transactions_aborted_total", "counter", "Transactions decided ABORT.", [("", self.aborted.value)])
-        metric("txc_phase2_retries_total", "counter", "Phase-2 messages that failed and will be retried.", [("", self.phase2_retries.value)])
+        metric(
+            "txc_transactions_begun_total",
+            "counter",
+            "Transactions begun.",
+            [("", self.begun.value)],
+        )
+        metric(
+            "txc_transactions_committed_total",
+            "counter",
+            "Transactions decided COMMIT.",
+            [("", self.committed.value)],
+        )
+        metric(
+            "txc_transactions_aborted_total",
+            "counter",
+            "Transactions decided ABORT.",
+            [("", self.aborted.value)],
+        )
+        metric(
+            "txc_phase2_retries_total",
+            "counter",
+            "Phase-2 messages that failed and will be retried.",
+            [("", self.phase2_retries.value)],
+        )
         h = self.commit_latency
-        lines.append("# HELP txc_commit_latency_seconds Time from commit request to COMMIT decision.")
+        lines.append(
+            "# HELP txc_commit_latency_seconds Time from commit request to COMMIT decision."
+        )
         lines.append("# TYPE txc_commit_latency_seconds histogram")
         cum = 0
         for b, c in zip(h.buckets, h.counts, strict=False):
@@ -93,13 +118,19 @@ class Metrics:
             "txc_participant_requests_total",
             "counter",
             "Protocol requests sent to participants.",
-            [(f'{{participant="{_esc(k)}"}}', c.value) for k, c in sorted(self.participant_requests.items())],
+            [
+                (f'{{participant="{_esc(k)}"}}', c.value)
+                for k, c in sorted(self.participant_requests.items())
+            ],
         )
         metric(
             "txc_participant_errors_total",
             "counter",
             "Protocol requests that got no answer or a 5xx.",
-            [(f'{{participant="{_esc(k)}"}}', c.value) for k, c in sorted(self.participant_errors.items())],
+            [
+                (f'{{participant="{_esc(k)}"}}', c.value)
+                for k, c in sorted(self.participant_errors.items())
+            ],
         )
         for name, v in extra.items():
             metric(name, "gauge", name.replace("_", " "), [("", v)])

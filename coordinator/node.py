@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+
 from fastapi import FastAPI
 from sqlalchemy import text
 
@@ -84,4 +85,3 @@ def build_app(settings: Settings, run_migrations: bool = True) -> FastAPI:
     if run_migrations:
         migrate.upgrade(normalise_url(settings.database_url), "coordinator")
     return create_app(Node(settings))
-

@@ -189,7 +189,7 @@ class Store:
             else:
                 self.inflight[txid] = t
 
-    async def list(self, f: ListFilter, now: float) -> tuple[list[Transaction], str | None]:
+    async def list_page(self, f: ListFilter, now: float) -> tuple[list[Transaction], str | None]:
         t = schema.transactions.c
         conds = []
         if f.state:

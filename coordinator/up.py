@@ -44,7 +44,11 @@ def _server_url_for(server_url: str, database: str) -> str:
 def _wait_ready(child: Child, path: str, deadline: float) -> None:
     while time.monotonic() < deadline:
         if child.proc.poll() is not None:
-            tail = child.log_path.read_text(errors="replace")[-2000:] if child.log_path.exists() else ""
+            tail = (
+                child.log_path.read_text(errors="replace")[-2000:]
+                if child.log_path.exists()
+                else ""
+            )
             raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{tail}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(child.url + path, timeout=1.0).status_code == 200:
@@ -55,7 +59,7 @@ def _wait_ready(child: Child, path: str, deadline: float) -> None:
 
 def _spawn(name: str, args: list[str], env: dict[str, str], url: str, log_dir: Path) -> Child:
     log_path = log_dir / f"{name}.log"
-    out = open(log_path, "ab")  # noqa: SIM115 - lives as long as the child
+    out = open(log_path, "ab")
     proc = subprocess.Popen(
         [sys.executable, *args],
         env={**os.environ, **env},
@@ -134,11 +138,16 @@ def up(args: argparse.Namespace) -> int:
                     _spawn(
                         name,
                         [
-                            "-m", "txc_demo.bank",
-                            "--name", name,
-                            "--database-url", db_url,
-                            "--coordinator-url", coordinator_url,
-                            "--port", str(port),
+                            "-m",
+                            "txc_demo.bank",
+                            "--name",
+                            name,
+                            "--database-url",
+                            db_url,
+                            "--coordinator-url",
+                            coordinator_url,
+                            "--port",
+                            str(port),
                         ],
                         {},
                         url,
@@ -157,15 +166,20 @@ def up(args: argparse.Namespace) -> int:
         for (name, _), url in zip(DEMO_BANKS, bank_urls, strict=False):
             print(f"  demo {name:<9} {url}/accounts")
         if bank_urls:
-            print(f"  demo transfer  python -m txc_demo.transfer --coordinator-url {coordinator_url} "
-                  f"--bank-a {bank_urls[0]} --bank-b {bank_urls[1]} --from alice --to bob --amount 10")
+            print(
+                f"  demo transfer  python -m txc_demo.transfer --coordinator-url {coordinator_url} "
+                f"--bank-a {bank_urls[0]} --bank-b {bank_urls[1]} --from alice --to bob --amount 10"
+            )
         print(f"  logs           {log_dir}")
         print(f"  data           {data_dir} (remove it to start afresh)")
         print("Ctrl-C stops everything.", flush=True)
         while True:
             for c in children:
                 if c.proc.poll() is not None:
-                    print(f"warning: {c.name} exited with {c.proc.returncode}; see {c.log_path}", flush=True)
+                    print(
+                        f"warning: {c.name} exited with {c.proc.returncode}; see {c.log_path}",
+                        flush=True,
+                    )
                     children.remove(c)
                     break
             time.sleep(0.5)

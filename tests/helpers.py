@@ -70,7 +70,9 @@ class ScriptedParticipant:
             body = await req.json()
             self.calls.append((action, body["txid"]))
             if self.phase2_status is not None:
-                return JSONResponse({"error": {"code": "down", "message": "scripted failure"}}, self.phase2_status)
+                return JSONResponse(
+                    {"error": {"code": "down", "message": "scripted failure"}}, self.phase2_status
+                )
             (self.committed if action == "commit" else self.aborted).add(body["txid"])
             return JSONResponse({})
 

@@ -26,7 +26,9 @@ FAST = dict(
 
 
 @contextlib.asynccontextmanager
-async def running_node(db_url: str, port: int | None = None, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def running_node(
+    db_url: str, port: int | None = None, **overrides: Any
+) -> AsyncIterator[httpx.AsyncClient]:
     port = port or free_port()
     settings = Settings(database_url=db_url, port=port, **{**FAST, **overrides})
     app = build_app(settings, run_migrations=False)
@@ -40,8 +42,8 @@ def node_db(db_url: str) -> str:
     return db_url
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Any, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if await predicate():
             return
@@ -55,7 +57,9 @@ async def begin(c: httpx.AsyncClient, **body: Any) -> str:
     return str(r.json()["txid"])
 
 
-async def enlist(c: httpx.AsyncClient, txid: str, name: str, url: str, vote: str | None = None) -> httpx.Response:
+async def enlist(
+    c: httpx.AsyncClient, txid: str, name: str, url: str, vote: str | None = None
+) -> httpx.Response:
     body = {"name": name, "url": url}
     if vote:
         body["vote"] = vote
@@ -86,7 +90,11 @@ async def test_commit_runs_prepare_only_where_needed_and_phase2_everywhere(node_
         assert abort.status_code == 409 and abort.json()["error"]["code"] == "committed"
         tl = (await c.get(f"/v1/transactions/{txid}/timeline")).json()["events"]
         kinds = [e["kind"] for e in tl]
-        assert kinds[:3] == ["begin", "enlist", "enlist"] and "decide" in kinds and kinds.count("ack") == 2
+        assert (
+            kinds[:3] == ["begin", "enlist", "enlist"]
+            and "decide" in kinds
+            and kinds.count("ack") == 2
+        )
 
 
 async def test_a_no_vote_aborts_everyone_who_may_hold_work(node_db: str) -> None:
@@ -241,7 +249,9 @@ async def test_list_filters_and_pagination(node_db: str) -> None:
         assert {t["txid"] for t in xs} == {ids[1], ids[3]}
         aborted = (await c.get("/v1/transactions", params={"state": "aborted"})).json()["items"]
         assert [t["txid"] for t in aborted] == [ids[1]]
-        special = (await c.get("/v1/transactions", params={"participant": "special"})).json()["items"]
+        special = (await c.get("/v1/transactions", params={"participant": "special"})).json()[
+            "items"
+        ]
         assert [t["txid"] for t in special] == [ids[0]]
         old = (await c.get("/v1/transactions", params={"min_age_s": 3600})).json()["items"]
         assert old == []
@@ -254,12 +264,24 @@ BAD_INPUT = [
     ("POST", "/v1/transactions", b'{"surprise": 1}', 422, "invalid_request"),
     ("POST", "/v1/transactions", b'{"labels": {"k": 5}}', 422, "invalid_request"),
     ("POST", "/v1/transactions", b"[1, 2]", 422, "invalid_request"),
-    ("POST", "/v1/transactions", b'{"labels": {"k": "' + b"v" * 70000 + b'"}}', 413, "body_too_large"),
+    (
+        "POST",
+        "/v1/transactions",
+        b'{"labels": {"k": "' + b"v" * 70000 + b'"}}',
+        413,
+        "body_too_large",
+    ),
     ("GET", "/v1/transactions/unknown-tx", None, 404, "not_found"),
     ("GET", "/v1/transactions/bad%20id", None, 400, "invalid_txid"),
     ("POST", "/v1/transactions/unknown-tx/commit", None, 404, "not_found"),
     ("POST", "/v1/transactions/unknown-tx/abort", None, 404, "not_found"),
-    ("POST", "/v1/transactions/unknown-tx/participants", b'{"name": "a", "url": "http://a"}', 404, "not_found"),
+    (
+        "POST",
+        "/v1/transactions/unknown-tx/participants",
+        b'{"name": "a", "url": "http://a"}',
+        404,
+        "not_found",
+    ),
     ("GET", "/v1/transactions?state=bogus", None, 422, "invalid_request"),
     ("GET", "/v1/transactions?label=nocolon", None, 400, "invalid_filter"),
     ("GET", "/v1/transactions?cursor=garbage", None, 400, "invalid_cursor"),
@@ -272,7 +294,9 @@ async def test_bad_input_gets_the_documented_status_and_shape(
     node_db: str, method: str, path: str, body: bytes | None, status: int, code: str
 ) -> None:
     async with running_node(node_db) as c:
-        r = await c.request(method, path, content=body, headers={"content-type": "application/json"})
+        r = await c.request(
+            method, path, content=body, headers={"content-type": "application/json"}
+        )
         assert r.status_code == status, r.text
         err = r.json()["error"]
         assert err["code"] == code and err["message"]
@@ -293,7 +317,9 @@ async def test_bad_input_gets_the_documented_status_and_shape(
         {"name": "a", "url": "http://host", "extra": True},
     ],
 )
-async def test_bad_enlistments_are_refused_and_nothing_is_enlisted(node_db: str, enlist_body: dict[str, Any]) -> None:
+async def test_bad_enlistments_are_refused_and_nothing_is_enlisted(
+    node_db: str, enlist_body: dict[str, Any]
+) -> None:
     async with running_node(node_db) as c:
         txid = await begin(c)
         r = await c.post(f"/v1/transactions/{txid}/participants", json=enlist_body)
@@ -321,4 +347,8 @@ async def test_health_ready_metrics_cluster(node_db: str) -> None:
         m = (await c.get("/metrics")).text
         assert "txc_transactions_begun_total 1.0" in m and "txc_transactions_in_flight 1.0" in m
         cl = (await c.get("/v1/cluster")).json()
-        assert cl["leader"] == "node1" and cl["members"][0]["role"] == "leader" and cl["commit_index"] >= 1
+        assert (
+            cl["leader"] == "node1"
+            and cl["members"][0]["role"] == "leader"
+            and cl["commit_index"] >= 1
+        )

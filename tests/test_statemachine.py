@@ -24,7 +24,9 @@ from coordinator.statemachine import Machine, Status
 T = "tx-1"
 
 
-def machine_with(*names: str, timeout: float = 10.0, votes: dict[str, Vote] | None = None) -> Machine:
+def machine_with(
+    *names: str, timeout: float = 10.0, votes: dict[str, Vote] | None = None
+) -> Machine:
     m = Machine()
     assert m.apply(Begin(txid=T, at=0.0, timeout_s=timeout)).status is Status.CREATED
     for n in names:
@@ -162,7 +164,9 @@ def test_phase2_attempts_record_the_last_error() -> None:
     t = m.apply(Phase2Attempt(txid=T, at=3, name="a", error="timeout" * 500)).txn
     assert t is not None
     p = t.participant("a")
-    assert p is not None and p.attempts == 2 and p.last_error is not None and len(p.last_error) == 1000
+    assert (
+        p is not None and p.attempts == 2 and p.last_error is not None and len(p.last_error) == 1000
+    )
     t = m.apply(Ack(txid=T, at=4, name="a")).txn
     assert t is not None and t.state is TxState.COMMITTED and t.participants[0].last_error is None
     # Attempts after the acknowledgement change nothing.
@@ -212,19 +216,47 @@ def test_apply_never_mutates_its_input() -> None:
 NAMES = ["a", "b", "c"]
 
 command_st = st.one_of(
-    st.builds(lambda at, n: Enlist(txid=T, at=at, name=n, url=f"http://{n}"), st.floats(0, 12), st.sampled_from(NAMES)),
-    st.builds(lambda at, n: Enlist(txid=T, at=at, name=n, url=f"http://{n}", vote=Vote.YES), st.floats(0, 12), st.sampled_from(NAMES)),
+    st.builds(
+        lambda at, n: Enlist(txid=T, at=at, name=n, url=f"http://{n}"),
+        st.floats(0, 12),
+        st.sampled_from(NAMES),
+    ),
+    st.builds(
+        lambda at, n: Enlist(txid=T, at=at, name=n, url=f"http://{n}", vote=Vote.YES),
+        st.floats(0, 12),
+        st.sampled_from(NAMES),
+    ),
     st.builds(lambda at: StartPrepare(txid=T, at=at), st.floats(0, 12)),
-    st.builds(lambda at, n, v: RecordVote(txid=T, at=at, name=n, vote=v), st.floats(0, 12), st.sampled_from(NAMES), st.sampled_from(list(Vote))),
-    st.builds(lambda at, o: Decide(txid=T, at=at, outcome=o), st.floats(0, 12), st.sampled_from(list(Outcome))),
-    st.builds(lambda at, n, h: Ack(txid=T, at=at, name=n, heuristic=h), st.floats(0, 12), st.sampled_from(NAMES), st.sampled_from([None, None, "commit", "abort", "unknown"])),
-    st.builds(lambda at, n: Phase2Attempt(txid=T, at=at, name=n, error="x"), st.floats(0, 12), st.sampled_from(NAMES)),
+    st.builds(
+        lambda at, n, v: RecordVote(txid=T, at=at, name=n, vote=v),
+        st.floats(0, 12),
+        st.sampled_from(NAMES),
+        st.sampled_from(list(Vote)),
+    ),
+    st.builds(
+        lambda at, o: Decide(txid=T, at=at, outcome=o),
+        st.floats(0, 12),
+        st.sampled_from(list(Outcome)),
+    ),
+    st.builds(
+        lambda at, n, h: Ack(txid=T, at=at, name=n, heuristic=h),
+        st.floats(0, 12),
+        st.sampled_from(NAMES),
+        st.sampled_from([None, None, "commit", "abort", "unknown"]),
+    ),
+    st.builds(
+        lambda at, n: Phase2Attempt(txid=T, at=at, name=n, error="x"),
+        st.floats(0, 12),
+        st.sampled_from(NAMES),
+    ),
 )
 
 
 @settings(max_examples=400, deadline=None)
 @given(begin_first=st.booleans(), commands=st.lists(command_st, max_size=30))
-def test_first_decision_wins_under_every_interleaving(begin_first: bool, commands: list[Command]) -> None:
+def test_first_decision_wins_under_every_interleaving(
+    begin_first: bool, commands: list[Command]
+) -> None:
     m = Machine()
     if begin_first:
         m.apply(Begin(txid=T, at=0.0, timeout_s=10.0))
