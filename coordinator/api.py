@@ -25,6 +25,16 @@ from coordinator import model
 from coordinator.engine import EngineError
 from coordinator.log import LogUnavailable, NotLeader
 from coordinator.model import Outcome, Transaction, TxState, Vote
+from coordinator.raft.transport import (
+    HEADER_FROM,
+    HEADER_SIG,
+    HEADER_TIME,
+    MAX_BODY_BYTES,
+    RAFT_PATH,
+    AuthError,
+    decode_batch,
+    verify,
+)
 from coordinator.statemachine import Status
 from coordinator.store import ListFilter
 
@@ -183,7 +193,7 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") == RAFT_PATH:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):
@@ -410,6 +420,71 @@ def create_app(node: Any) -> FastAPI:
     @app.get("/v1/cluster", dependencies=[Auth])
     async def cluster() -> dict[str, Any]:
         return node.log.status()  # type: ignore[no-any-return]
+
+    class TransferRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        to: int = Field(ge=1)
+
+    @app.post("/v1/cluster/transfer-leadership", dependencies=[Auth])
+    async def transfer_leadership(body: TransferRequest) -> dict[str, Any]:
+        if node.raft is None:
+            raise ApiError(409, "not_a_group", "this node runs standalone, without Raft")
+        from coordinator.raft.errors import ConfChangeRefused
+        from coordinator.raft.errors import NotLeader as CoreNotLeader
+
+        try:
+            await node.raft.transfer_leadership(body.to)
+        except CoreNotLeader:
+            raise NotLeader(node.log.leader_url()) from None
+        except ConfChangeRefused as e:
+            raise ApiError(409, "refused", str(e)) from None
+        return {"transferring_to": body.to}
+
+    @app.post(RAFT_PATH, include_in_schema=False)
+    async def raft_messages(request: Request) -> Response:
+        if node.raft is None:
+            raise ApiError(404, "not_found", "this node runs standalone, without Raft")
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, "body_too_large", "raft batch too large")
+        peers = set(node.raft.urls)
+        try:
+            sender = verify(
+                settings.cluster_secret,
+                peers,
+                request.headers.get(HEADER_FROM),
+                request.headers.get(HEADER_TIME),
+                request.headers.get(HEADER_SIG),
+                body,
+                time.time(),
+            )
+        except AuthError as e:
+            client = request.client.host if request.client else "?"
+            node.refused_peer(client, str(e))
+            raise ApiError(401, "unauthenticated", "cluster authentication failed") from None
+        try:
+            msgs = decode_batch(body, sender, node.raft.id)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ApiError(400, "malformed_raft_messages", str(e)[:200]) from None
+        node.raft.deliver(msgs)
+        return Response(status_code=204)
+
+    @app.middleware("http")
+    async def forward_to_leader(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        if (
+            node.raft is None
+            or not path.startswith("/v1/")
+            or path.startswith("/v1/cluster")
+            or node.log.is_leader()
+        ):
+            return await call_next(request)  # type: ignore[no-any-return]
+        leader = node.log.leader_url()
+        if request.headers.get("txc-forwarded") or leader is None:
+            headers = {"Txc-Leader": leader} if leader else None
+            msg = "no leader elected yet" if leader is None else "not the leader"
+            return error_response(503, "not_leader", msg, headers)
+        return await node.forward(request, leader)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

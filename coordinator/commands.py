@@ -123,3 +123,12 @@ def encode(cmd: Command) -> bytes:
 
 def decode(data: bytes | str) -> Command:
     return command_from_dict(json.loads(data))
+
+
+def encode_batch(cmds: list[Command]) -> bytes:
+    """One Raft entry carries the commands of one proposal, applied in order."""
+    return json.dumps([c.to_dict() for c in cmds], separators=(",", ":")).encode()
+
+
+def decode_batch(data: bytes) -> list[Command]:
+    return [command_from_dict(d) for d in json.loads(data)]

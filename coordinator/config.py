@@ -31,6 +31,17 @@ class Settings:
     api_token: str = field(default="", repr=False)
     participant_token: str = field(default="", repr=False)
 
+    # Raft group: `peers` lists every initial member as "id=url,id=url"; empty runs one
+    # standalone node without Raft. `raft_id` is this node's id in that list.
+    peers: str = ""
+    raft_id: int = 0
+    cluster_secret: str = field(default="", repr=False)
+    raft_tick_s: float = 0.05  # one Raft tick; election timeout = election_ticks..2x ticks
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_entries: int = 20_000  # log entries kept before a snapshot compacts them
+    forward_timeout_s: float = 30.0  # a follower's forwarded request to the leader
+
     default_timeout_s: float = 60.0  # a transaction's lifetime when begin gives none
     prepare_timeout_s: float = 10.0  # one prepare request, bounded also by the expiry
     phase2_request_timeout_s: float = 10.0  # one commit/abort request to a participant
@@ -48,6 +59,18 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.advertise_url:
             self.advertise_url = f"http://{self.host}:{self.port}"
+        if self.peers and self.node_id == "node1" and self.raft_id:
+            self.node_id = f"node{self.raft_id}"
+
+    def peer_urls(self) -> dict[int, str]:
+        """Parse `peers` ("1=http://a:7000,2=http://b:7000")."""
+        out: dict[int, str] = {}
+        for item in filter(None, (p.strip() for p in self.peers.split(","))):
+            key, sep, url = item.partition("=")
+            if not sep or not key.strip().isdigit() or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"peers: expected id=http(s)://host:port, got {item!r}")
+            out[int(key)] = url.strip().rstrip("/")
+        return out
 
     def validate(self) -> Settings:
         if not self.database_url:
@@ -59,6 +82,14 @@ class Settings:
             if missing:
                 names = ", ".join(f"TXC_{n.upper()}" for n in missing)
                 raise ConfigError(f"production configuration without credentials: set {names}")
+        if self.peers:
+            urls = self.peer_urls()
+            if self.raft_id not in urls:
+                raise ConfigError(f"raft_id {self.raft_id} is not in peers ({self.peers})")
+            if not self.cluster_secret:
+                raise ConfigError("a Raft group needs a cluster secret (TXC_CLUSTER_SECRET)")
+            if not 0 < self.heartbeat_ticks < self.election_ticks:
+                raise ConfigError("need 0 < heartbeat_ticks < election_ticks")
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name.endswith("_s") and v <= 0:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from coordinator import migrate
@@ -15,9 +17,13 @@ from coordinator.engine import Engine
 from coordinator.log import CommandLog, SingleNodeLog
 from coordinator.metrics import Metrics
 from coordinator.participant_client import ParticipantClient
+from coordinator.replicated_log import RaftLog
 from coordinator.store import Store
 
 log = logging.getLogger("txc.node")
+
+FORWARDED_HEADERS = {"authorization", "content-type", "accept", "traceparent"}
+RELAYED_HEADERS = {"content-type", "txc-leader", "retry-after", "www-authenticate"}
 
 
 class Node:
@@ -29,17 +35,35 @@ class Node:
         self.client = ParticipantClient(
             token=settings.participant_token, connections=settings.participant_connections
         )
-        self.log: CommandLog = SingleNodeLog(
-            self.db,
-            self.store,
-            node_id=settings.node_id,
-            advertise_url=settings.advertise_url,
-            batch_max=settings.log_batch_max,
-            queue_max=settings.log_queue_max,
-        )
+        self.raft: RaftLog | None = None
+        self.log: CommandLog
+        if settings.peers:
+            self.raft = RaftLog(
+                self.db,
+                self.store,
+                raft_id=settings.raft_id,
+                peer_urls=settings.peer_urls(),
+                secret=settings.cluster_secret,
+                tick_s=settings.raft_tick_s,
+                election_ticks=settings.election_ticks,
+                heartbeat_ticks=settings.heartbeat_ticks,
+                snapshot_entries=settings.snapshot_entries,
+            )
+            self.log = self.raft
+        else:
+            self.log = SingleNodeLog(
+                self.db,
+                self.store,
+                node_id=settings.node_id,
+                advertise_url=settings.advertise_url,
+                batch_max=settings.log_batch_max,
+                queue_max=settings.log_queue_max,
+            )
+        self.http: httpx.AsyncClient | None = None
         self.engine = Engine(settings, self.log, self.store, self.client, self.metrics)
 
     async def start(self) -> None:
+        self.http = httpx.AsyncClient(timeout=self.settings.forward_timeout_s)
         await self.client.start()
         await self.log.start()
         await self.engine.start()
@@ -49,6 +73,8 @@ class Node:
         await self.engine.stop()
         await self.log.stop()
         await self.client.close()
+        if self.http is not None:
+            await self.http.aclose()
         await self.db.dispose()
 
     async def readiness_problems(self) -> list[str]:
@@ -74,8 +100,39 @@ class Node:
             "txc_raft_commit_index": float(status.get("commit_index", 0)),
             "txc_raft_applied_index": float(status.get("applied_index", 0)),
             "txc_is_leader": 1.0 if self.log.is_leader() else 0.0,
+            "txc_raft_leader_changes": float(status.get("leader_changes", 0)),
         }
         return self.metrics.render(extra)
+
+    def refused_peer(self, client: str, reason: str) -> None:
+        log.warning("refused raft messages from %s: %s", client, reason)
+
+    async def forward(self, request: Request, leader_url: str) -> Response:
+        """Send a request this follower cannot serve to the leader, and relay its answer."""
+        assert self.http is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
+        headers["Txc-Forwarded"] = self.settings.node_id
+        try:
+            r = await self.http.request(
+                request.method,
+                leader_url + request.url.path,
+                params=request.query_params,
+                content=await request.body(),
+                headers=headers,
+            )
+        except httpx.HTTPError as e:
+            return JSONResponse(
+                {
+                    "error": {
+                        "code": "not_leader",
+                        "message": f"leader unreachable: {type(e).__name__}",
+                    }
+                },
+                status_code=503,
+                headers={"Txc-Leader": leader_url},
+            )
+        out = {k: v for k, v in r.headers.items() if k.lower() in RELAYED_HEADERS}
+        return Response(r.content, status_code=r.status_code, headers=out)
 
     def log_unexpected(self, e: BaseException) -> None:
         log.error("unexpected error: %s", e, exc_info=e)

@@ -57,6 +57,7 @@ snapshot_meta = Table(
     Column("index", BigInteger, nullable=False),
     Column("term", BigInteger, nullable=False),
     Column("config", JSONB, nullable=False),
+    Column("data", LargeBinary, nullable=False),
 )
 
 # The applied state: one row per transaction; `doc` is the whole record, the other columns
@@ -85,6 +86,7 @@ history = Table(
     metadata,
     Column("txid", String(64), primary_key=True),
     Column("index", BigInteger, primary_key=True, autoincrement=False),
+    Column("seq", Integer, primary_key=True, autoincrement=False),  # position in the entry
     Column("at", Double, nullable=False),
     Column("kind", String(32), nullable=False),
     Column("detail", JSONB, nullable=False),

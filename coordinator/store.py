@@ -33,6 +33,7 @@ class LogEntry:
     index: int
     term: int
     command: Command
+    seq: int = 0  # position of the command within its log entry (a Raft entry holds a batch)
 
 
 @dataclass
@@ -154,6 +155,7 @@ class Store:
                     {
                         "txid": e.command.txid,
                         "index": e.index,
+                        "seq": e.seq,
                         "at": e.command.at,
                         "kind": e.command.kind,
                         "detail": _history_detail(e.command, result),
@@ -224,10 +226,12 @@ class Store:
         h = schema.history.c
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                select(h.index, h.at, h.kind, h.detail).where(h.txid == txid).order_by(h.index)
+                select(h.index, h.at, h.kind, h.detail)
+                .where(h.txid == txid)
+                .order_by(h.index, h.seq)
             )
             return [
-                {"index": r.index, "at": r.at, "kind": r.kind, "detail": r.detail}
+                {"index": r._mapping["index"], "at": r.at, "kind": r.kind, "detail": r.detail}
                 for r in rows.fetchall()
             ]
 
@@ -236,3 +240,24 @@ class Store:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(t.state, func.count()).group_by(t.state))
             return {r[0]: int(r[1]) for r in rows.fetchall()}
+
+    async def dump(self, conn: AsyncConnection) -> bytes:
+        """The whole applied state, as a snapshot's data (Raft log compaction)."""
+        rows = await conn.execute(
+            select(schema.transactions.c.doc).order_by(schema.transactions.c.txid)
+        )
+        return json.dumps({"transactions": [r[0] for r in rows.fetchall()]}).encode()
+
+    async def restore(self, conn: AsyncConnection, data: bytes) -> dict[str, Transaction]:
+        """Replace the applied state with a snapshot's (InstallSnapshot). The timeline of
+        transactions in the snapshot starts again from here; the caller publishes after commit."""
+        docs = json.loads(data)["transactions"] if data else []
+        await conn.execute(schema.transactions.delete())
+        await conn.execute(schema.history.delete())
+        txns = [Transaction.from_dict(d) for d in docs]
+        if txns:
+            await conn.execute(schema.transactions.insert(), [_row(t) for t in txns])
+        return {t.txid: t for t in txns}
+
+    def reset_inflight(self, txns: dict[str, Transaction]) -> None:
+        self.inflight = {k: t for k, t in txns.items() if not t.state.terminal}

@@ -232,7 +232,8 @@ def _enlist_call(txid: str, name: str, url: str, vote: str | None) -> _Call:
 def _outcome_of(data: dict[str, Any]) -> str:
     outcome = data.get("outcome")
     if outcome not in OUTCOMES:
-        raise TxcError(f"outcome: unexpected answer {data!r}"[:MAX_ERROR_MESSAGE], code="bad_response")
+        message = f"outcome: unexpected answer {data!r}"[:MAX_ERROR_MESSAGE]
+        raise TxcError(message, code="bad_response")
     return str(outcome)
 
 
@@ -410,7 +411,7 @@ class TxcClient(_ClientBase):
         return self._request(_tx_call("abort", "POST", txid, "/abort"))
 
     def outcome(self, txid: str) -> str:
-        """"commit", "abort" or "pending" (an unknown txid becomes a durable "abort")."""
+        """ "commit", "abort" or "pending" (an unknown txid becomes a durable "abort")."""
         return _outcome_of(self._request(_tx_call("outcome", "GET", txid, "/outcome")))
 
     def enlist(self, txid: str, name: str, url: str, vote: str | None = None) -> dict[str, Any]:

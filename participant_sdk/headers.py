@@ -21,15 +21,15 @@ MAX_TXID = 128
 # gid = "txc:" + name + ":" + txid must fit PostgreSQL's limit for every allowed name/txid.
 assert len(GID_PREFIX) + 1 + MAX_PARTICIPANT_NAME + 1 + MAX_TXID <= PG_GID_MAX_BYTES
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,%d}$" % MAX_PARTICIPANT_NAME)
+_NAME_RE = re.compile(rf"^[A-Za-z0-9_.\-]{{1,{MAX_PARTICIPANT_NAME}}}")
 # A txid may also hold ':' (the gid is split on the first two colons, and names have none).
-_TXID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,%d}$" % MAX_TXID)
-_URL_RE = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+_TXID_RE = re.compile(rf"^[A-Za-z0-9_.:\-]{{1,{MAX_TXID}}}")
+_URL_RE = re.compile(r"^https?://[^\s/]+(/\S*)?")
 
 
 def validate_participant_name(name: str) -> str:
     """Return `name` if it may be a participant name, else raise ValueError."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"participant name must be 1-{MAX_PARTICIPANT_NAME} characters of "
             f"[A-Za-z0-9_.-], got {name!r}"
@@ -38,7 +38,7 @@ def validate_participant_name(name: str) -> str:
 
 
 def is_valid_txid(txid: object) -> bool:
-    return isinstance(txid, str) and bool(_TXID_RE.match(txid))
+    return isinstance(txid, str) and bool(_TXID_RE.fullmatch(txid))
 
 
 def validate_txid(txid: str) -> str:
@@ -52,7 +52,7 @@ def validate_txid(txid: str) -> str:
 
 def validate_base_url(url: str) -> str:
     """An http(s) base URL without a trailing slash."""
-    if not isinstance(url, str) or not _URL_RE.match(url):
+    if not isinstance(url, str) or not _URL_RE.fullmatch(url):
         raise ValueError(f"expected an http(s) URL, got {url!r}")
     return url.rstrip("/")
 
@@ -73,7 +73,7 @@ def parse_gid(gid: str) -> tuple[str, str] | None:
     if len(parts) != 3 or parts[0] != GID_PREFIX:
         return None
     name, txid = parts[1], parts[2]
-    if not _NAME_RE.match(name) or not is_valid_txid(txid):
+    if not _NAME_RE.fullmatch(name) or not is_valid_txid(txid):
         return None
     return name, txid
 

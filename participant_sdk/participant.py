@@ -227,9 +227,7 @@ class ParticipantBase(ABC):
         if self.token is None:
             return
         if not authorization or not authorization.startswith("Bearer "):
-            raise HTTPException(
-                401, {"code": "unauthorized", "message": "bearer token required"}
-            )
+            raise HTTPException(401, {"code": "unauthorized", "message": "bearer token required"})
         given = authorization[len("Bearer ") :].encode()
         if not hmac.compare_digest(given, self.token.encode()):
             raise HTTPException(403, {"code": "forbidden", "message": "wrong token"})

@@ -91,16 +91,19 @@ class Record:
 def _row(r: object) -> Record:
     m = r._mapping  # type: ignore[attr-defined]
     return Record(
-        m["participant"], m["txid"], m["state"], m["gid"], m["coordinator_url"],
-        m["created_at"], m["updated_at"],
+        m["participant"],
+        m["txid"],
+        m["state"],
+        m["gid"],
+        m["coordinator_url"],
+        m["created_at"],
+        m["updated_at"],
     )
 
 
 def get(conn: Connection, participant: str, txid: str) -> Record | None:
     t = participant_record
-    row = conn.execute(
-        select(t).where(t.c.participant == participant, t.c.txid == txid)
-    ).first()
+    row = conn.execute(select(t).where(t.c.participant == participant, t.c.txid == txid)).first()
     return _row(row) if row is not None else None
 
 
@@ -125,8 +128,13 @@ def insert_if_absent(
     assert state in STATES
     stmt = (
         _insert(conn)
-        .values(participant=participant, txid=txid, state=state, gid=gid,
-                coordinator_url=coordinator_url)
+        .values(
+            participant=participant,
+            txid=txid,
+            state=state,
+            gid=gid,
+            coordinator_url=coordinator_url,
+        )
         .on_conflict_do_nothing(index_elements=["participant", "txid"])
     )
     result = conn.execute(stmt)

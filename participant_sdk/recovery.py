@@ -88,8 +88,11 @@ class RecoveryReport:
         return {i.txid: i.action for i in self.items}
 
     def to_dict(self) -> dict[str, object]:
-        return {"participant": self.participant, "dry_run": self.dry_run,
-                "items": [asdict(i) for i in self.items]}
+        return {
+            "participant": self.participant,
+            "dry_run": self.dry_run,
+            "items": [asdict(i) for i in self.items],
+        }
 
 
 def _apply(participant: ParticipantBase, txid: str, what: str) -> str:
@@ -122,9 +125,7 @@ def resolve_in_doubt(participant: ParticipantBase, *, dry_run: bool = False) -> 
             if what == "none":
                 continue
             if what == "ask":
-                item.outcome = participant.coordinator_for(cand.coordinator_url).outcome(
-                    cand.txid
-                )
+                item.outcome = participant.coordinator_for(cand.coordinator_url).outcome(cand.txid)
                 if item.outcome == "pending":
                     item.action = "left_pending"
                     continue
@@ -174,8 +175,13 @@ class RecoveryLoop:
                 self.passes += 1
                 for item in report.items:
                     if item.action not in ("none", "left_pending"):
-                        log.info("recovery %s %s: %s %s", self.participant.name, item.txid,
-                                 item.action, item.error or "")
+                        log.info(
+                            "recovery %s %s: %s %s",
+                            self.participant.name,
+                            item.txid,
+                            item.action,
+                            item.error or "",
+                        )
             except Exception:
                 log.exception("recovery pass of %s failed", self.participant.name)
             self._stop.wait(self.interval_s)

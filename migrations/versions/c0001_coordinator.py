@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.Column("index", sa.BigInteger, nullable=False),
         sa.Column("term", sa.BigInteger, nullable=False),
         sa.Column("config", JSONB, nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
     )
     op.create_table(
         "txc_transactions",
@@ -66,6 +67,7 @@ def upgrade() -> None:
         "txc_history",
         sa.Column("txid", sa.String(64), primary_key=True),
         sa.Column("index", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("at", sa.Double, nullable=False),
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("detail", JSONB, nullable=False),

@@ -1,0 +1,148 @@
+"""Raft storage in PostgreSQL: the log, the hard state and the snapshot of one node.
+
+Everything a Ready asks to persist is written in one transaction with
+`synchronous_commit=on` (the engine's connections set it), and the committed entries it
+hands out are applied in that same transaction, with `last_applied`. So after a crash the
+node finds either all of a Ready or none of it; the stored commit index can never be ahead
+of the stored log; and nothing is ever applied twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coordinator import schema
+from coordinator.raft.messages import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+from coordinator.raft.ready import PersistentState
+
+MAX_ROWS_PER_INSERT = 1000
+
+
+class StorageMismatch(RuntimeError):
+    """The database holds another kind of node's state (e.g. a standalone node's log)."""
+
+
+async def load(engine: AsyncEngine, voters: frozenset[int]) -> PersistentState:
+    """What the node restarts from. A database never used by a Raft node bootstraps a new
+    member of a cluster whose initial voters are `voters`."""
+    async with engine.connect() as conn:
+        hs_row = (await conn.execute(select(schema.hard_state))).first()
+        snap_row = (await conn.execute(select(schema.snapshot_meta))).first()
+        applied_row = (await conn.execute(select(schema.applied_state))).first()
+        if hs_row is None and snap_row is None:
+            log_count = (await conn.execute(select(schema.log_entries.c.index).limit(1))).first()
+            if log_count is not None:
+                raise StorageMismatch(
+                    "the database has a log but no Raft state: it belongs to a standalone node"
+                )
+            return PersistentState.bootstrap(voters)
+        if hs_row is not None and hs_row.vote is not None and not str(hs_row.vote).isdigit():
+            raise StorageMismatch(
+                "the database was used by a standalone (single-node) coordinator; give the Raft node an empty database"
+            )
+        hs = (
+            HardState(hs_row.term, int(hs_row.vote or 0), hs_row.commit_index)
+            if hs_row
+            else HardState()
+        )
+        if snap_row is not None:
+            snap = Snapshot(
+                SnapshotMeta(
+                    snap_row._mapping["index"], snap_row.term, ConfState.from_dict(snap_row.config)
+                ),
+                bytes(snap_row.data),
+            )
+        else:
+            snap = Snapshot(SnapshotMeta(0, 0, ConfState(voters)))
+        rows = await conn.execute(
+            select(schema.log_entries)
+            .where(schema.log_entries.c.index > snap.meta.index)
+            .order_by(schema.log_entries.c.index)
+        )
+        entries = tuple(
+            Entry(r._mapping["index"], r.term, EntryKind(r.kind), bytes(r.data))
+            for r in rows.fetchall()
+        )
+        applied = applied_row.last_applied if applied_row is not None else 0
+        return PersistentState(
+            hard_state=hs, snapshot=snap, entries=entries, applied=max(applied, snap.meta.index)
+        )
+
+
+async def save(
+    conn: AsyncConnection,
+    snapshot: Snapshot | None,
+    entries: Sequence[Entry],
+    hard_state: HardState | None,
+) -> None:
+    """Persist a Ready's durable parts inside `conn`'s transaction, in the contract's order."""
+    if snapshot is not None:
+        await save_snapshot(conn, snapshot)
+        # A received snapshot replaces the whole log.
+        await conn.execute(delete(schema.log_entries))
+    if entries:
+        first = entries[0].index
+        await conn.execute(delete(schema.log_entries).where(schema.log_entries.c.index >= first))
+        rows = [
+            {"index": e.index, "term": e.term, "kind": e.kind.value, "data": e.data}
+            for e in entries
+        ]
+        for i in range(0, len(rows), MAX_ROWS_PER_INSERT):
+            await conn.execute(schema.log_entries.insert(), rows[i : i + MAX_ROWS_PER_INSERT])
+    if hard_state is not None:
+        stmt = pg_insert(schema.hard_state).values(
+            id=1, term=hard_state.term, vote=str(hard_state.vote), commit_index=hard_state.commit
+        )
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["id"],
+                set_={
+                    "term": stmt.excluded.term,
+                    "vote": stmt.excluded.vote,
+                    "commit_index": stmt.excluded.commit_index,
+                },
+            )
+        )
+
+
+async def save_snapshot(conn: AsyncConnection, snapshot: Snapshot) -> None:
+    m = snapshot.meta
+    stmt = pg_insert(schema.snapshot_meta).values(
+        id=1, index=m.index, term=m.term, config=m.conf.to_dict(), data=snapshot.data
+    )
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={
+                "index": stmt.excluded.index,
+                "term": stmt.excluded.term,
+                "config": stmt.excluded.config,
+                "data": stmt.excluded.data,
+            },
+        )
+    )
+
+
+async def compact(conn: AsyncConnection, snapshot: Snapshot) -> None:
+    """Save a snapshot this node took of its own applied state and drop the log it covers."""
+    await save_snapshot(conn, snapshot)
+    await conn.execute(
+        delete(schema.log_entries).where(schema.log_entries.c.index <= snapshot.meta.index)
+    )
+
+
+async def set_applied(conn: AsyncConnection, index: int, term: int) -> None:
+    stmt = pg_insert(schema.applied_state).values(id=1, last_applied=index, last_applied_term=term)
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={
+                "last_applied": stmt.excluded.last_applied,
+                "last_applied_term": stmt.excluded.last_applied_term,
+            },
+        )
+    )

@@ -1,0 +1,455 @@
+"""The command log replicated by Raft: the asyncio shell around the pure core.
+
+One task owns the core. It takes events (ticks, peer messages, proposals, reads) from a
+bounded inbox, feeds them in, then drains each Ready in the order its contract requires:
+persist the log, hard state and snapshot and apply the committed entries in one synchronous
+PostgreSQL transaction, then send the messages, then answer proposals and reads.
+Events that arrive while a Ready is being written wait in the inbox and go into the next
+one: that is group commit, and one database commit serves many proposals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.commands import Command, decode_batch, encode_batch
+from coordinator.log import LogUnavailable, NotLeader
+from coordinator.model import Transaction
+from coordinator.raft import storage
+from coordinator.raft.config import RaftConfig
+from coordinator.raft.core import RaftNode
+from coordinator.raft.errors import ConfChangeRefused, ProposalDropped
+from coordinator.raft.errors import NotLeader as CoreNotLeader
+from coordinator.raft.messages import (
+    NONE,
+    ConfChange,
+    Entry,
+    EntryKind,
+    Message,
+    Snapshot,
+    SnapshotMeta,
+)
+from coordinator.raft.ready import Ready, Role
+from coordinator.raft.transport import Transport
+from coordinator.statemachine import Result
+from coordinator.store import LogEntry, Store
+
+log = logging.getLogger("txc.raft")
+
+MAX_INBOX = 10_000  # events waiting for the Raft task before callers get 503
+MAX_EVENTS_PER_ROUND = 1_000  # events fed to the core before it drains a Ready
+READ_TIMEOUT_S = 5.0  # a linearizable read the leader cannot confirm in this time fails
+PROPOSE_TIMEOUT_S = 10.0  # a proposal not committed in this time fails (it may still commit)
+
+
+@dataclass
+class _Pending:
+    term: int
+    future: asyncio.Future[list[Result]]
+
+
+class RaftLog:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        store: Store,
+        *,
+        raft_id: int,
+        peer_urls: dict[int, str],
+        secret: str,
+        tick_s: float,
+        election_ticks: int,
+        heartbeat_ticks: int,
+        snapshot_entries: int,
+    ) -> None:
+        assert raft_id in peer_urls
+        self.engine = engine
+        self.store = store
+        self.id = raft_id
+        self.urls = dict(peer_urls)
+        self.tick_s = tick_s
+        self.cfg = RaftConfig(
+            id=raft_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks
+        )
+        self.snapshot_entries = snapshot_entries
+        self.transport = Transport(raft_id, secret, lambda: self.urls)
+        self.core: RaftNode | None = None
+        self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=MAX_INBOX)
+        self.pending: dict[int, _Pending] = {}
+        self.reads: dict[bytes, asyncio.Future[int]] = {}
+        self.read_index_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.applied = 0
+        self.role = Role.FOLLOWER
+        self.leader = NONE
+        self.term = 0
+        self._epoch = 0
+        self._leader_ready_index: int | None = None  # applied must reach this before we lead
+        self._tasks: list[asyncio.Task[None]] = []
+        self.leader_changes = 0
+        self.snapshot_index = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        state = await storage.load(self.engine, frozenset(self.urls))
+        self.core = RaftNode(self.cfg, state, random.Random())
+        self.applied = state.applied
+        self.snapshot_index = state.snapshot.meta.index
+        self.term = state.hard_state.term
+        await self.store.load_inflight()
+        await self.transport.start()
+        self._tasks = [
+            asyncio.create_task(self._run(), name="raft-loop"),
+            asyncio.create_task(self._ticker(), name="raft-ticker"),
+        ]
+        log.info(
+            "raft node %s starting: term %s, applied %s, %s entries after snapshot %s",
+            self.id,
+            state.hard_state.term,
+            state.applied,
+            len(state.entries),
+            self.snapshot_index,
+        )
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._fail_pending(LogUnavailable("node stopping"))
+        await self.transport.stop()
+
+    # -- CommandLog -----------------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER and self._leader_ready_index is None
+
+    def leader_url(self) -> str | None:
+        if self.leader == NONE:
+            return None
+        return self.urls.get(self.leader)
+
+    def leadership_epoch(self) -> int:
+        return self._epoch
+
+    def _put(self, kind: str, payload: Any) -> None:
+        try:
+            self.inbox.put_nowait((kind, payload))
+        except asyncio.QueueFull:
+            raise LogUnavailable("the Raft node is overloaded") from None
+
+    async def propose(self, commands: Sequence[Command]) -> list[Result]:
+        if not commands:
+            return []
+        if not self.is_leader():
+            raise NotLeader(self.leader_url())
+        fut: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        self._put("propose", (encode_batch(list(commands)), fut))
+        try:
+            return await asyncio.wait_for(fut, PROPOSE_TIMEOUT_S)
+        except TimeoutError:
+            raise LogUnavailable(
+                "the command was not committed in time; it may still commit"
+            ) from None
+
+    async def read_barrier(self) -> None:
+        if not self.is_leader():
+            raise NotLeader(self.leader_url())
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        ctx = uuid.uuid4().bytes
+        self.reads[ctx] = fut
+        self._put("read", ctx)
+        try:
+            index = await asyncio.wait_for(fut, READ_TIMEOUT_S)
+            await self._wait_applied(index)
+        except TimeoutError:
+            raise LogUnavailable("leadership could not be confirmed for a read") from None
+        finally:
+            self.reads.pop(ctx, None)
+
+    async def _wait_applied(self, index: int) -> None:
+        if self.applied >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.read_index_waiters.append((index, fut))
+        await fut
+
+    def deliver(self, messages: list[Message]) -> None:
+        """Messages from a peer (the transport's HTTP handler)."""
+        for m in messages:
+            self._put("step", m)
+
+    async def transfer_leadership(self, to: int) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._put("transfer", (to, fut))
+        await fut
+
+    async def change_membership(self, change: ConfChange) -> None:
+        fut: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        self._put("conf", (change, fut))
+        await asyncio.wait_for(fut, PROPOSE_TIMEOUT_S)
+
+    def status(self) -> dict[str, Any]:
+        assert self.core is not None
+        st = self.core.status()
+        now = time.monotonic()
+        members = []
+        for nid in sorted(st.conf.members):
+            f = st.followers.get(nid)
+            role = (
+                "leader"
+                if nid == st.leader
+                else ("learner" if nid in st.conf.learners else "follower")
+            )
+            if nid == self.id:
+                healthy = True
+                match: int | None = st.last_index
+            else:
+                healthy = (
+                    f.recent_active if f else now - self.transport.reachable.get(nid, -1e9) < 5.0
+                )
+                match = f.match if f else None
+            members.append(
+                {
+                    "id": nid,
+                    "node_id": f"node{nid}",
+                    "url": self.urls.get(nid, ""),
+                    "role": role,
+                    "voter": nid in st.conf.voters,
+                    "match_index": match,
+                    "lag": (f.lag if f else 0) if st.role is Role.LEADER else None,
+                    "healthy": healthy,
+                }
+            )
+        return {
+            "mode": "raft",
+            "node_id": f"node{self.id}",
+            "id": self.id,
+            "role": st.role.value,
+            "leader": f"node{st.leader}" if st.leader != NONE else None,
+            "leader_id": st.leader,
+            "leader_url": self.leader_url(),
+            "term": st.term,
+            "commit_index": st.commit,
+            "applied_index": self.applied,
+            "last_index": st.last_index,
+            "snapshot_index": st.snapshot_index,
+            "leader_changes": self.leader_changes,
+            "messages_dropped": self.transport.dropped,
+            "members": members,
+        }
+
+    # -- the Raft task --------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            with contextlib.suppress(asyncio.QueueFull):
+                self.inbox.put_nowait(("tick", None))
+
+    async def _run(self) -> None:
+        assert self.core is not None
+        while True:
+            kind, payload = await self.inbox.get()
+            self._handle(kind, payload)
+            n = 1
+            while n < MAX_EVENTS_PER_ROUND and not self.inbox.empty():
+                kind, payload = self.inbox.get_nowait()
+                self._handle(kind, payload)
+                n += 1
+            while self.core.has_ready():
+                rd = self.core.ready()
+                try:
+                    await self._process(rd)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # Storage failed: nothing of this Ready is durable, so nothing may be
+                    # sent. Stop the node rather than continue with a core that believes
+                    # otherwise; the process supervisor (or operator) restarts it.
+                    log.critical("raft storage failed; stopping this node", exc_info=True)
+                    self._fail_pending(LogUnavailable("storage failure"))
+                    raise
+                self.core.advance(rd)
+            await self._maybe_snapshot()
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        core = self.core
+        assert core is not None
+        if kind == "tick":
+            core.tick()
+        elif kind == "step":
+            core.step(payload)
+        elif kind == "propose":
+            data, fut = payload
+            if fut.done():
+                return
+            try:
+                index, term = core.propose(data)
+            except CoreNotLeader:
+                fut.set_exception(NotLeader(self.leader_url()))
+                return
+            except ProposalDropped as e:
+                fut.set_exception(LogUnavailable(str(e)))
+                return
+            self.pending[index] = _Pending(term, fut)
+        elif kind == "read":
+            try:
+                core.read_index(payload)
+            except CoreNotLeader:
+                fut = self.reads.get(payload)
+                if fut is not None and not fut.done():
+                    fut.set_exception(NotLeader(self.leader_url()))
+        elif kind == "transfer":
+            to, fut = payload
+            try:
+                core.transfer_leadership(to)
+                fut.set_result(None)
+            except (CoreNotLeader, ConfChangeRefused) as e:
+                fut.set_exception(e)
+        elif kind == "conf":
+            change, fut = payload
+            try:
+                index, term = core.propose_conf_change(change)
+                self.pending[index] = _Pending(term, fut)
+            except (CoreNotLeader, ConfChangeRefused, ProposalDropped) as e:
+                fut.set_exception(e)
+        else:  # pragma: no cover
+            raise AssertionError(kind)
+
+    async def _process(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+        results: dict[int, list[Result]] = {}
+        changed: dict[str, Transaction] = {}
+        restored = None
+        needs_write = (
+            rd.snapshot is not None or rd.entries or rd.hard_state is not None or rd.committed
+        )
+        if needs_write:
+            async with self.engine.begin() as conn:
+                await storage.save(conn, rd.snapshot, rd.entries, rd.hard_state)
+                if rd.snapshot is not None and rd.snapshot.meta.index > self.applied:
+                    restored = await self.store.restore(conn, rd.snapshot.data)
+                    await storage.set_applied(conn, rd.snapshot.meta.index, rd.snapshot.meta.term)
+                if rd.committed:
+                    entries = [e for e in rd.committed if e.index > self.applied]
+                    log_entries, owners = _unpack(entries)
+                    res, changed = await self.store.apply_batch(conn, log_entries)
+                    for le, r in zip(log_entries, res, strict=True):
+                        results.setdefault(le.index, []).append(r)
+                    for e in entries:
+                        results.setdefault(e.index, [])
+                    del owners
+                    await storage.set_applied(conn, rd.committed[-1].index, rd.committed[-1].term)
+        # Durable: now messages may go out and the applied state may be seen.
+        self.transport.send(rd.messages)
+        if rd.hard_state is not None:
+            self.term = rd.hard_state.term
+        if restored is not None and rd.snapshot is not None:
+            self.store.reset_inflight(restored)
+            self.applied = rd.snapshot.meta.index
+            self.snapshot_index = rd.snapshot.meta.index
+        if rd.committed:
+            self.store.publish(changed)
+            for e in rd.committed:
+                if e.index <= self.applied:
+                    continue
+                self.applied = e.index
+                p = self.pending.pop(e.index, None)
+                if p is not None and not p.future.done():
+                    if p.term == e.term:
+                        p.future.set_result(results.get(e.index, []))
+                    else:
+                        p.future.set_exception(NotLeader(self.leader_url()))
+            if self._leader_ready_index is not None and self.applied >= self._leader_ready_index:
+                self._leader_ready_index = None
+                self._epoch += 1
+                log.info("node %s leads term %s (applied %s)", self.id, self.term, self.applied)
+        for rs in rd.read_states:
+            fut = self.reads.get(rs.ctx)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+        if self.read_index_waiters:
+            still = []
+            for index, w in self.read_index_waiters:
+                if self.applied >= index:
+                    if not w.done():
+                        w.set_result(None)
+                else:
+                    still.append((index, w))
+            self.read_index_waiters = still
+
+    def _on_soft_state(self, role: Role, leader: int) -> None:
+        was_leader = self.role is Role.LEADER
+        self.role, prev_leader, self.leader = role, self.leader, leader
+        if leader != prev_leader:
+            self.leader_changes += 1
+        if role is Role.LEADER and not was_leader:
+            assert self.core is not None
+            # Lead only once everything committed before this term is applied locally: the
+            # new leader's empty entry is the last one in its log right now.
+            self._leader_ready_index = self.core.status().last_index
+        elif was_leader and role is not Role.LEADER:
+            self._leader_ready_index = None
+            self._epoch += 1
+            log.info("node %s lost leadership (leader now %s)", self.id, leader or "unknown")
+            # Their entries may still commit under the new leader; the callers retry, and
+            # every command is idempotent.
+            self._fail_pending(NotLeader(self.leader_url()))
+
+    def _fail_pending(self, exc: Exception) -> None:
+        for p in self.pending.values():
+            if not p.future.done():
+                p.future.set_exception(exc)
+        self.pending.clear()
+        for fut in self.reads.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def _maybe_snapshot(self) -> None:
+        """Compact the log once `snapshot_entries` applied entries follow the last snapshot."""
+        core = self.core
+        assert core is not None
+        if self.applied - self.snapshot_index < self.snapshot_entries:
+            return
+        index = self.applied
+        st = core.status()
+        term = core.log.term(index)
+        assert term is not None, f"applied entry {index} is not in the log"
+        async with self.engine.begin() as conn:
+            data = await self.store.dump(conn)
+            snap = Snapshot(SnapshotMeta(index, term, core.log.conf_at(index)), data)
+            await storage.compact(conn, snap)
+        core.compact(index, data)
+        self.snapshot_index = index
+        log.info(
+            "node %s compacted its log up to %s (term %s, last %s)",
+            self.id,
+            index,
+            term,
+            st.last_index,
+        )
+
+
+def _unpack(entries: list[Entry]) -> tuple[list[LogEntry], list[int]]:
+    out: list[LogEntry] = []
+    owners: list[int] = []
+    for e in entries:
+        if e.kind is not EntryKind.NORMAL or not e.data:
+            continue
+        for seq, cmd in enumerate(decode_batch(e.data)):
+            out.append(LogEntry(e.index, e.term, cmd, seq))
+            owners.append(e.index)
+    return out, owners

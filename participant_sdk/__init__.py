@@ -1,0 +1,94 @@
+"""txc participant SDK: the coordinator client and the participant side (DESIGN §6).
+
+Client side::
+
+    client = TxcClient("http://127.0.0.1:7000")
+    with client.transaction() as tx:
+        httpx.post(bank_a + "/transfer/debit", json=..., headers=tx.headers).raise_for_status()
+        httpx.post(bank_b + "/transfer/credit", json=..., headers=tx.headers).raise_for_status()
+
+Participant side::
+
+    rm = PgResourceManager("bank-a", engine, public_url=..., coordinator_url=...)
+    rm.install(app)
+
+    @app.post("/transfer/debit")
+    def debit(body: Debit, work: PgWork = rm.join()) -> dict:
+        work.connection.execute(...)
+"""
+
+from participant_sdk.callbacks import CallbackParticipant, CallbackWork
+from participant_sdk.client import (
+    AsyncTransaction,
+    AsyncTxcClient,
+    Transaction,
+    TxcClient,
+)
+from participant_sdk.errors import (
+    AuthenticationFailed,
+    CoordinatorUnavailable,
+    EnlistmentUncertain,
+    InvalidRequest,
+    MissingTransaction,
+    ParticipantError,
+    TransactionAborted,
+    TransactionAlreadyCommitted,
+    TransactionConflict,
+    TransactionNotFound,
+    TxcError,
+    WorkRefused,
+)
+from participant_sdk.headers import (
+    COORDINATOR_HEADER,
+    LEADER_HEADER,
+    TRANSACTION_HEADER,
+    make_gid,
+    propagation_headers,
+)
+from participant_sdk.participant import JoinFailed, ParticipantBase, ProtocolReply
+from participant_sdk.pg_resource import PgResourceManager, PgWork
+from participant_sdk.record import create_tables
+from participant_sdk.recovery import (
+    RECOVERY_INTERVAL_S,
+    RecoveryItem,
+    RecoveryLoop,
+    RecoveryReport,
+    resolve_in_doubt,
+)
+
+__all__ = [
+    "COORDINATOR_HEADER",
+    "LEADER_HEADER",
+    "RECOVERY_INTERVAL_S",
+    "TRANSACTION_HEADER",
+    "AsyncTransaction",
+    "AsyncTxcClient",
+    "AuthenticationFailed",
+    "CallbackParticipant",
+    "CallbackWork",
+    "CoordinatorUnavailable",
+    "EnlistmentUncertain",
+    "InvalidRequest",
+    "JoinFailed",
+    "MissingTransaction",
+    "ParticipantBase",
+    "ParticipantError",
+    "PgResourceManager",
+    "PgWork",
+    "ProtocolReply",
+    "RecoveryItem",
+    "RecoveryLoop",
+    "RecoveryReport",
+    "Transaction",
+    "TransactionAborted",
+    "TransactionAlreadyCommitted",
+    "TransactionConflict",
+    "TransactionNotFound",
+    "TxcClient",
+    "TxcError",
+    "WorkRefused",
+    "create_tables",
+    "make_gid",
+    "propagation_headers",
+    "resolve_in_doubt",
+]

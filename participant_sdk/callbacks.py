@@ -1,0 +1,177 @@
+"""Generic participant for resources that are not a PostgreSQL database (a message broker,
+a file store, an external API with reservations...), driven through three callbacks.
+
+Why the coordinator calls `/prepare` here (unlike the PostgreSQL resource manager's eager
+prepare): the SDK cannot make arbitrary work durable on its own, so the application's
+`prepare(txid)` callback does it when the coordinator asks, and returns "yes", "no" or
+"read_only". The SDK keeps the durable record (in `record_engine`, PostgreSQL or SQLite) that
+makes every message idempotent, refuses work after an abort, and lets recovery finish
+prepared transactions after a crash.
+
+Contract for the callbacks: `prepare` must make the work durable before returning "yes";
+`commit` and `abort` must be idempotent (they can run again after a crash between the
+callback and the record update), and `abort` must accept a txid it never prepared (an abort
+can arrive before, during or instead of the work).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from participant_sdk import record
+from participant_sdk.client import TxcClient
+from participant_sdk.errors import EnlistmentUncertain, TxcError, WorkRefused
+from participant_sdk.headers import validate_txid
+from participant_sdk.participant import MAX_REASON, ParticipantBase, ProtocolReply
+from participant_sdk.recovery import RECOVERY_INTERVAL_S, InDoubt
+
+log = logging.getLogger("txc.sdk.callbacks")
+
+VOTES = ("yes", "no", "read_only")
+
+
+@dataclass(frozen=True)
+class CallbackWork:
+    """Handed to the application inside a joined request."""
+
+    txid: str | None
+    participant: str
+
+
+class CallbackParticipant(ParticipantBase):
+    def __init__(
+        self,
+        name: str,
+        *,
+        prepare: Callable[[str], str],
+        commit: Callable[[str], None],
+        abort: Callable[[str], None],
+        record_engine: Engine,
+        public_url: str,
+        coordinator_url: str | None = None,
+        token: str | None = None,
+        prefix: str = "/txc",
+        coordinator: TxcClient | None = None,
+        recovery_interval_s: float = RECOVERY_INTERVAL_S,
+    ) -> None:
+        super().__init__(
+            name,
+            public_url=public_url,
+            coordinator_url=coordinator_url,
+            token=token,
+            prefix=prefix,
+            coordinator=coordinator,
+            recovery_interval_s=recovery_interval_s,
+        )
+        self._prepare_cb = prepare
+        self._commit_cb = commit
+        self._abort_cb = abort
+        self.engine = record_engine
+
+    def create_tables(self) -> None:
+        record.create_tables(self.engine)
+
+    # -- the application's work -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def work(self, txid: str, coordinator_url: str | None = None) -> Iterator[CallbackWork]:
+        """Refuse when the txid is already decided or prepared here; after the block, enlist
+        (without a vote: the coordinator will call /prepare). Several requests may work for
+        the same txid before it is prepared."""
+        validate_txid(txid)
+        self.coordinator_for(coordinator_url)
+        with record.autocommit(self.engine) as conn:
+            existing = record.get(conn, self.name, txid)
+        if existing is not None:
+            if existing.state == "aborted":
+                raise WorkRefused("the transaction was aborted here", code="aborted")
+            raise WorkRefused("the transaction is already prepared here", code="already_prepared")
+        yield CallbackWork(txid, self.name)
+        try:
+            self.enlist(txid, coordinator_url, None)
+        except TxcError as e:
+            if self.enlistment_definitely_failed(e):
+                self.abort(txid)
+                raise WorkRefused(
+                    f"the coordinator refused the enlistment: {e}", code="enlistment_refused"
+                ) from e
+            raise EnlistmentUncertain(f"the enlistment's fate is unknown: {e}") from e
+
+    @contextlib.contextmanager
+    def local_work(self) -> Iterator[CallbackWork]:
+        yield CallbackWork(None, self.name)
+
+    # -- protocol handlers --------------------------------------------------------------------
+
+    def prepare(self, txid: str) -> ProtocolReply:
+        with record.txid_lock(self.engine, self.name, txid) as conn:
+            rec = record.get(conn, self.name, txid)
+            if rec is not None:
+                if rec.state == "aborted":
+                    return ProtocolReply(409, {"vote": "no", "reason": "aborted here"})
+                return ProtocolReply(200, {"vote": "yes"})
+            try:
+                vote = self._prepare_cb(txid)
+            except Exception as e:
+                log.exception("prepare callback of %s failed", txid)
+                vote, reason = "no", f"prepare failed: {type(e).__name__}: {e}"
+            else:
+                reason = "the application voted no"
+            if vote not in VOTES:
+                vote, reason = "no", f"prepare callback returned {vote!r}"
+            if vote == "yes":
+                record.insert_if_absent(conn, self.name, txid, "prepared")
+                return ProtocolReply(200, {"vote": "yes"})
+            if vote == "read_only":
+                return ProtocolReply(200, {"vote": "read_only"})
+            # NO is a local abort: record it (late work is refused) and let the app clean up.
+            record.set_state(conn, self.name, txid, "aborted")
+            self._abort_cb(txid)
+            return ProtocolReply(409, {"vote": "no", "reason": reason[:MAX_REASON]})
+
+    def commit(self, txid: str) -> ProtocolReply:
+        with record.txid_lock(self.engine, self.name, txid) as conn:
+            rec = record.get(conn, self.name, txid)
+            if rec is None:
+                return ProtocolReply.error(
+                    404, "unknown_transaction", "no trace of this transaction here"
+                )
+            if rec.state == "aborted":
+                return ProtocolReply.error(409, "heuristic_abort", "this participant rolled back")
+            if rec.state == "prepared":
+                self._commit_cb(txid)  # raises -> 503 to the coordinator, which retries
+                record.mark(conn, self.name, txid, "committed")
+            return ProtocolReply(
+                200, {"txid": txid, "participant": self.name, "state": "committed"}
+            )
+
+    def abort(self, txid: str) -> ProtocolReply:
+        with record.txid_lock(self.engine, self.name, txid) as conn:
+            rec = record.get(conn, self.name, txid)
+            if rec is not None and rec.state == "committed":
+                return ProtocolReply.error(
+                    409, "heuristic_commit", "this participant already committed"
+                )
+            record.set_state(conn, self.name, txid, "aborted")
+            self._abort_cb(txid)
+            return ProtocolReply(200, {"txid": txid, "participant": self.name, "state": "aborted"})
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def in_doubt(self) -> list[InDoubt]:
+        with record.autocommit(self.engine) as conn:
+            recs = record.list_in_state(conn, self.name, "prepared")
+        return [
+            InDoubt(
+                r.txid, prepared=True, record_state="prepared", coordinator_url=r.coordinator_url
+            )
+            for r in recs
+        ]
+
+    def abort_orphan(self, txid: str) -> str:
+        return "none"  # every prepared callback transaction has a record
