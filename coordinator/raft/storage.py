@@ -42,7 +42,8 @@ async def load(engine: AsyncEngine, voters: frozenset[int]) -> PersistentState:
             return PersistentState.bootstrap(voters)
         if hs_row is not None and hs_row.vote is not None and not str(hs_row.vote).isdigit():
             raise StorageMismatch(
-                "the database was used by a standalone (single-node) coordinator; give the Raft node an empty database"
+                "the database was used by a standalone (single-node) coordinator; "
+                "give the Raft node an empty database"
             )
         hs = (
             HardState(hs_row.term, int(hs_row.vote or 0), hs_row.commit_index)
