@@ -270,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("TXC_DATABASE_URL"),
         help="use this PostgreSQL server (superuser URL) instead of the embedded one",
     )
+    up.add_argument(
+        "--nodes", type=int, choices=[1, 3, 5], default=3, help="coordinator nodes (default 3)"
+    )
     up.add_argument("--no-demo", action="store_true", help="do not start the demo participants")
     up.set_defaults(func=cmd_up)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -55,6 +56,15 @@ def _wait_ready(child: Child, path: str, deadline: float) -> None:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"{child.name} not ready at {child.url} after {READY_TIMEOUT_S:.0f}s")
+
+
+def _cluster_secret(data_dir: Path) -> str:
+    """A development cluster secret, generated once and kept in the data directory."""
+    path = data_dir / "cluster-secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def _spawn(name: str, args: list[str], env: dict[str, str], url: str, log_dir: Path) -> Child:
@@ -106,26 +116,35 @@ def up(args: argparse.Namespace) -> int:
             print(f"starting embedded PostgreSQL in {data_dir / 'postgres'} ...", flush=True)
             pg = EmbeddedPostgres(data_dir / "postgres").start()
             server_url = pg.url()
-        node_db = "txc_node1"
-        create_database(server_url, node_db)
-        node_url = _server_url_for(server_url, node_db)
-        migrate.upgrade(node_url, "coordinator")
-        coordinator_url = f"http://127.0.0.1:{args.port}"
-        children.append(
-            _spawn(
-                "node1",
-                ["-m", "coordinator", "serve"],
-                {
-                    "TXC_NODE_ID": "node1",
-                    "TXC_PORT": str(args.port),
-                    "TXC_DATABASE_URL": node_url,
-                },
-                coordinator_url,
-                log_dir,
+        nodes = max(1, args.nodes)
+        secret = _cluster_secret(data_dir)
+        ports = [args.port + i for i in range(nodes)]
+        peers = ",".join(f"{i + 1}=http://127.0.0.1:{p}" for i, p in enumerate(ports))
+        for i, port in enumerate(ports):
+            node_db = f"txc_node{i + 1}"
+            create_database(server_url, node_db)
+            node_url = _server_url_for(server_url, node_db)
+            migrate.upgrade(node_url, "coordinator")
+            env = {
+                "TXC_NODE_ID": f"node{i + 1}",
+                "TXC_PORT": str(port),
+                "TXC_DATABASE_URL": node_url,
+            }
+            if nodes > 1:
+                env |= {"TXC_PEERS": peers, "TXC_RAFT_ID": str(i + 1), "TXC_CLUSTER_SECRET": secret}
+            children.append(
+                _spawn(
+                    f"node{i + 1}",
+                    ["-m", "coordinator", "serve"],
+                    env,
+                    f"http://127.0.0.1:{port}",
+                    log_dir,
+                )
             )
-        )
+        coordinator_url = children[0].url
         deadline = time.monotonic() + READY_TIMEOUT_S
-        _wait_ready(children[-1], "/readyz", deadline)
+        for c in children:
+            _wait_ready(c, "/readyz", deadline)
         bank_urls: list[str] = []
         if not args.no_demo:
             for i, (name, db) in enumerate(DEMO_BANKS):
@@ -155,11 +174,15 @@ def up(args: argparse.Namespace) -> int:
                     )
                 )
                 bank_urls.append(url)
-            for c in children[1:]:
-                _wait_ready(c, "/healthz", deadline)
+            for c in children:
+                if not c.name.startswith("node"):
+                    _wait_ready(c, "/healthz", deadline)
         print()
         print("txc is up.")
-        print(f"  API            {coordinator_url}/v1/transactions")
+        for c in children:
+            if c.name.startswith("node"):
+                print(f"  {c.name:<14} {c.url}")
+        print(f"  API            {coordinator_url}/v1/transactions (any node)")
         print(f"  OpenAPI docs   {coordinator_url}/docs")
         print(f"  cluster        {coordinator_url}/v1/cluster")
         print(f"  metrics        {coordinator_url}/metrics")

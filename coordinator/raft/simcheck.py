@@ -111,7 +111,9 @@ class Checker:
             elif seen != mine:
                 self.fail(f"log matching: node {node.id} holds another entry at {key}")
 
-    def on_apply(self, nid: int, e: Entry) -> None:
+    def on_apply(self, node: RaftNode, e: Entry) -> None:
+        nid = node.id
+        self._check_commit(nid, node)
         c = self.committed.get(e.index)
         if c is None or (c.term, c.data) != (e.term, e.data):
             self.fail(

@@ -31,6 +31,10 @@ class SimTxn:
     target: int  # the node the client talks to
     step: int = 0
     rival_sent: bool = False
+    # Re-proposing a step too eagerly only lengthens the log: back off until it shows up.
+    proposed_step: int = -1
+    proposed_at: int = 0
+    backoff_ms: int = 0
     local: dict[str, Outcome] = field(default_factory=dict)
     finished_ms: int | None = None
 

@@ -1,0 +1,58 @@
+"""Fixtures of the participant SDK's tests: a fake coordinator served over real HTTP, a
+participant database with the SDK's record table, and cleanup of prepared transactions (they
+are server-wide, survive the test, and would block dropping the database)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from fake_coordinator import FakeCoordinator
+from sdk_helpers import rollback_all_prepared
+from sdk_servers import serve
+from sqlalchemy import Engine, create_engine, text
+
+from participant_sdk import create_tables
+
+
+@dataclass
+class Coord:
+    fake: FakeCoordinator
+    url: str
+
+
+@pytest.fixture
+def coord() -> Iterator[Coord]:
+    fake = FakeCoordinator()
+    with serve(fake.app) as server:
+        yield Coord(fake, server.url)
+
+
+@pytest.fixture
+def make_engine() -> Iterator[Callable[[str], Engine]]:
+    """Engines that are disposed, and whose databases' prepared transactions are rolled
+    back, at the end of the test."""
+    engines: list[Engine] = []
+
+    def make(url: str) -> Engine:
+        engine = create_engine(url)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        try:
+            rollback_all_prepared(engine)
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def engine(db_url: str, make_engine: Callable[[str], Engine]) -> Engine:
+    """The participant's database, with the SDK record table and a small `items` table."""
+    eng = make_engine(db_url)
+    create_tables(eng)
+    with eng.begin() as conn:
+        conn.execute(text("CREATE TABLE items (k text PRIMARY KEY, v int NOT NULL)"))
+    return eng

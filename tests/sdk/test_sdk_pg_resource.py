@@ -1,0 +1,259 @@
+"""PostgreSQL resource manager: eager prepare, protocol handlers, record rules (DESIGN §5/§6),
+over real HTTP with a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+from sdk_apps import serve_items
+from sdk_helpers import items, prepared_gids, record_state
+from sqlalchemy import Engine, text
+
+from participant_sdk import (
+    TRANSACTION_HEADER,
+    PgResourceManager,
+    TransactionAborted,
+    TxcClient,
+    WorkRefused,
+    make_gid,
+)
+
+
+def proto(url: str, action: str, txid: str, name: str = "svc", **kw) -> httpx.Response:
+    return httpx.post(f"{url}/txc/{action}", json={"txid": txid, "participant": name}, **kw)
+
+
+def test_work_prepares_then_commit_prepared(engine: Engine, coord) -> None:
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        r = httpx.post(f"{svc.url}/items/a?value=7", headers=tx.headers)
+        assert r.status_code == 200, r.text
+        gid = make_gid("svc", tx.txid)
+        assert r.json()["gid"] == gid
+        # Prepared, recorded, enlisted with vote yes, not yet visible.
+        assert prepared_gids(engine) == [gid]
+        assert record_state(engine, "svc", tx.txid) == "prepared"
+        enlisted = coord.fake.txs[tx.txid].participants["svc"]
+        assert enlisted == {"url": f"{svc.url}/txc", "vote": "yes"}
+        assert items(engine) == {}
+
+        tx.commit()
+        assert items(engine) == {"a": 7}
+        assert prepared_gids(engine) == []
+        assert record_state(engine, "svc", tx.txid) == "committed"
+        # The coordinator skipped prepare for this participant (it voted when enlisting).
+        assert [a for _, a, _ in coord.fake.phase2_replies] == ["commit"]
+
+
+def test_abort_rolls_back_prepared_work(engine: Engine, coord) -> None:
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{svc.url}/items/a", headers=tx.headers).status_code == 200
+        tx.abort()
+        assert items(engine) == {}
+        assert prepared_gids(engine) == []
+        assert record_state(engine, "svc", tx.txid) == "aborted"
+
+
+def test_abort_before_work_refuses_later_work(engine: Engine, coord) -> None:
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert proto(svc.url, "abort", tx.txid).status_code == 200
+        assert record_state(engine, "svc", tx.txid) == "aborted"
+        r = httpx.post(f"{svc.url}/items/a", headers=tx.headers)
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "aborted"
+        assert items(engine) == {} and prepared_gids(engine) == []
+        assert coord.fake.count("enlist") == 0
+
+
+def test_abort_arriving_during_work_wins(engine: Engine, coord) -> None:
+    """The abort lands after the pre-check but before PREPARE: the 'prepared' record cannot be
+    written (an 'aborted' one exists), so the work is rolled back and refused."""
+    rm = PgResourceManager("svc", engine, public_url="http://127.0.0.1:1", coordinator_url=coord.url)
+    txid = "tx-race"
+    with pytest.raises(WorkRefused) as exc, rm.work(txid) as w:
+        w.connection.execute(text("INSERT INTO items VALUES ('a', 1)"))
+        assert rm.abort(txid).status == 200
+    assert exc.value.code == "aborted"
+    assert items(engine) == {} and prepared_gids(engine) == []
+    assert coord.fake.count("enlist") == 0
+    rm.close()
+
+
+def test_repeated_commit_and_abort_answer_200(engine: Engine, coord) -> None:
+    coord.fake.drive_phase2 = False
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        committed = client.begin()
+        assert httpx.post(f"{svc.url}/items/c", headers=committed.headers).status_code == 200
+        for _ in range(3):
+            r = proto(svc.url, "commit", committed.txid)
+            assert r.status_code == 200 and r.json()["state"] == "committed"
+        aborted = client.begin()
+        assert httpx.post(f"{svc.url}/items/x", headers=aborted.headers).status_code == 200
+        for _ in range(3):
+            assert proto(svc.url, "abort", aborted.txid).status_code == 200
+        assert items(engine) == {"c": 1}
+        assert prepared_gids(engine) == []
+
+
+def test_concurrent_repeated_commits_commit_once(engine: Engine, coord) -> None:
+    coord.fake.drive_phase2 = False
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{svc.url}/items/c", headers=tx.headers).status_code == 200
+        statuses: list[int] = []
+
+        def hit() -> None:
+            statuses.append(proto(svc.url, "commit", tx.txid).status_code)
+
+        threads = [threading.Thread(target=hit) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert statuses == [200] * 8
+        assert items(engine) == {"c": 1}
+        assert record_state(engine, "svc", tx.txid) == "committed"
+
+
+def test_contradicting_outcomes_are_heuristic(engine: Engine, coord) -> None:
+    coord.fake.drive_phase2 = False
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{svc.url}/items/a", headers=tx.headers).status_code == 200
+        assert proto(svc.url, "abort", tx.txid).status_code == 200
+        r = proto(svc.url, "commit", tx.txid)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "heuristic_abort"
+
+        tx2 = client.begin()
+        assert httpx.post(f"{svc.url}/items/b", headers=tx2.headers).status_code == 200
+        assert proto(svc.url, "commit", tx2.txid).status_code == 200
+        r = proto(svc.url, "abort", tx2.txid)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "heuristic_commit"
+        assert items(engine) == {"b": 1}
+
+
+def test_commit_of_unknown_transaction_is_404(engine: Engine, coord) -> None:
+    with serve_items(engine, coord.url) as svc:
+        r = proto(svc.url, "commit", "never-seen")
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "unknown_transaction"
+        assert record_state(engine, "svc", "never-seen") is None
+
+
+def test_enlist_refused_rolls_back(engine: Engine, coord) -> None:
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        coord.fake.inject("enlist", 409)
+        r = httpx.post(f"{svc.url}/items/a", headers=tx.headers)
+        assert r.status_code == 409
+        assert r.json()["error"]["code"] == "enlistment_refused"
+        assert prepared_gids(engine) == [] and items(engine) == {}
+        assert record_state(engine, "svc", tx.txid) == "aborted"
+
+
+def test_enlist_unknown_txid_rolls_back(engine: Engine, coord) -> None:
+    with serve_items(engine, coord.url) as svc:
+        r = httpx.post(f"{svc.url}/items/a", headers={TRANSACTION_HEADER: "no-such-tx"})
+        assert r.status_code == 409
+        assert prepared_gids(engine) == [] and items(engine) == {}
+
+
+def test_enlist_uncertain_keeps_work_prepared(engine: Engine, coord) -> None:
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        coord.fake.inject("enlist", 503, times=10)
+        r = httpx.post(f"{svc.url}/items/a", headers=tx.headers)
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "enlistment_uncertain"
+        # In doubt: kept prepared and recorded, for recovery to resolve with /outcome.
+        assert prepared_gids(engine) == [make_gid("svc", tx.txid)]
+        assert record_state(engine, "svc", tx.txid) == "prepared"
+        coord.fake.set_outcome(tx.txid, "abort")
+        report = svc.rm.resolve_in_doubt()
+        assert report.actions() == {tx.txid: "rolled_back"}
+        assert prepared_gids(engine) == [] and items(engine) == {}
+
+
+def test_business_exception_rolls_back_and_enlists_nothing(engine: Engine, coord) -> None:
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        r = httpx.post(f"{svc.url}/items/a?fail=true", headers=tx.headers)
+        assert r.status_code == 422
+        assert prepared_gids(engine) == [] and items(engine) == {}
+        assert record_state(engine, "svc", tx.txid) is None
+        assert coord.fake.count("enlist") == 0
+        # A database error in the business code, too (duplicate key on the second insert).
+        assert httpx.post(f"{svc.url}/local/dup").status_code == 200
+        tx2 = client.begin()
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(f"{svc.url}/items/dup", headers=tx2.headers).raise_for_status()
+        assert prepared_gids(engine) == []
+
+
+def test_second_request_for_same_txid_is_refused(engine: Engine, coord) -> None:
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{svc.url}/items/a", headers=tx.headers).status_code == 200
+        r = httpx.post(f"{svc.url}/items/b", headers=tx.headers)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "already_prepared"
+        tx.commit()
+        assert items(engine) == {"a": 1}
+        r = httpx.post(f"{svc.url}/items/c", headers=tx.headers)
+        assert r.status_code == 409
+
+
+def test_join_requires_header_unless_optional(engine: Engine, coord) -> None:
+    with serve_items(engine, coord.url) as svc:
+        r = httpx.post(f"{svc.url}/items/a")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "missing_transaction"
+        r = httpx.post(f"{svc.url}/items/a", headers={TRANSACTION_HEADER: "bad'txid"})
+        assert r.status_code == 400
+        r = httpx.post(f"{svc.url}/local/z")
+        assert r.status_code == 200 and r.json() == {"txid": None}
+        assert items(engine) == {"z": 0}
+
+
+def test_coordinator_prepare_call(engine: Engine, coord) -> None:
+    coord.fake.drive_phase2 = False
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{svc.url}/items/a", headers=tx.headers).status_code == 200
+        r = proto(svc.url, "prepare", tx.txid)
+        assert r.status_code == 200 and r.json() == {"vote": "yes"}
+        r = proto(svc.url, "prepare", "unknown-tx")
+        assert r.status_code == 409 and r.json()["vote"] == "no"
+        # Voting no recorded an abort: late work for it is refused.
+        assert record_state(engine, "svc", "unknown-tx") == "aborted"
+
+
+def test_protocol_request_validation_and_token(engine: Engine, coord) -> None:
+    coord.fake.token = "s3cret"
+    with serve_items(engine, coord.url, token="s3cret") as svc:
+        assert proto(svc.url, "commit", "t1").status_code == 401
+        bad = {"Authorization": "Bearer nope"}
+        assert proto(svc.url, "commit", "t1", headers=bad).status_code == 403
+        good = {"Authorization": "Bearer s3cret"}
+        assert proto(svc.url, "commit", "t1", headers=good).status_code == 404
+        r = proto(svc.url, "commit", "t1", name="other", headers=good)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "wrong_participant"
+        # The whole flow with the token: the SDK sends it when enlisting, the coordinator
+        # sends it on phase 2.
+        with TxcClient(coord.url, token="s3cret") as client, client.transaction() as tx:
+            assert httpx.post(f"{svc.url}/items/a", headers=tx.headers).status_code == 200
+        assert items(engine) == {"a": 1}
+
+
+def test_failed_commit_through_client_rolls_back(engine: Engine, coord) -> None:
+    """A participant that voted no (abort-before-work here) makes commit raise
+    TransactionAborted; the other participant's prepared work is rolled back."""
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{svc.url}/items/a", headers=tx.headers).status_code == 200
+        client.enlist(tx.txid, "ghost", f"{svc.url}/nowhere")  # will not vote yes
+        with pytest.raises(TransactionAborted):
+            tx.commit()
+        assert items(engine) == {} and prepared_gids(engine) == []

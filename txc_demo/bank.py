@@ -1,0 +1,234 @@
+"""Demo bank: a participant service holding account balances in its own PostgreSQL database.
+
+A transfer between two banks is one global transaction: bank A's `POST /transfer/debit` and
+bank B's `POST /transfer/credit` each run in a local transaction that the SDK's PostgreSQL
+resource manager prepares before answering; the client then asks the coordinator to commit.
+Until phase 2 arrives, the debited/credited rows stay locked by the prepared transaction;
+another request on the same account waits at most WORK_LOCK_TIMEOUT_MS and then gets 409
+`account_busy` (instead of blocking a worker for as long as a transaction stays in doubt).
+
+Run:  python -m txc_demo.bank --name bank-a --database-url postgresql+psycopg://... \
+          --coordinator-url http://127.0.0.1:7000 --port 8001
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Identity,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import DBAPIError
+
+from participant_sdk import PgResourceManager, PgWork, create_tables
+from participant_sdk.recovery import RECOVERY_INTERVAL_S
+
+log = logging.getLogger("txc.demo.bank")
+
+SEED_ACCOUNTS = {"alice": 1000, "bob": 1000, "carol": 1000}
+WORK_LOCK_TIMEOUT_MS = 5000  # wait for a row another (prepared) transaction holds
+MAX_AMOUNT = 1_000_000_000
+MAX_ACCOUNT_NAME = 64
+DEFAULT_PORT = 8001
+ACCOUNT_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+SQLSTATE_LOCK_NOT_AVAILABLE = "55P03"
+
+metadata = MetaData()
+
+accounts = Table(
+    "bank_account",
+    metadata,
+    Column("name", String(MAX_ACCOUNT_NAME), primary_key=True),
+    Column("balance", BigInteger, nullable=False),
+    CheckConstraint("balance >= 0", name="ck_bank_account_balance"),
+)
+
+ledger = Table(
+    "bank_ledger",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("txid", String(128), nullable=True),
+    Column("account", String(MAX_ACCOUNT_NAME), nullable=False),
+    Column("delta", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+
+class Movement(BaseModel):
+    account: str = Field(min_length=1, max_length=MAX_ACCOUNT_NAME, pattern=ACCOUNT_PATTERN)
+    amount: int = Field(gt=0, le=MAX_AMOUNT)
+
+
+class BankError(Exception):
+    """A business refusal, rendered as {"error": {"code", "message"}}. Raising it inside a
+    joined request rolls the local work back (nothing is prepared or enlisted)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def init_database(engine: Engine, seed: dict[str, int] | None = None) -> None:
+    """Create the SDK's record table and the bank's tables; seed accounts if there are none."""
+    create_tables(engine)
+    metadata.create_all(engine, checkfirst=True)
+    with engine.begin() as conn:
+        if conn.execute(select(func.count()).select_from(accounts)).scalar_one() == 0:
+            rows = [{"name": n, "balance": b} for n, b in (seed or SEED_ACCOUNTS).items()]
+            conn.execute(accounts.insert(), rows)
+
+
+def list_accounts(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(select(accounts).order_by(accounts.c.name)).all()
+    return [{"name": r.name, "balance": r.balance} for r in rows]
+
+
+def _move(work: PgWork, account: str, delta: int) -> int:
+    conn = work.connection
+    conn.execute(text(f"SET LOCAL lock_timeout = {WORK_LOCK_TIMEOUT_MS}"))
+    stmt = update(accounts).where(accounts.c.name == account)
+    if delta < 0:
+        stmt = stmt.where(accounts.c.balance >= -delta)
+    try:
+        new_balance = conn.execute(
+            stmt.values(balance=accounts.c.balance + delta).returning(accounts.c.balance)
+        ).scalar_one_or_none()
+        if new_balance is None:
+            exists = conn.execute(select(accounts.c.name).where(accounts.c.name == account)).first()
+            if exists is None:
+                raise BankError(404, "unknown_account", f"no account {account!r}")
+            raise BankError(409, "insufficient_funds", f"{account!r} cannot pay {-delta}")
+        conn.execute(ledger.insert().values(txid=work.txid, account=account, delta=delta))
+    except DBAPIError as e:
+        state = getattr(e.orig, "sqlstate", None)
+        if state == SQLSTATE_LOCK_NOT_AVAILABLE:
+            busy = f"{account!r} is locked by another transfer"
+            raise BankError(409, "account_busy", busy) from e
+        raise
+    return int(new_balance)
+
+
+def create_app(
+    name: str,
+    database_url: str,
+    coordinator_url: str,
+    public_url: str,
+    *,
+    token: str | None = None,
+    recovery_interval_s: float = RECOVERY_INTERVAL_S,
+    seed: dict[str, int] | None = None,
+) -> FastAPI:
+    """The bank service. `public_url` is where the coordinator reaches it (the protocol
+    endpoints live under `{public_url}/txc`)."""
+    engine = create_engine(database_url, pool_pre_ping=True)
+    rm = PgResourceManager(
+        name,
+        engine,
+        public_url=public_url,
+        coordinator_url=coordinator_url,
+        token=token,
+        recovery_interval_s=recovery_interval_s,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        init_database(engine, seed)
+        if rm.max_prepared_transactions() == 0:
+            log.error("max_prepared_transactions is 0 on %s: transfers will fail", name)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(title=f"txc demo bank {name}", lifespan=lifespan)
+    rm.install(app)  # protocol endpoints under /txc + in-doubt recovery loop
+    app.state.rm = rm
+    app.state.engine = engine
+
+    @app.exception_handler(BankError)
+    def bank_error(request: Request, exc: BankError) -> JSONResponse:
+        return JSONResponse(
+            status_code=exc.status, content={"error": {"code": exc.code, "message": exc.message}}
+        )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "bank": name}
+
+    @app.get("/accounts")
+    def get_accounts() -> dict[str, Any]:
+        with engine.connect() as conn:
+            rows = list_accounts(conn)
+        return {"bank": name, "accounts": rows, "total": sum(r["balance"] for r in rows)}
+
+    @app.get("/accounts/{account}")
+    def get_account(account: str) -> dict[str, Any]:
+        with engine.connect() as conn:
+            row = conn.execute(select(accounts).where(accounts.c.name == account)).first()
+        if row is None:
+            raise BankError(404, "unknown_account", f"no account {account!r}")
+        return {"bank": name, "name": row.name, "balance": row.balance}
+
+    @app.post("/transfer/debit")
+    def debit(body: Movement, work: PgWork = rm.join()) -> dict[str, Any]:
+        balance = _move(work, body.account, -body.amount)
+        return {"bank": name, "txid": work.txid, "account": body.account, "balance": balance}
+
+    @app.post("/transfer/credit")
+    def credit(body: Movement, work: PgWork = rm.join()) -> dict[str, Any]:
+        balance = _move(work, body.account, body.amount)
+        return {"bank": name, "txid": work.txid, "account": body.account, "balance": balance}
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    ap = argparse.ArgumentParser(description="txc demo bank (a participant service)")
+    ap.add_argument("--name", required=True, help="participant name, e.g. bank-a")
+    ap.add_argument("--database-url", required=True, help="SQLAlchemy URL of its own database")
+    ap.add_argument("--coordinator-url", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=DEFAULT_PORT)
+    ap.add_argument("--public-url", default=None, help="default: http://HOST:PORT")
+    ap.add_argument("--token", default=os.environ.get("TXC_TOKEN"), help="or $TXC_TOKEN")
+    ap.add_argument("--recovery-interval", type=float, default=RECOVERY_INTERVAL_S)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    public_url = args.public_url or f"http://{args.host}:{args.port}"
+    app = create_app(
+        args.name,
+        args.database_url,
+        args.coordinator_url,
+        public_url,
+        token=args.token,
+        recovery_interval_s=args.recovery_interval,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()
