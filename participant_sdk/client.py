@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,6 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    wait_exponential_jitter,
 )
 
 from participant_sdk.errors import (
@@ -127,13 +127,10 @@ class _RetryPolicy:
         self._classify(state)
         if self._immediate:
             return 0.0
-        backoff = wait_exponential_jitter(
-            initial=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S, jitter=BACKOFF_JITTER_S
-        )
-        # The exponent counts real failures only, so leader hops do not inflate the backoff.
-        shadow = RetryCallState(state.retry_object, state.fn, state.args, state.kwargs)
-        shadow.attempt_number = self.failures
-        return float(backoff(shadow))
+        # Capped exponential backoff with jitter; the exponent counts real failures only, so
+        # leader hops do not inflate it.
+        base = BACKOFF_INITIAL_S * 2.0 ** max(self.failures - 1, 0)
+        return min(base, BACKOFF_MAX_S) + random.uniform(0.0, BACKOFF_JITTER_S)
 
 
 # -- request description and answer interpretation (shared by sync and async) ----------------

@@ -136,10 +136,12 @@ def insert_if_absent(
             coordinator_url=coordinator_url,
         )
         .on_conflict_do_nothing(index_elements=["participant", "txid"])
+        .returning(participant_record.c.txid)
     )
-    result = conn.execute(stmt)
+    # RETURNING rather than rowcount: it says for sure whether this statement inserted.
+    inserted = conn.execute(stmt).first() is not None
     _commit_if_needed(conn)
-    return bool(result.rowcount)
+    return inserted
 
 
 def set_state(

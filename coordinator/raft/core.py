@@ -147,8 +147,14 @@ class RaftNode:
         return self._propose_entry(EntryKind.CONF_CHANGE, change.encode())
 
     def learner_caught_up(self, node: int) -> bool:
+        """Replicating steadily and close to the commit index: promoting it now does not
+        leave the group waiting on a voter that cannot acknowledge new entries yet."""
         pr = self.progress.get(node)
-        return pr is not None and pr.match + LEARNER_CATCH_UP_LAG >= self.log.commit
+        return (
+            pr is not None
+            and pr.state is ProgressState.REPLICATE
+            and pr.match + LEARNER_CATCH_UP_LAG >= self.log.commit
+        )
 
     def read_index(self, ctx: bytes) -> None:
         """Ask for a linearizable read; answered later as a ReadState with this `ctx` (the

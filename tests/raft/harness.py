@@ -140,6 +140,13 @@ class Cluster:
                 break
         self.pump(allow)
 
+    def forget_leader(self, *ids: int) -> None:
+        """As if an election timeout passed since these followers last heard from a leader:
+        their leader lease is over, so they grant (pre-)votes again."""
+        for i in ids:
+            node = self.nodes[i]
+            node.election_elapsed = max(node.election_elapsed, node.cfg.election_ticks)
+
     def leader(self) -> RaftNode | None:
         leaders = [n for n in self.nodes.values() if n.role is Role.LEADER]
         if not leaders:

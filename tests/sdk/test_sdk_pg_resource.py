@@ -72,7 +72,9 @@ def test_abort_before_work_refuses_later_work(engine: Engine, coord) -> None:
 def test_abort_arriving_during_work_wins(engine: Engine, coord) -> None:
     """The abort lands after the pre-check but before PREPARE: the 'prepared' record cannot be
     written (an 'aborted' one exists), so the work is rolled back and refused."""
-    rm = PgResourceManager("svc", engine, public_url="http://127.0.0.1:1", coordinator_url=coord.url)
+    rm = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:1", coordinator_url=coord.url
+    )
     txid = "tx-race"
     with pytest.raises(WorkRefused) as exc, rm.work(txid) as w:
         w.connection.execute(text("INSERT INTO items VALUES ('a', 1)"))

@@ -1,0 +1,128 @@
+"""Generic callbacks participant: the coordinator calls /prepare, then /commit or /abort;
+the SDK's record makes every step idempotent (PostgreSQL and SQLite record stores)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sdk_servers import ServerThread, free_port
+from sqlalchemy import Engine, create_engine
+
+from participant_sdk import (
+    CallbackParticipant,
+    CallbackWork,
+    TransactionAborted,
+    TxcClient,
+    create_tables,
+)
+
+
+class Store:
+    """The 'resource': reservations pending per txid, durable after prepare."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[str]] = {}
+        self.prepared: dict[str, list[str]] = {}
+        self.committed: list[str] = []
+        self.aborted: list[str] = []
+        self.vote = "yes"
+
+    def prepare(self, txid: str) -> str:
+        if self.vote == "yes":
+            self.prepared[txid] = self.pending.pop(txid, [])
+        return self.vote
+
+    def commit(self, txid: str) -> None:
+        self.committed.extend(self.prepared.pop(txid, []))
+
+    def abort(self, txid: str) -> None:
+        self.pending.pop(txid, None)
+        self.prepared.pop(txid, None)
+        self.aborted.append(txid)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def record_engine(request, db_url: str, make_engine, tmp_path) -> Engine:
+    if request.param == "postgresql":
+        eng = make_engine(db_url)
+    else:
+        eng = create_engine(f"sqlite:///{tmp_path / 'record.db'}")
+    create_tables(eng)
+    return eng
+
+
+@pytest.fixture
+def service(record_engine: Engine, coord):
+    store = Store()
+    port = free_port()
+    cp = CallbackParticipant(
+        "reserver",
+        prepare=store.prepare,
+        commit=store.commit,
+        abort=store.abort,
+        record_engine=record_engine,
+        public_url=f"http://127.0.0.1:{port}",
+        coordinator=TxcClient(coord.url, retries=1),
+    )
+    app = FastAPI()
+    cp.install(app, recovery=False)
+
+    @app.post("/reserve/{item}")
+    def reserve(item: str, work: CallbackWork = cp.join()) -> dict:
+        assert work.txid is not None
+        store.pending.setdefault(work.txid, []).append(item)
+        return {"txid": work.txid}
+
+    server = ServerThread(app, port).start()
+    yield cp, store, server.url
+    server.stop()
+    cp.close()
+
+
+def test_commit_runs_prepare_then_commit(service, coord) -> None:
+    cp, store, url = service
+    with TxcClient(coord.url) as client, client.transaction() as tx:
+        assert httpx.post(f"{url}/reserve/a", headers=tx.headers).status_code == 200
+        assert httpx.post(f"{url}/reserve/b", headers=tx.headers).status_code == 200
+    assert store.committed == ["a", "b"]
+    assert [a for _, a, _ in coord.fake.phase2_replies] == ["prepare", "commit"]
+    # Repeats are idempotent; a contradicting abort is a heuristic.
+    assert cp.commit(tx.txid).status == 200 and store.committed == ["a", "b"]
+    assert cp.abort(tx.txid).body["error"]["code"] == "heuristic_commit"
+
+
+def test_vote_no_aborts(service, coord) -> None:
+    _cp, store, url = service
+    store.vote = "no"
+    with TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{url}/reserve/a", headers=tx.headers).status_code == 200
+        with pytest.raises(TransactionAborted):
+            tx.commit()
+    assert store.committed == [] and tx.txid in store.aborted
+    r = httpx.post(f"{url}/reserve/b", headers=tx.headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "aborted"
+
+
+def test_abort_before_work_and_unknown_commit(service, coord) -> None:
+    cp, _store, url = service
+    assert cp.commit("nobody").status == 404
+    assert cp.abort("early").status == 200
+    r = httpx.post(f"{url}/reserve/a", headers={"Txc-Transaction": "early"})
+    assert r.status_code == 409
+    assert cp.commit("early").body["error"]["code"] == "heuristic_abort"
+
+
+def test_recovery_commits_prepared(service, coord) -> None:
+    cp, store, url = service
+    coord.fake.drive_phase2 = False
+    with TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{url}/reserve/r", headers=tx.headers).status_code == 200
+        assert cp.prepare(tx.txid).body == {"vote": "yes"}
+        assert cp.resolve_in_doubt().actions() == {tx.txid: "left_pending"}
+        client.commit(tx.txid)  # decided; phase 2 not driven by the fake
+    assert cp.resolve_in_doubt().actions() == {tx.txid: "committed"}
+    assert store.committed == ["r"]
+    assert cp.resolve_in_doubt().items == []

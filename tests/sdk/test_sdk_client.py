@@ -1,0 +1,153 @@
+"""Coordinator client: begin/commit/abort, leader following, safe retries, context managers
+(sync and async), against the fake coordinator over real HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from fake_coordinator import FakeCoordinator
+from sdk_servers import free_port, serve
+
+from participant_sdk import (
+    COORDINATOR_HEADER,
+    TRANSACTION_HEADER,
+    AsyncTxcClient,
+    AuthenticationFailed,
+    CoordinatorUnavailable,
+    TransactionAborted,
+    TransactionAlreadyCommitted,
+    TransactionNotFound,
+    TxcClient,
+)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_begin_get_commit(coord) -> None:
+    with TxcClient(coord.url) as client:
+        tx = client.begin(timeout_s=5, labels={"kind": "test"})
+        assert tx.data["state"] == "active" and tx.expires_at
+        assert tx.headers == {TRANSACTION_HEADER: tx.txid, COORDINATOR_HEADER: coord.url}
+        assert client.get(tx.txid)["labels"] == {"kind": "test"}
+        assert client.outcome(tx.txid) == "pending"
+        assert tx.commit()["outcome"] == "commit"
+        assert client.commit(tx.txid)["outcome"] == "commit"  # repeated: same outcome
+        assert client.outcome(tx.txid) == "commit"
+        with pytest.raises(TransactionAlreadyCommitted):
+            client.abort(tx.txid)
+
+
+def test_abort_then_commit_raises_aborted(coord) -> None:
+    with TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert tx.abort()["outcome"] == "abort"
+        with pytest.raises(TransactionAborted) as exc:
+            client.commit(tx.txid)
+        assert exc.value.status == 409 and exc.value.code == "aborted"
+        assert client.outcome(tx.txid) == "abort"
+        assert client.outcome("never-begun") == "abort"  # presumed abort
+        with pytest.raises(TransactionNotFound):
+            client.get("nope")
+
+
+def test_context_manager_commits_or_aborts(coord) -> None:
+    with TxcClient(coord.url) as client:
+        with client.transaction() as tx:
+            pass
+        assert coord.fake.txs[tx.txid].outcome == "commit"
+        with pytest.raises(Boom), client.transaction() as tx2:
+            raise Boom()
+        assert coord.fake.txs[tx2.txid].outcome == "abort"
+        with client.transaction() as tx3:
+            tx3.abort()  # an explicit abort inside: no commit afterwards
+        assert coord.fake.count("commit") == 1
+
+
+def test_token_is_sent(coord) -> None:
+    coord.fake.token = "t0k"
+    with TxcClient(coord.url) as client, pytest.raises(AuthenticationFailed):
+        client.begin()
+    with TxcClient(coord.url, token="t0k") as client:
+        client.begin()
+
+
+def test_follows_txc_leader_on_503(coord) -> None:
+    follower = FakeCoordinator()
+    follower.leader_url = coord.url
+    with serve(follower.app) as f, TxcClient(f.url) as client:
+        tx = client.begin()
+        assert tx.txid in coord.fake.txs
+        assert client.base_url == coord.url  # sticky: the next call goes to the leader
+        client.commit(tx.txid)
+        assert follower.count("begin") == 1 and follower.count("commit") == 0
+
+
+def test_retries_503_without_leader_then_gives_up(coord) -> None:
+    coord.fake.inject("begin", 503, times=2)
+    with TxcClient(coord.url, retries=3) as client:
+        client.begin()
+    assert coord.fake.count("begin") == 3
+    coord.fake.inject("commit", 502, times=10)
+    with TxcClient(coord.url, retries=2) as client, pytest.raises(CoordinatorUnavailable):
+        client.commit("whatever")
+
+
+def test_retries_connection_errors_on_next_node(coord) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with TxcClient([dead, coord.url]) as client:
+        tx = client.begin()
+        assert tx.txid in coord.fake.txs
+    with TxcClient(dead, retries=2) as client, pytest.raises(CoordinatorUnavailable):
+        client.outcome("x")
+
+
+def test_begin_retry_after_lost_answer_reuses_idempotency_key(coord) -> None:
+    """The first begin reaches the coordinator but its answer is lost: the retry carries the
+    same idempotency key, so exactly one transaction exists."""
+    real = httpx.HTTPTransport()
+    keys: list[str] = []
+
+    class LoseFirstAnswer(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            keys.append(json.loads(request.content)["idempotency_key"])
+            response = real.handle_request(request)
+            if len(keys) == 1:
+                response.read()
+                raise httpx.ReadTimeout("answer lost", request=request)
+            return response
+
+    with TxcClient(coord.url, transport=LoseFirstAnswer()) as client:
+        tx = client.begin()
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert list(coord.fake.txs) == [tx.txid]
+
+
+def test_4xx_is_not_retried(coord) -> None:
+    coord.fake.inject("begin", 422)
+    with TxcClient(coord.url) as client, pytest.raises(Exception) as exc:
+        client.begin()
+    assert getattr(exc.value, "status", None) == 422
+    assert coord.fake.count("begin") == 1
+
+
+async def test_async_client(coord) -> None:
+    follower = FakeCoordinator()
+    follower.leader_url = coord.url
+    with serve(follower.app) as f:
+        async with AsyncTxcClient(f.url) as client:
+            async with client.transaction(labels={"a": "b"}) as tx:
+                assert tx.headers[TRANSACTION_HEADER] == tx.txid
+            assert coord.fake.txs[tx.txid].outcome == "commit"
+            assert await client.outcome(tx.txid) == "commit"
+            with pytest.raises(Boom):
+                async with client.transaction() as tx2:
+                    raise Boom()
+            assert coord.fake.txs[tx2.txid].outcome == "abort"
+            with pytest.raises(TransactionAborted):
+                await client.commit(tx2.txid)
+            coord.fake.inject("get", 503, times=1)
+            assert (await client.get(tx.txid))["txid"] == tx.txid

@@ -1,0 +1,142 @@
+"""In-doubt recovery: a participant that prepared and then lost track (crash) resolves its
+prepared transactions by asking the coordinator's /outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+from sdk_apps import serve_items
+from sdk_helpers import items, prepared_gids, record_state
+from sqlalchemy import Engine, text
+
+from participant_sdk import PgResourceManager, make_gid
+from participant_sdk.recovery import main as recovery_main
+
+POLL_TIMEOUT_S = 20.0
+POLL_STEP_S = 0.05
+
+
+def prepare_then_crash(
+    db_url: str, make_engine: Callable[[str], Engine], coord, txid: str, key: str
+) -> None:
+    """Do the work of `txid` in a participant instance, then drop that instance and its engine
+    without resolving anything: its prepared transaction is left in doubt."""
+    engine = make_engine(db_url)
+    rm = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:9", coordinator_url=coord.url
+    )
+    with rm.work(txid) as w:
+        w.connection.execute(text("INSERT INTO items VALUES (:k, 1)"), {"k": key})
+    rm.close()
+    engine.dispose()
+
+
+def test_restart_applies_outcomes_and_leaves_pending(db_url, engine, make_engine, coord) -> None:
+    coord.fake.drive_phase2 = False
+    txs = {}
+    for key in ("c", "a", "p"):
+        txs[key] = httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"]
+        prepare_then_crash(db_url, make_engine, coord, txs[key], key)
+    assert len(prepared_gids(engine)) == 3
+    coord.fake.set_outcome(txs["c"], "commit")
+    coord.fake.set_outcome(txs["a"], "abort")
+
+    rm = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:9", coordinator_url=coord.url
+    )
+    dry = rm.resolve_in_doubt(dry_run=True)
+    assert dry.actions() == {
+        txs["c"]: "would_commit",
+        txs["a"]: "would_abort",
+        txs["p"]: "left_pending",
+    }
+    assert len(prepared_gids(engine)) == 3 and items(engine) == {}  # dry run changed nothing
+
+    report = rm.resolve_in_doubt()
+    assert report.actions() == {
+        txs["c"]: "committed",
+        txs["a"]: "rolled_back",
+        txs["p"]: "left_pending",
+    }
+    assert items(engine) == {"c": 1}
+    assert prepared_gids(engine) == [make_gid("svc", txs["p"])]
+    assert record_state(engine, "svc", txs["c"]) == "committed"
+    assert record_state(engine, "svc", txs["a"]) == "aborted"
+    assert record_state(engine, "svc", txs["p"]) == "prepared"
+    # A second pass only asks about the pending one again.
+    assert rm.resolve_in_doubt().actions() == {txs["p"]: "left_pending"}
+    rm.close()
+
+
+def test_orphan_and_half_finished_states(engine: Engine, coord) -> None:
+    """Decided without asking: prepared with no record (crash before the record, so never
+    enlisted) -> rolled back; record 'prepared' with nothing prepared (crash after COMMIT
+    PREPARED) -> marked committed; record 'aborted' still prepared -> rolled back."""
+    orphan, committed, aborting = "t-orphan", "t-committed", "t-aborting"
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        for txid in (orphan, aborting):
+            conn.exec_driver_sql("BEGIN")
+            conn.execute(text("INSERT INTO items VALUES (:k, 1)"), {"k": txid})
+            conn.exec_driver_sql(f"PREPARE TRANSACTION '{make_gid('svc', txid)}'")
+        conn.execute(
+            text(
+                "INSERT INTO txc_participant_record (participant, txid, state) VALUES "
+                "('svc', :c, 'prepared'), ('svc', :a, 'aborted')"
+            ),
+            {"c": committed, "a": aborting},
+        )
+    rm = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:9", coordinator_url=coord.url
+    )
+    report = rm.resolve_in_doubt()
+    assert report.actions() == {
+        orphan: "rolled_back_orphan",
+        committed: "committed",
+        aborting: "rolled_back",
+    }
+    assert coord.fake.count("outcome") == 0
+    assert prepared_gids(engine) == [] and items(engine) == {}
+    assert record_state(engine, "svc", orphan) == "aborted"
+    assert record_state(engine, "svc", committed) == "committed"
+    rm.close()
+
+
+def test_recovery_loop_runs_at_startup(db_url, engine, make_engine, coord) -> None:
+    coord.fake.drive_phase2 = False
+    txid = httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"]
+    prepare_then_crash(db_url, make_engine, coord, txid, "k")
+    coord.fake.set_outcome(txid, "commit")
+    with serve_items(engine, coord.url, recovery=True, recovery_interval_s=0.2):
+        deadline = time.monotonic() + POLL_TIMEOUT_S
+        while items(engine) != {"k": 1} and time.monotonic() < deadline:
+            time.sleep(POLL_STEP_S)
+    assert items(engine) == {"k": 1}
+    assert prepared_gids(engine) == []
+
+
+def test_recovery_uses_coordinator_from_header_when_none_configured(engine: Engine, coord) -> None:
+    coord.fake.drive_phase2 = False
+    txid = httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"]
+    rm = PgResourceManager("svc", engine, public_url="http://127.0.0.1:9")
+    with rm.work(txid, coordinator_url=coord.url) as w:
+        w.connection.execute(text("INSERT INTO items VALUES ('h', 1)"))
+    coord.fake.set_outcome(txid, "abort")
+    assert rm.resolve_in_doubt().actions() == {txid: "rolled_back"}
+    assert items(engine) == {}
+    rm.close()
+
+
+def test_recovery_cli(db_url, engine, make_engine, coord, capsys) -> None:
+    coord.fake.drive_phase2 = False
+    txid = httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"]
+    prepare_then_crash(db_url, make_engine, coord, txid, "z")
+    coord.fake.set_outcome(txid, "commit")
+    args = ["--name", "svc", "--database-url", db_url, "--coordinator-url", coord.url]
+    assert recovery_main([*args, "--dry-run"]) == 0
+    assert '"would_commit"' in capsys.readouterr().out
+    assert recovery_main(args) == 0
+    assert '"committed"' in capsys.readouterr().out
+    assert items(engine) == {"z": 1}
