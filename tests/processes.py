@@ -42,7 +42,7 @@ class Proc:
 
     def start(self) -> Proc:
         assert self.proc is None or self.proc.poll() is not None
-        out = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, *self.args],
             env={**os.environ, **self.env},
