@@ -19,7 +19,10 @@ def apply_change(conf: ConfState, cc: ConfChange) -> ConfState:
     """Total (never raises): a follower must take whatever its leader logged. Changes that
     do not apply (validated away by the leader) leave the configuration as it is."""
     voters, learners = set(conf.voters), set(conf.learners)
-    if cc.op is ConfChangeOp.ADD_LEARNER:
+    if cc.op is ConfChangeOp.BOOTSTRAP:
+        if not conf.members:
+            voters, learners = set(cc.voters), set(cc.learners) - set(cc.voters)
+    elif cc.op is ConfChangeOp.ADD_LEARNER:
         if cc.node not in voters:
             learners.add(cc.node)
     elif cc.op is ConfChangeOp.PROMOTE:
@@ -35,6 +38,8 @@ def apply_change(conf: ConfState, cc: ConfChange) -> ConfState:
 
 def validate_change(conf: ConfState, cc: ConfChange, leader: int) -> None:
     """What the leader refuses to log, with the reason."""
+    if cc.op is ConfChangeOp.BOOTSTRAP:
+        raise ConfChangeRefused("a running group is not bootstrapped again")
     if cc.op is ConfChangeOp.ADD_LEARNER:
         if cc.node in conf.members:
             raise ConfChangeRefused(f"node {cc.node} is already a member")

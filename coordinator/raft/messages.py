@@ -32,6 +32,7 @@ class EntryKind(StrEnum):
 
 
 class ConfChangeOp(StrEnum):
+    BOOTSTRAP = "bootstrap"  # entry 1 of a new group: its first membership (voters, learners)
     ADD_LEARNER = "add_learner"
     PROMOTE = "promote"  # learner -> voter
     REMOVE = "remove"  # voter or learner -> gone
@@ -40,18 +41,31 @@ class ConfChangeOp(StrEnum):
 @dataclass(frozen=True, slots=True)
 class ConfChange:
     """One single-server membership change. Only one node changes per entry, so any majority
-    of the old voters overlaps any majority of the new ones (Raft thesis §4.1)."""
+    of the old voters overlaps any majority of the new ones (Raft thesis §4.1). BOOTSTRAP is
+    the exception that starts a group: it is the identical first entry of every founding
+    node's log, so a node that joins later learns the whole membership history from the log
+    (or from a snapshot) like any other entry."""
 
     op: ConfChangeOp
-    node: int
+    node: int = NONE
+    voters: tuple[int, ...] = ()  # BOOTSTRAP only
+    learners: tuple[int, ...] = ()  # BOOTSTRAP only
 
     def encode(self) -> bytes:
-        return json.dumps({"op": self.op.value, "node": self.node}).encode()
+        d: dict[str, Any] = {"op": self.op.value, "node": self.node}
+        if self.op is ConfChangeOp.BOOTSTRAP:
+            d["voters"], d["learners"] = list(self.voters), list(self.learners)
+        return json.dumps(d).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> ConfChange:
         d = json.loads(data)
-        return cls(ConfChangeOp(d["op"]), int(d["node"]))
+        return cls(
+            ConfChangeOp(d["op"]),
+            int(d["node"]),
+            tuple(int(v) for v in d.get("voters", ())),
+            tuple(int(v) for v in d.get("learners", ())),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,11 @@ from enum import StrEnum
 
 from coordinator.raft.messages import (
     NONE,
+    ConfChange,
+    ConfChangeOp,
     ConfState,
     Entry,
+    EntryKind,
     HardState,
     Message,
     Snapshot,
@@ -65,12 +68,21 @@ class PersistentState:
 
     @classmethod
     def bootstrap(
-        cls, voters: set[int] | frozenset[int], learners: frozenset[int] = frozenset()
+        cls, voters: set[int] | frozenset[int], learners: set[int] | frozenset[int] = frozenset()
     ) -> PersistentState:
-        """A brand-new node of a brand-new cluster: empty log, membership in an index-0
-        snapshot. A node that is to join an existing cluster bootstraps with no voters and
-        waits for the leader to add it."""
-        return cls(snapshot=Snapshot(SnapshotMeta(0, 0, ConfState(frozenset(voters), learners))))
+        """A founding node of a new group: every founder starts with the same committed
+        entry 1 (term 1) holding the first membership."""
+        cc = ConfChange(
+            ConfChangeOp.BOOTSTRAP, NONE, tuple(sorted(voters)), tuple(sorted(learners))
+        )
+        entry = Entry(1, 1, EntryKind.CONF_CHANGE, cc.encode())
+        return cls(hard_state=HardState(1, NONE, 1), entries=(entry,))
+
+    @classmethod
+    def join(cls) -> PersistentState:
+        """A node that will join an existing group: an empty log and no membership; it waits
+        (never campaigning) until the leader adds it and sends it the log or a snapshot."""
+        return cls()
 
 
 @dataclass

@@ -142,7 +142,9 @@ class Simulation:
         self.net = SimNet(self.rng, params.net)
         self.ids = list(range(1, params.nodes + 1))
         boot = PersistentState.bootstrap(frozenset(self.ids))
-        self.nodes = {i: SimNode(i, SimStore(boot.snapshot)) for i in self.ids}
+        self.nodes = {
+            i: SimNode(i, SimStore(boot.snapshot, boot.hard_state, list(boot.entries))) for i in self.ids
+        }
         self.events: list[tuple[int, int, str, Any]] = []
         self._seq = 0
         self.txns: list[SimTxn] = []
@@ -249,8 +251,10 @@ class Simulation:
         node.applied = state.snapshot.meta.index
         node.paused_until = 0
         self.check.on_restart(i, node.raft)
-        self.log(f"node {i} starts: term={state.hard_state.term} vote={state.hard_state.vote} "
-                 f"commit={state.hard_state.commit} last={node.store.last_index()}")
+        self.log(
+            f"node {i} starts: term={state.hard_state.term} vote={state.hard_state.vote} "
+            f"commit={state.hard_state.commit} last={node.store.last_index()}"
+        )
 
     def _crash(self, i: int, why: str) -> None:
         node = self.nodes[i]
@@ -328,7 +332,9 @@ class Simulation:
         if rd.entries:
             self.check.on_persist(raft, rd.entries)
         if rd.soft_state is not None:
-            self.log(f"node {raft.id} is {rd.soft_state.role} (leader {rd.soft_state.leader}, term {raft.term})")
+            self.log(
+                f"node {raft.id} is {rd.soft_state.role} (leader {rd.soft_state.leader}, term {raft.term})"
+            )
             if rd.soft_state.role is Role.LEADER:
                 self.stats.elections += 1
                 self.check.on_leader(raft)
@@ -392,8 +398,10 @@ class Simulation:
                 txn.proposed_at = self.now
                 txn.backoff_ms = min(2 * txn.backoff_ms, CLIENT_MAX_BACKOFF_MS)
                 self._propose(txn, steps[txn.step])
-        if txn.rival_abort_at is not None and self.now >= txn.rival_abort_at and (
-            not txn.rival_sent or self.rng.random() < 0.3
+        if (
+            txn.rival_abort_at is not None
+            and self.now >= txn.rival_abort_at
+            and (not txn.rival_sent or self.rng.random() < 0.3)
         ):
             txn.rival_sent = True
             self._propose(txn, Decide(txn.txid, at, outcome=Outcome.ABORT, reason="rival"))
@@ -528,7 +536,9 @@ class Simulation:
         self._drain(leader.id)
 
     def _leader(self) -> RaftNode | None:
-        leaders = [n.raft for n in self.nodes.values() if n.raft is not None and n.raft.role is Role.LEADER]
+        leaders = [
+            n.raft for n in self.nodes.values() if n.raft is not None and n.raft.role is Role.LEADER
+        ]
         return max(leaders, key=lambda r: r.term) if leaders else None
 
     def _calm(self) -> None:
@@ -536,7 +546,11 @@ class Simulation:
         self.calm = True
         self.net.heal()
         self.net.params = NetParams(
-            self.p.net.min_delay_ms, self.p.net.max_delay_ms, 0.0, self.p.net.dup_p, self.p.net.json_p
+            self.p.net.min_delay_ms,
+            self.p.net.max_delay_ms,
+            0.0,
+            self.p.net.dup_p,
+            self.p.net.json_p,
         )
         for node in self.nodes.values():
             node.paused_until = 0
@@ -555,7 +569,9 @@ class Simulation:
             state = {k: v.to_dict() for k, v in node.machine.transactions.items()}
             seen = by_applied.setdefault(node.applied, state)
             if seen != state:
-                raise InvariantViolation(f"nodes applied up to {node.applied} hold different states")
+                raise InvariantViolation(
+                    f"nodes applied up to {node.applied} hold different states"
+                )
 
 
 def _machine_data(m: Machine) -> bytes:
@@ -576,7 +592,9 @@ def _show(m: Message) -> str:
     if m.entries:
         parts.append(f"[{m.entries[0].index}..{m.entries[-1].index}]")
     if m.type is MsgType.APPEND_RESP:
-        parts.append(f"i{m.index}" + (f" reject hint {m.reject_hint}/t{m.log_term}" if m.reject else ""))
+        parts.append(
+            f"i{m.index}" + (f" reject hint {m.reject_hint}/t{m.log_term}" if m.reject else "")
+        )
     if m.commit:
         parts.append(f"c{m.commit}")
     if m.reject and m.type is not MsgType.APPEND_RESP:
@@ -596,7 +614,9 @@ def run_seed(seed: int, verbose: bool = False) -> Stats:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
     ap.add_argument("--start", type=int, default=0, help="first seed")
     ap.add_argument("--seed", type=int, help="run only this seed")

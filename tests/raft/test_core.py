@@ -186,7 +186,9 @@ def test_batching_bounds_entries_per_message_and_inflight() -> None:
     c.process(1)
     appends = [m for m in c.outbox if m.type is MsgType.APPEND and m.dst == 2]
     assert all(len(m.entries) <= 3 for m in appends)
-    assert len([m for m in appends if m.entries]) <= 2, "at most MAX_INFLIGHT_MSGS appends in flight"
+    assert len([m for m in appends if m.entries]) <= 2, (
+        "at most MAX_INFLIGHT_MSGS appends in flight"
+    )
     assert leader.progress[2].state is ProgressState.REPLICATE
     assert leader.progress[2].is_paused()
     c.pump()
