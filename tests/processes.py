@@ -4,10 +4,6 @@ demo participant services, each a subprocess that a test can SIGKILL and restart
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,10 +12,11 @@ from pathlib import Path
 import httpx
 
 from coordinator import migrate
+from coordinator.procs import Proc, node_env, peers_for
 from tests.conftest import PgServer
 from tests.helpers import free_port
 
-READY_TIMEOUT_S = 60.0
+TEST_SECRET = "test-secret"
 
 # Timeouts for tests: short phase-2 backoff so recovery is quick; Raft at its defaults.
 TEST_NODE_ENV = {
@@ -29,61 +26,6 @@ TEST_NODE_ENV = {
     "TXC_PREPARE_TIMEOUT_S": "3",
     "TXC_LOG_LEVEL": "WARNING",
 }
-
-
-@dataclass
-class Proc:
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    url: str
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        assert self.proc is None or self.proc.poll() is not None
-        out = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, *self.args],
-            env={**os.environ, **self.env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        out.close()
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to flush or say goodbye."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
-
-    def wait_ready(self, path: str = "/readyz", timeout_s: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise AssertionError(f"{self.name} exited:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + path, timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"{self.name} not ready:\n{self.log_tail()}")
 
 
 @dataclass
@@ -124,24 +66,16 @@ def start_cluster(
     pg: PgServer, tmp: Path, size: int = 3, extra_env: dict[str, str] | None = None
 ) -> Cluster:
     ports = [free_port() for _ in range(size)]
-    peers = ",".join(f"{i + 1}=http://127.0.0.1:{p}" for i, p in enumerate(ports))
+    peers = peers_for(ports)
     cluster = Cluster()
     for i, port in enumerate(ports):
         db = pg.new_database(f"node{i + 1}")
         migrate.upgrade(db, "coordinator")
         env = {
             **TEST_NODE_ENV,
-            "TXC_NODE_ID": f"node{i + 1}",
-            "TXC_PORT": str(port),
-            "TXC_DATABASE_URL": db,
+            **node_env(i + 1, port, db, peers, TEST_SECRET, size),
             **(extra_env or {}),
         }
-        if size > 1:
-            env |= {
-                "TXC_PEERS": peers,
-                "TXC_RAFT_ID": str(i + 1),
-                "TXC_CLUSTER_SECRET": "test-secret",
-            }
         node = Proc(
             f"node{i + 1}",
             ["-m", "coordinator", "serve"],

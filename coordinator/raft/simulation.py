@@ -143,7 +143,8 @@ class Simulation:
         self.ids = list(range(1, params.nodes + 1))
         boot = PersistentState.bootstrap(frozenset(self.ids))
         self.nodes = {
-            i: SimNode(i, SimStore(boot.snapshot, boot.hard_state, list(boot.entries))) for i in self.ids
+            i: SimNode(i, SimStore(boot.snapshot, boot.hard_state, list(boot.entries)))
+            for i in self.ids
         }
         self.events: list[tuple[int, int, str, Any]] = []
         self._seq = 0

@@ -63,7 +63,9 @@ class Cluster:
         self.boot = PersistentState.bootstrap(frozenset(self.ids) - learner_set, learner_set)
         self.cfg = cfg
         self.rng = random.Random(seed)
-        self.stores = {i: Store(self.boot.hard_state, None, list(self.boot.entries)) for i in self.ids}
+        self.stores = {
+            i: Store(self.boot.hard_state, None, list(self.boot.entries)) for i in self.ids
+        }
         self.nodes = {i: self._make(i, self.boot) for i in self.ids}
         self.outbox: list[Message] = []
         self.read_states: dict[int, list] = {i: [] for i in self.ids}

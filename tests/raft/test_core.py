@@ -41,12 +41,12 @@ def test_single_node_elects_itself_and_commits_after_persisting() -> None:
         node.tick()
     assert node.role is Role.LEADER
     rd = node.ready()
-    assert rd.entries and rd.entries[-1].kind is EntryKind.EMPTY
-    assert node.log.commit == 0, "the leader counts its own entry only once it is durable"
+    assert rd.entries and rd.entries[-1].kind is EntryKind.EMPTY and rd.entries[-1].index == 2
+    assert node.log.commit == 1, "the leader counts its own entry only once it is durable"
     node.advance(rd)
-    assert node.log.commit == 1
+    assert node.log.commit == 2
     rd = node.ready()
-    assert [e.index for e in rd.committed] == [1]
+    assert [e.index for e in rd.committed] == [2]
     node.advance(rd)
 
 
@@ -63,10 +63,11 @@ def test_randomized_election_timeout_is_within_bounds() -> None:
 def test_three_node_election_and_new_leader_appends_empty_entry() -> None:
     c = elected()
     leader = c.nodes[1]
-    assert leader.term == 1
+    assert leader.term == 2
     for node in c.nodes.values():
-        assert node.log.entry(1).kind is EntryKind.EMPTY
-        assert node.log.commit == 1
+        assert node.log.entry(1).conf_change().op is ConfChangeOp.BOOTSTRAP
+        assert node.log.entry(2).kind is EntryKind.EMPTY
+        assert node.log.commit == 2
         assert node.leader == 1
 
 
@@ -75,10 +76,10 @@ def test_prevote_keeps_partitioned_node_from_raising_its_term() -> None:
     cut = isolate(3)
     for _ in range(10 * c.nodes[3].cfg.election_ticks):
         c.tick_all(allow=cut)
-    assert c.nodes[3].term == 1, "pre-vote failed, so the term did not move"
+    assert c.nodes[3].term == 2, "pre-vote failed, so the term did not move"
     assert c.nodes[3].role is Role.PRE_CANDIDATE
     c.tick_all(5)  # healed: the node rejoins without disturbing the leader
-    assert c.nodes[1].role is Role.LEADER and c.nodes[1].term == 1
+    assert c.nodes[1].role is Role.LEADER and c.nodes[1].term == 2
     assert c.nodes[3].role is Role.FOLLOWER and c.nodes[3].leader == 1
 
 
@@ -87,7 +88,7 @@ def test_without_prevote_a_partitioned_node_disrupts_on_rejoin() -> None:
     cut = isolate(3)
     for _ in range(5 * c.nodes[3].cfg.election_ticks):
         c.tick_all(allow=cut)
-    assert c.nodes[3].term > 1
+    assert c.nodes[3].term > 2
 
 
 def test_check_quorum_leader_steps_down_when_isolated() -> None:
@@ -107,18 +108,18 @@ def test_leader_lease_follower_ignores_votes_while_leader_is_live() -> None:
     follower = c.nodes[2]
     vote = Message(MsgType.VOTE, 3, 2, term=5, index=100, log_term=5)
     follower.step(vote)
-    assert follower.term == 1 and follower.vote == 1
+    assert follower.term == 2 and follower.vote == 1
     assert not follower.msgs, "ignored, not even rejected"
 
 
 def test_vote_is_granted_once_per_term() -> None:
     node = RaftNode(RaftConfig(id=1), PersistentState.bootstrap({1, 2, 3}), random.Random(1))
-    node.step(Message(MsgType.VOTE, 2, 1, term=1))
-    node.step(Message(MsgType.VOTE, 3, 1, term=1))
+    node.step(Message(MsgType.VOTE, 2, 1, term=2, index=1, log_term=1))
+    node.step(Message(MsgType.VOTE, 3, 1, term=2, index=1, log_term=1))
     rd = node.ready()
     resps = [m for m in rd.messages if m.type is MsgType.VOTE_RESP]
     assert [(m.dst, m.reject) for m in resps] == [(2, False), (3, True)]
-    assert rd.hard_state == HardState(term=1, vote=2, commit=0)
+    assert rd.hard_state == HardState(term=2, vote=2, commit=1)
 
 
 def test_vote_refused_to_a_less_complete_log() -> None:
@@ -148,7 +149,7 @@ def test_follower_rejects_append_that_does_not_match_and_hints() -> None:
     node = RaftNode(RaftConfig(id=2), PersistentState.bootstrap({1, 2, 3}), random.Random(1))
     node.step(Message(MsgType.APPEND, 1, 2, term=3, index=5, log_term=3))
     resp = node.msgs[-1]
-    assert resp.reject and resp.index == 5 and resp.reject_hint == 0
+    assert resp.reject and resp.index == 5 and resp.reject_hint == 1 and resp.log_term == 1
 
 
 def test_fast_backtracking_skips_a_whole_divergent_term() -> None:
@@ -192,7 +193,7 @@ def test_batching_bounds_entries_per_message_and_inflight() -> None:
     assert leader.progress[2].state is ProgressState.REPLICATE
     assert leader.progress[2].is_paused()
     c.pump()
-    assert all(n.log.commit == 21 for n in c.nodes.values())
+    assert all(n.log.commit == 22 for n in c.nodes.values())
 
 
 def test_duplicate_messages_are_harmless() -> None:
@@ -205,7 +206,8 @@ def test_duplicate_messages_are_harmless() -> None:
     c.outbox.extend(msgs)  # and again, late
     c.pump()
     for i in c.ids:
-        assert [e.data for e in c.stores[i].applied] == [b"", b"x"]
+        assert [e.data for e in c.stores[i].applied if e.kind is EntryKind.NORMAL] == [b"x"]
+        assert [e.index for e in c.stores[i].applied] == [1, 2, 3]
 
 
 def test_probe_state_sends_one_append_until_answered() -> None:
@@ -228,7 +230,7 @@ def test_status_reports_progress_and_lag() -> None:
     c.process(1)  # not delivered yet
     st = c.nodes[1].status()
     assert st.role is Role.LEADER and st.leader == 1 and st.conf.voters == {1, 2, 3}
-    assert st.followers[2].match == 1 and st.followers[2].lag == 1
+    assert st.followers[2].match == 2 and st.followers[2].lag == 1
     assert c.nodes[2].status().followers == {}
 
 
@@ -244,14 +246,14 @@ def test_read_index_on_leader_needs_a_quorum_heartbeat_round() -> None:
     hb = [m for m in c.outbox if m.type is MsgType.HEARTBEAT]
     assert hb and all(m.context == b"r1" for m in hb)
     c.pump()
-    assert [(r.ctx, r.index) for r in c.read_states[1]] == [(b"r1", 1)]
+    assert [(r.ctx, r.index) for r in c.read_states[1]] == [(b"r1", 2)]
 
 
 def test_read_index_forwarded_from_follower() -> None:
     c = elected()
     c.nodes[3].read_index(b"f")
     c.pump()
-    assert [(r.ctx, r.index) for r in c.read_states[3]] == [(b"f", 1)]
+    assert [(r.ctx, r.index) for r in c.read_states[3]] == [(b"f", 2)]
 
 
 def test_read_index_without_leader_raises() -> None:
@@ -269,7 +271,7 @@ def test_transfer_to_caught_up_follower() -> None:
     with pytest.raises(ProposalDropped):
         c.nodes[1].propose(b"during transfer")
     c.pump()
-    assert c.nodes[2].role is Role.LEADER and c.nodes[2].term == 2
+    assert c.nodes[2].role is Role.LEADER and c.nodes[2].term == 3
     assert c.nodes[1].role is Role.FOLLOWER
 
 
@@ -282,7 +284,7 @@ def test_transfer_catches_up_lagging_target_first() -> None:
     c.nodes[1].transfer_leadership(3)
     c.pump()
     assert c.nodes[3].role is Role.LEADER
-    assert c.nodes[3].log.commit == 7
+    assert c.nodes[3].log.commit == 8
 
 
 def test_transfer_is_abandoned_after_an_election_timeout() -> None:
@@ -306,10 +308,10 @@ def test_learner_receives_log_but_does_not_vote_or_count() -> None:
     leader = c.nodes[1]
     leader.propose(b"a")
     c.pump(allow=isolate(2, 3))
-    assert leader.progress[4].match == 2
-    assert leader.log.commit == 1, "the learner's copy does not make a quorum"
+    assert leader.progress[4].match == 3
+    assert leader.log.commit == 2, "the learner's copy does not make a quorum"
     c.tick_all(2)  # heartbeats find the lost appends
-    assert c.nodes[4].log.commit == leader.log.commit == 2
+    assert c.nodes[4].log.commit == leader.log.commit == 3
     learner = c.nodes[4]
     for _ in range(5 * learner.cfg.election_ticks):
         learner.tick()
@@ -326,7 +328,7 @@ def test_add_learner_then_promote_when_caught_up() -> None:
     c.campaign(1)
     leader = c.nodes[1]
     c.ids.append(4)
-    c.nodes[4] = c._make(4, PersistentState.bootstrap(set()))
+    c.nodes[4] = c._make(4, PersistentState.join())
     c.read_states[4] = []
     c.readies[4] = []
     leader.propose_conf_change(ConfChange(ConfChangeOp.ADD_LEARNER, 4))
@@ -367,8 +369,8 @@ def test_remove_node_and_leader_cannot_remove_itself() -> None:
     # never learn it was removed. Its campaigns must not disturb the group (leader lease).
     for _ in range(5 * c.nodes[3].cfg.election_ticks):
         c.tick_all()
-    assert leader.role is Role.LEADER and leader.term == 1
-    assert c.nodes[2].term == 1
+    assert leader.role is Role.LEADER and leader.term == 2
+    assert c.nodes[2].term == 2
 
 
 def test_truncated_conf_change_is_undone() -> None:
@@ -402,12 +404,12 @@ def test_follower_behind_compaction_gets_install_snapshot() -> None:
         c.nodes[1].propose(f"x{k}".encode())
     c.pump(allow=cut)
     _compact(c, 1)
-    assert c.nodes[1].log.first_index() == 12
+    assert c.nodes[1].log.first_index() == 13
     c.tick_all(3)
     f = c.nodes[3]
-    assert f.log.snap_index == 11 and f.log.commit == 11
+    assert f.log.snap_index == 12 and f.log.commit == 12
     snaps = [rd.snapshot for rd in c.readies[3] if rd.snapshot is not None]
-    assert len(snaps) == 1 and snaps[0].data == b"state@11"
+    assert len(snaps) == 1 and snaps[0].data == b"state@12"
     assert c.nodes[1].progress[3].state is ProgressState.REPLICATE
     c.nodes[1].propose(b"after")
     c.pump()
@@ -423,7 +425,7 @@ def test_stale_snapshot_is_ignored() -> None:
     snap = c.nodes[1].log.snapshot
     f = c.nodes[2]
     before = (list(f.log.entries), f.log.commit, f.log.snap_index)
-    f.step(Message(MsgType.SNAPSHOT, 1, 2, term=1, snapshot=snap))
+    f.step(Message(MsgType.SNAPSHOT, 1, 2, term=2, snapshot=snap))
     assert (list(f.log.entries), f.log.commit, f.log.snap_index) == before
     assert f.msgs[-1].type is MsgType.APPEND_RESP and f.msgs[-1].index == f.log.commit
 
@@ -432,7 +434,7 @@ def test_compaction_requires_applied_entries() -> None:
     c = elected()
     c.nodes[1].propose(b"x")
     with pytest.raises(AssertionError):
-        c.nodes[1].compact(2, b"")
+        c.nodes[1].compact(3, b"")
 
 
 # -- restart ------------------------------------------------------------------------------------
@@ -444,8 +446,8 @@ def test_restart_restores_log_and_hard_state() -> None:
         c.nodes[1].propose(f"x{k}".encode())
     c.pump()
     node = c.restart(2)
-    assert node.term == 1 and node.vote == 1 and node.log.last_index() == 4
-    assert node.log.commit == 4 and node.role is Role.FOLLOWER
+    assert node.term == 2 and node.vote == 1 and node.log.last_index() == 5
+    assert node.log.commit == 5 and node.role is Role.FOLLOWER
     c.tick_all(2)
     assert c.nodes[1].role is Role.LEADER
 

@@ -13,7 +13,7 @@ from sdk_helpers import prepared_gids
 from sdk_servers import ServerThread, free_port
 from sqlalchemy import create_engine
 
-from participant_sdk import TransactionAborted
+from participant_sdk import TransactionAborted, TxcClient
 from txc_demo.bank import SEED_ACCOUNTS, create_app
 from txc_demo.transfer import TransferFailed, transfer
 from txc_demo.transfer import main as transfer_main
@@ -92,8 +92,6 @@ def test_failed_credit_rolls_back_the_prepared_debit(banks: Banks, coord) -> Non
 def test_participant_voting_no_aborts_transfer(banks: Banks, coord) -> None:
     """Bank B aborts the txid before its work (as if the coordinator had timed it out)."""
     with pytest.raises(TransferFailed) as exc:
-        from participant_sdk import TxcClient
-
         with TxcClient(coord.url) as client, client.transaction() as tx:
             httpx.post(f"{banks.b}/txc/abort", json={"txid": tx.txid, "participant": "bank-b"})
             ok = httpx.post(

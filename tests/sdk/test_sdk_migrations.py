@@ -1,0 +1,69 @@
+"""The `participant` Alembic branch creates the same tables as the SDK's and the demo's
+SQLAlchemy metadata (which tests and the demo create directly)."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import Engine, MetaData, inspect
+
+from participant_sdk import record
+from txc_demo import bank
+
+VERSIONS = Path(__file__).resolve().parents[2] / "migrations" / "versions"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, VERSIONS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(engine: Engine, module: ModuleType, step: str) -> None:
+    with engine.begin() as conn:
+        with Operations.context(MigrationContext.configure(conn)):
+            getattr(module, step)()
+
+
+def shape(engine: Engine, tables: list[str]) -> dict:
+    insp = inspect(engine)
+    out = {}
+    for t in tables:
+        out[t] = {
+            "columns": {
+                c["name"]: (str(c["type"]), c["nullable"], c.get("default") is not None)
+                for c in insp.get_columns(t)
+            },
+            "pk": insp.get_pk_constraint(t)["constrained_columns"],
+            "checks": sorted(c["name"] for c in insp.get_check_constraints(t)),
+            "indexes": sorted((i["name"], tuple(i["column_names"])) for i in insp.get_indexes(t)),
+        }
+    return out
+
+
+def test_migrations_match_metadata(pg, make_engine: Callable[[str], Engine]) -> None:
+    p1, p2 = load("p0001_participant_record"), load("p0002_demo_bank")
+    assert p1.branch_labels == ("participant",) and p1.down_revision is None
+    assert p1.depends_on is None and p2.down_revision == p1.revision
+    tables = [record.TABLE_NAME, "bank_account", "bank_ledger"]
+
+    migrated = make_engine(pg.new_database("mig"))
+    run(migrated, p1, "upgrade")
+    run(migrated, p2, "upgrade")
+    direct = make_engine(pg.new_database("meta"))
+    record.create_tables(direct)
+    bank.metadata.create_all(direct)
+    assert shape(migrated, tables) == shape(direct, tables)
+
+    run(migrated, p2, "downgrade")
+    run(migrated, p1, "downgrade")
+    reflected = MetaData()
+    reflected.reflect(migrated)
+    assert not set(tables) & set(reflected.tables)
