@@ -314,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("txid")
         sp.set_defaults(func=_action(path))
 
+    bench = sub.add_parser("bench", help="benchmarks (report figures; never tests)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    fo = bench_sub.add_parser(
+        "failover", help="SIGKILL the leader under load; time until commits resume"
+    )
+    from coordinator.bench import failover
+
+    failover.add_arguments(fo)
+    fo.set_defaults(func=failover.main)
+
     cl = sub.add_parser("cluster", help="members, leader, term, commit and applied index")
     cl.set_defaults(func=cmd_cluster)
     return p

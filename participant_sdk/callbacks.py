@@ -58,6 +58,7 @@ class CallbackParticipant(ParticipantBase):
         prefix: str = "/txc",
         coordinator: TxcClient | None = None,
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
+        participant_token: str | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -67,6 +68,7 @@ class CallbackParticipant(ParticipantBase):
             prefix=prefix,
             coordinator=coordinator,
             recovery_interval_s=recovery_interval_s,
+            participant_token=participant_token,
         )
         self._prepare_cb = prepare
         self._commit_cb = commit

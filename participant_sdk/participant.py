@@ -59,6 +59,11 @@ log = logging.getLogger("txc.sdk.participant")
 DEFAULT_PREFIX = "/txc"
 MAX_COORDINATOR_CLIENTS = 16  # distinct coordinator URLs learned from Txc-Coordinator headers
 MAX_REASON = 500  # characters of a reason / error message sent back to the coordinator
+# The participant's own calls to the coordinator (enlist during a business request, /outcome
+# during recovery) use tighter bounds than the client defaults: a business request waits for
+# the enlistment, and a black-holed coordinator must not pin it for minutes.
+COORDINATOR_TIMEOUT_S = 5.0
+COORDINATOR_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,11 @@ class ParticipantBase(ABC):
         prefix: str = DEFAULT_PREFIX,
         coordinator: TxcClient | None = None,
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
+        participant_token: str | None = None,
     ) -> None:
+        """`token`: sent to the coordinator (its API token). `participant_token`: required on
+        the coordinator's protocol requests to us (the coordinator's participant token);
+        defaults to `token`, so one shared secret is enough for simple setups."""
         self.name = validate_participant_name(name)
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
             raise ValueError(f"prefix must start and not end with '/', got {prefix!r}")
@@ -118,6 +127,7 @@ class ParticipantBase(ABC):
         self.public_url = validate_base_url(public_url)
         self.protocol_url = self.public_url + prefix
         self.token = token or None
+        self.participant_token = participant_token or self.token
         if recovery_interval_s <= 0:
             raise ValueError("recovery_interval_s must be positive")
         self.recovery_interval_s = recovery_interval_s
@@ -177,7 +187,12 @@ class ParticipantBase(ABC):
                     raise WorkRefused(
                         f"more than {MAX_COORDINATOR_CLIENTS} coordinators seen", code="too_many"
                     )
-                client = TxcClient(chosen, token=self.token)
+                client = TxcClient(
+                    chosen,
+                    token=self.token,
+                    timeout=COORDINATOR_TIMEOUT_S,
+                    retries=COORDINATOR_RETRIES,
+                )
                 self._clients[chosen] = client
             return client
 
@@ -224,12 +239,12 @@ class ParticipantBase(ABC):
         return self._router
 
     def _check_token(self, authorization: str | None) -> None:
-        if self.token is None:
+        if self.participant_token is None:
             return
         if not authorization or not authorization.startswith("Bearer "):
             raise HTTPException(401, {"code": "unauthorized", "message": "bearer token required"})
         given = authorization[len("Bearer ") :].encode()
-        if not hmac.compare_digest(given, self.token.encode()):
+        if not hmac.compare_digest(given, self.participant_token.encode()):
             raise HTTPException(403, {"code": "forbidden", "message": "wrong token"})
 
     def _handle(self, action: str, req: ProtocolRequest) -> JSONResponse:
@@ -294,7 +309,12 @@ class ParticipantBase(ABC):
             except ParticipantError as e:
                 raise JoinFailed(e) from e
 
-        return Depends(dependency, scope="function")
+        try:
+            return Depends(dependency, scope="function")
+        except TypeError as e:  # FastAPI < 0.121 has no dependency scopes
+            raise RuntimeError(
+                "participant_sdk's join() needs FastAPI >= 0.121 (Depends(scope='function'))"
+            ) from e
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI | None = None) -> AsyncIterator[None]:

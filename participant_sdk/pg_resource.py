@@ -91,6 +91,7 @@ class PgResourceManager(ParticipantBase):
         prefix: str = "/txc",
         coordinator: TxcClient | None = None,
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
+        participant_token: str | None = None,
     ) -> None:
         if engine.dialect.name != "postgresql":
             raise ValueError("PgResourceManager needs a PostgreSQL engine")
@@ -102,6 +103,7 @@ class PgResourceManager(ParticipantBase):
             prefix=prefix,
             coordinator=coordinator,
             recovery_interval_s=recovery_interval_s,
+            participant_token=participant_token,
         )
         self.engine = engine
 
@@ -168,7 +170,14 @@ class PgResourceManager(ParticipantBase):
     ) -> None:
         # A session-level lock even though taken inside the transaction: it survives the
         # PREPARE and is released explicitly below.
-        record.acquire(conn, self.name, txid)
+        try:
+            record.acquire(conn, self.name, txid)
+        except DBAPIError as e:  # typically: the application swallowed a failed statement
+            trans.rollback()
+            raise WorkRefused(
+                f"the work's transaction had failed; nothing was prepared ({e.orig})",
+                code="work_failed",
+            ) from e
         try:
             try:
                 conn.exec_driver_sql(f"PREPARE TRANSACTION '{gid}'")

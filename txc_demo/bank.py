@@ -137,11 +137,14 @@ def create_app(
     public_url: str,
     *,
     token: str | None = None,
+    participant_token: str | None = None,
     recovery_interval_s: float = RECOVERY_INTERVAL_S,
     seed: dict[str, int] | None = None,
 ) -> FastAPI:
     """The bank service. `public_url` is where the coordinator reaches it (the protocol
-    endpoints live under `{public_url}/txc`)."""
+    endpoints live under `{public_url}/txc`). `token` is the coordinator's API token (sent on
+    enlist and /outcome); `participant_token` the one the coordinator must present on
+    /txc/* (defaults to `token`)."""
     engine = create_engine(database_url, pool_pre_ping=True)
     rm = PgResourceManager(
         name,
@@ -149,6 +152,7 @@ def create_app(
         public_url=public_url,
         coordinator_url=coordinator_url,
         token=token,
+        participant_token=participant_token,
         recovery_interval_s=recovery_interval_s,
     )
 
@@ -214,7 +218,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=DEFAULT_PORT)
     ap.add_argument("--public-url", default=None, help="default: http://HOST:PORT")
-    ap.add_argument("--token", default=os.environ.get("TXC_TOKEN"), help="or $TXC_TOKEN")
+    ap.add_argument(
+        "--token",
+        default=os.environ.get("TXC_API_TOKEN"),
+        help="coordinator API token (or $TXC_API_TOKEN)",
+    )
+    ap.add_argument(
+        "--participant-token",
+        default=os.environ.get("TXC_PARTICIPANT_TOKEN"),
+        help="token the coordinator presents to this bank (or $TXC_PARTICIPANT_TOKEN)",
+    )
     ap.add_argument("--recovery-interval", type=float, default=RECOVERY_INTERVAL_S)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
@@ -225,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         args.coordinator_url,
         public_url,
         token=args.token,
+        participant_token=args.participant_token,
         recovery_interval_s=args.recovery_interval,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -91,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--to-bank", required=True, help="base URL of the credited bank")
     ap.add_argument("--to-account", required=True)
     ap.add_argument("--amount", type=int, required=True)
-    ap.add_argument("--token", default=os.environ.get("TXC_TOKEN"), help="or $TXC_TOKEN")
+    ap.add_argument(
+        "--token",
+        default=os.environ.get("TXC_API_TOKEN"),
+        help="coordinator API token (or $TXC_API_TOKEN)",
+    )
     args = ap.parse_args(argv)
     try:
         result = transfer(

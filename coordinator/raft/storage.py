@@ -27,8 +27,18 @@ class StorageMismatch(RuntimeError):
 
 
 async def load(engine: AsyncEngine, voters: frozenset[int]) -> PersistentState:
-    """What the node restarts from. A database never used by a Raft node bootstraps a new
-    member of a cluster whose initial voters are `voters`."""
+    """What the node restarts from. A database never used by a Raft node bootstraps a
+    founding member of a group whose initial voters are `voters`, and that initial state is
+    made durable here, before the core sees it."""
+    state = await _load(engine, voters)
+    if state is None:
+        state = PersistentState.bootstrap(voters)
+        async with engine.begin() as conn:
+            await save(conn, None, state.entries, state.hard_state)
+    return state
+
+
+async def _load(engine: AsyncEngine, voters: frozenset[int]) -> PersistentState | None:
     async with engine.connect() as conn:
         hs_row = (await conn.execute(select(schema.hard_state))).first()
         snap_row = (await conn.execute(select(schema.snapshot_meta))).first()
@@ -39,7 +49,7 @@ async def load(engine: AsyncEngine, voters: frozenset[int]) -> PersistentState:
                 raise StorageMismatch(
                     "the database has a log but no Raft state: it belongs to a standalone node"
                 )
-            return PersistentState.bootstrap(voters)
+            return None
         if hs_row is not None and hs_row.vote is not None and not str(hs_row.vote).isdigit():
             raise StorageMismatch(
                 "the database was used by a standalone (single-node) coordinator; "
@@ -58,7 +68,7 @@ async def load(engine: AsyncEngine, voters: frozenset[int]) -> PersistentState:
                 bytes(snap_row.data),
             )
         else:
-            snap = Snapshot(SnapshotMeta(0, 0, ConfState(voters)))
+            snap = Snapshot(SnapshotMeta())
         rows = await conn.execute(
             select(schema.log_entries)
             .where(schema.log_entries.c.index > snap.meta.index)

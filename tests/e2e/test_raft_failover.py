@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from coordinator.bench.client import LeaderFollowingClient
 from coordinator.raft.transport import HEADER_FROM, HEADER_SIG, HEADER_TIME, RAFT_PATH, sign
 from tests.conftest import PgServer
 from tests.helpers import ScriptedParticipant, serve
-from tests.leader_client import LeaderFollowingClient
 from tests.processes import Cluster, Proc, cluster_of
 
 pytestmark = pytest.mark.e2e

@@ -46,7 +46,8 @@ class Store:
         return PersistentState(self.hard_state, snap, tuple(self.entries), self.applied_index)
 
 
-Filter = Callable[[Message], bool]  # True: deliver
+# True: deliver; False: drop; a Message: deliver that instead (the network rewrote it).
+Filter = Callable[[Message], "bool | Message"]
 
 
 class Cluster:
@@ -109,8 +110,11 @@ class Cluster:
         msgs, self.outbox = self.outbox, []
         n = 0
         for m in msgs:
-            if m.dst not in self.nodes or (allow is not None and not allow(m)):
+            verdict = allow(m) if allow is not None else True
+            if m.dst not in self.nodes or verdict is False:
                 continue
+            if isinstance(verdict, Message):
+                m = verdict
             self.nodes[m.dst].step(m)
             n += 1
         return n

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, HTTPException
 from sdk_servers import ServerThread, free_port
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from participant_sdk import PgResourceManager, PgWork, TxcClient
 
@@ -21,10 +22,19 @@ def items_app(rm: PgResourceManager, recovery: bool = False) -> FastAPI:
     rm.install(app, recovery=recovery)
 
     @app.post("/items/{key}")
-    def put(key: str, value: int = 1, fail: bool = False, work: PgWork = rm.join()) -> dict:
+    def put(
+        key: str,
+        value: int = 1,
+        fail: bool = False,
+        swallow: bool = False,
+        work: PgWork = rm.join(),
+    ) -> dict:
         work.connection.execute(
             text("INSERT INTO items (k, v) VALUES (:k, :v)"), {"k": key, "v": value}
         )
+        if swallow:  # a buggy application that hides a failed statement
+            with contextlib.suppress(DBAPIError):
+                work.connection.execute(text("SELECT 1/0"))
         if fail:
             raise HTTPException(422, "business failure")
         return {"txid": work.txid, "gid": work.gid}

@@ -196,6 +196,15 @@ def test_business_exception_rolls_back_and_enlists_nothing(engine: Engine, coord
         assert prepared_gids(engine) == []
 
 
+def test_swallowed_database_error_prepares_nothing(engine: Engine, coord) -> None:
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin()
+        r = httpx.post(f"{svc.url}/items/a?swallow=true", headers=tx.headers)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "work_failed"
+        assert prepared_gids(engine) == [] and items(engine) == {}
+        assert coord.fake.count("enlist") == 0
+
+
 def test_second_request_for_same_txid_is_refused(engine: Engine, coord) -> None:
     with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
         tx = client.begin()
@@ -259,3 +268,33 @@ def test_failed_commit_through_client_rolls_back(engine: Engine, coord) -> None:
         with pytest.raises(TransactionAborted):
             tx.commit()
         assert items(engine) == {} and prepared_gids(engine) == []
+
+
+def test_concurrent_work_for_same_txid_prepares_once(engine: Engine, coord) -> None:
+    coord.fake.drive_phase2 = False
+    txid = httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"]
+    rm = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:9", coordinator_url=coord.url
+    )
+    both_working = threading.Barrier(2)
+    results: list[str] = []
+
+    def worker(key: str) -> None:
+        try:
+            with rm.work(txid) as w:
+                w.connection.execute(text("INSERT INTO items VALUES (:k, 1)"), {"k": key})
+                both_working.wait()
+            results.append("ok")
+        except WorkRefused as e:
+            results.append(e.code)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["already_prepared", "ok"]
+    assert prepared_gids(engine) == [make_gid("svc", txid)]
+    assert rm.commit(txid).status == 200
+    assert len(items(engine)) == 1
+    rm.close()

@@ -1,5 +1,6 @@
-"""A client written from the API docs alone (no SDK): it follows `Txc-Leader`, moves to
-another node when one is unreachable, and retries only what is safe to repeat."""
+"""A minimal API client written from the README alone (no SDK), for benchmarks and tests: it
+follows `Txc-Leader`, moves to another node when one is unreachable, and retries (every call
+it is used for is idempotent)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,18 @@ RETRY_FOR_S = 30.0
 
 
 class LeaderFollowingClient:
-    def __init__(self, urls: list[str]) -> None:
+    def __init__(self, urls: list[str], retry_for_s: float = RETRY_FOR_S) -> None:
         self.urls = list(urls)
         self.current = self.urls[0]
-        self.http = httpx.AsyncClient(timeout=10)
+        self.retry_for_s = retry_for_s
+        self.http = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=64))
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
     async def request(self, method: str, path: str, json: Any = None) -> httpx.Response:
         """Retries on no answer and on 503 (every call used here is idempotent)."""
-        deadline = time.monotonic() + RETRY_FOR_S
+        deadline = time.monotonic() + self.retry_for_s
         i = 0
         while True:
             try:
@@ -37,7 +39,9 @@ class LeaderFollowingClient:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"{method} {path}: no answer from any node in {RETRY_FOR_S}s")
+                raise TimeoutError(
+                    f"{method} {path}: no answer from any node in {self.retry_for_s}s"
+                )
             i += 1
             self.current = self.urls[i % len(self.urls)]
             await asyncio.sleep(0.05)

@@ -1,0 +1,1 @@
+"""Benchmarks: they report figures and never assert them (DESIGN §8)."""

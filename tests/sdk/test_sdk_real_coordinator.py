@@ -1,0 +1,130 @@
+"""The SDK against the real coordinator (one standalone node, in-process): demo transfers,
+aborts driven by the coordinator, and recovery through the real /outcome, with the API token
+and the participant token set to different values."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sdk_helpers import items, prepared_gids
+from sdk_servers import ServerThread, free_port
+from sqlalchemy import Engine, text
+
+from coordinator import migrate
+from coordinator.config import Settings
+from coordinator.node import build_app
+from participant_sdk import PgResourceManager, TransactionAborted, TxcClient
+from txc_demo.bank import SEED_ACCOUNTS, create_app
+from txc_demo.transfer import TransferFailed, transfer
+
+API_TOKEN = "api-secret"
+PARTICIPANT_TOKEN = "participant-secret"
+FAST = dict(
+    phase2_backoff_initial_s=0.05,
+    phase2_backoff_max_s=0.3,
+    phase2_inline_wait_s=1.0,
+    sweep_interval_s=0.1,
+    prepare_timeout_s=2.0,
+)
+POLL_TIMEOUT_S = 20.0
+POLL_STEP_S = 0.05
+
+
+def eventually(predicate, within_s: float = POLL_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(POLL_STEP_S)
+
+
+@pytest.fixture
+def coordinator_url(pg) -> Iterator[str]:
+    db = pg.new_database("coord")
+    migrate.upgrade(db, "coordinator")
+    port = free_port()
+    settings = Settings(
+        database_url=db,
+        port=port,
+        api_token=API_TOKEN,
+        participant_token=PARTICIPANT_TOKEN,
+        **FAST,
+    )
+    server = ServerThread(build_app(settings, run_migrations=False), port).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def two_banks(pg, coordinator_url: str) -> Iterator[tuple[str, str]]:
+    servers = []
+    for name in ("bank-a", "bank-b"):
+        port = free_port()
+        app = create_app(
+            name,
+            pg.new_database("bank"),
+            coordinator_url,
+            f"http://127.0.0.1:{port}",
+            token=API_TOKEN,
+            participant_token=PARTICIPANT_TOKEN,
+        )
+        servers.append(ServerThread(app, port).start())
+    yield servers[0].url, servers[1].url
+    for s in servers:
+        s.stop()
+
+
+def balance(bank: str, account: str) -> int:
+    return int(httpx.get(f"{bank}/accounts/{account}").json()["balance"])
+
+
+def test_transfer_through_real_coordinator(coordinator_url: str, two_banks) -> None:
+    a, b = two_banks
+    result = transfer(coordinator_url, a, "alice", b, "bob", 40, token=API_TOKEN)
+    assert result["outcome"] == "commit"
+    eventually(lambda: balance(a, "alice") == 960 and balance(b, "bob") == 1040)
+    with TxcClient(coordinator_url, token=API_TOKEN) as client:
+        tx = client.get(result["txid"])
+        assert tx["state"] == "committed"
+        assert sorted(p["name"] for p in tx["participants"]) == ["bank-a", "bank-b"]
+        assert all(p["vote"] == "yes" for p in tx["participants"])
+
+    with pytest.raises(TransferFailed):
+        transfer(
+            coordinator_url, a, "alice", b, "bob", 10 * SEED_ACCOUNTS["alice"], token=API_TOKEN
+        )
+    assert balance(a, "alice") == 960
+
+
+def test_refused_credit_aborts_prepared_debit(coordinator_url: str, two_banks) -> None:
+    a, b = two_banks
+    with pytest.raises(TransferFailed):
+        transfer(coordinator_url, a, "alice", b, "nobody", 10, token=API_TOKEN)
+    # The coordinator drives the abort to bank A's prepared debit.
+    eventually(lambda: balance(a, "alice") == 1000)
+    with TxcClient(coordinator_url, token=API_TOKEN) as client:
+        tx = client.begin()
+        client.abort(tx.txid)
+        with pytest.raises(TransactionAborted):
+            client.commit(tx.txid)
+
+
+def test_recovery_asks_the_real_coordinator(coordinator_url: str, engine: Engine) -> None:
+    """Prepared and enlisted, but the coordinator cannot reach the participant for phase 2
+    (its public URL is dead): the participant resolves it through /outcome."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    rm = PgResourceManager(
+        "svc", engine, public_url=dead, coordinator_url=coordinator_url, token=API_TOKEN
+    )
+    with TxcClient(coordinator_url, token=API_TOKEN) as client:
+        tx = client.begin()
+        with rm.work(tx.txid) as w:
+            w.connection.execute(text("INSERT INTO items VALUES ('r', 1)"))
+        assert rm.resolve_in_doubt().actions() == {tx.txid: "left_pending"}
+        client.commit(tx.txid)
+    assert rm.resolve_in_doubt().actions() == {tx.txid: "committed"}
+    assert items(engine) == {"r": 1} and prepared_gids(engine) == []
+    rm.close()
