@@ -197,8 +197,9 @@ class ParticipantBase(ABC):
             return client
 
     def enlist(self, txid: str, coordinator_url: str | None, vote: str | None) -> None:
-        """Enlist; raise WorkRefused when the coordinator definitely did not take it (4xx),
-        EnlistmentUncertain-style errors are left to the caller (it knows what is prepared)."""
+        """Enlist this participant (with `vote` "yes" when its work is already prepared).
+        Raises the client's TxcError; the caller decides what it means for its prepared work
+        (see `enlistment_definitely_failed`)."""
         self.coordinator_for(coordinator_url).enlist(txid, self.name, self.protocol_url, vote)
 
     @staticmethod

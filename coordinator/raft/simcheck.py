@@ -3,7 +3,7 @@
 Each check keeps a global record and compares every new observation with it, so checking
 costs time proportional to what changed, not to the size of the logs:
 
-* election safety: at most one leader per term;
+* election safety: at most one leader per term, and one vote per node and term;
 * log matching: an (index, term) pair names one entry, with one predecessor term;
 * leader completeness: a new leader holds every entry committed in an earlier term;
 * a committed entry never changes (committed index -> term, data);
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from coordinator.model import Outcome, Vote
 from coordinator.raft.core import RaftNode
-from coordinator.raft.messages import Entry, EntryKind
+from coordinator.raft.messages import Entry, EntryKind, Message, MsgType
 from coordinator.raft.ready import Role
 
 
@@ -43,6 +43,7 @@ class Checker:
         self.checked_commit: dict[int, int] = {}
         self.outcomes: dict[str, Outcome] = {}
         self.local: dict[str, dict[str, Outcome]] = {}
+        self.votes: dict[tuple[int, int], int] = {}  # (voter, term) -> candidate
 
     def fail(self, what: str) -> None:
         raise InvariantViolation(what)
@@ -110,6 +111,13 @@ class Checker:
                 self.entry_ids[key] = mine
             elif seen != mine:
                 self.fail(f"log matching: node {node.id} holds another entry at {key}")
+
+    def on_send(self, m: Message) -> None:
+        """A node never grants its vote to two candidates in one term, restarts included."""
+        if m.type is MsgType.VOTE_RESP and not m.reject:
+            first = self.votes.setdefault((m.src, m.term), m.dst)
+            if first != m.dst:
+                self.fail(f"node {m.src} voted for {first} and {m.dst} in term {m.term}")
 
     def on_apply(self, node: RaftNode, e: Entry) -> None:
         nid = node.id

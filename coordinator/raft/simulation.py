@@ -91,7 +91,7 @@ class SimParams:
             partition_p=r.choice([0.0, 0.1, 0.2]),
             pause_p=r.choice([0.0, 0.05]),
             transfer_p=r.choice([0.0, 0.05]),
-            membership_p=r.choice([0.0, 0.1]),
+            membership_p=r.choice([0.0, 0.1, 0.3]),
             ready_crash_p=r.choice([0.0, 0.002, 0.01]),
             compact_every=r.choice([5, 20, 1000]),
             max_entries_per_msg=r.choice([1, 4, 64]),
@@ -123,6 +123,7 @@ class Stats:
     pauses: int = 0
     transfers: int = 0
     conf_changes: int = 0
+    promotions: int = 0
     snapshots_sent: int = 0
     compactions: int = 0
     reads_answered: int = 0
@@ -313,6 +314,7 @@ class Simulation:
                 self._crash(i, "after sync, before send")
                 return
             for m in rd.messages:
+                self.check.on_send(m)
                 if m.type is MsgType.SNAPSHOT:
                     self.stats.snapshots_sent += 1
                 for at, mm in self.net.route(m, self.now):
@@ -334,7 +336,8 @@ class Simulation:
             self.check.on_persist(raft, rd.entries)
         if rd.soft_state is not None:
             self.log(
-                f"node {raft.id} is {rd.soft_state.role} (leader {rd.soft_state.leader}, term {raft.term})"
+                f"node {raft.id} is {rd.soft_state.role} "
+                f"(leader {rd.soft_state.leader}, term {raft.term})"
             )
             if rd.soft_state.role is Role.LEADER:
                 self.stats.elections += 1
@@ -531,6 +534,7 @@ class Simulation:
         try:
             leader.propose_conf_change(cc)
             self.stats.conf_changes += 1
+            self.stats.promotions += cc.op is ConfChangeOp.PROMOTE
             self.log(f"leader {leader.id} proposes {cc.op} {cc.node}")
         except (ConfChangeRefused, ProposalDropped, NotLeader) as e:
             self.log(f"leader {leader.id} refuses {cc.op} {cc.node}: {e}")

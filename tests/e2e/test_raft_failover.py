@@ -93,7 +93,7 @@ async def test_sigkill_leaders_during_a_stream_leaves_nothing_blocked(
             follower = next(n for n in cluster.nodes if n is not current)
             await asyncio.to_thread(follower.kill)
             before = len(outcomes)
-            while len(outcomes) < before + 60:  # noqa: ASYNC110 - polling a plain dict
+            while len(outcomes) < before + 60:
                 await asyncio.sleep(0.1)
             await asyncio.to_thread(follower.start)
             st = await wait_caught_up(cluster, follower)

@@ -57,7 +57,7 @@ class Cluster:
         *,
         seed: int = 0,
         learners: Iterable[int] = (),
-        **cfg: object,
+        **cfg: int | bool,
     ) -> None:
         self.ids = list(range(1, n + 1))
         learner_set = frozenset(learners)

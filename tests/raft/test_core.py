@@ -25,8 +25,8 @@ from coordinator.raft.progress import ProgressState
 from tests.raft.harness import Cluster, isolate
 
 
-def elected(n: int = 3, leader: int = 1, **cfg: object) -> Cluster:
-    c = Cluster(n, **cfg)
+def elected(n: int = 3, leader: int = 1, **cfg: int | bool) -> Cluster:
+    c = Cluster(n, **cfg)  # type: ignore[arg-type]  # cfg holds only RaftConfig fields
     c.campaign(leader)
     assert c.nodes[leader].role is Role.LEADER
     return c
@@ -194,6 +194,25 @@ def test_batching_bounds_entries_per_message_and_inflight() -> None:
     assert leader.progress[2].is_paused()
     c.pump()
     assert all(n.log.commit == 22 for n in c.nodes.values())
+
+
+def test_batching_bounds_bytes_per_message() -> None:
+    c = elected(max_bytes_per_msg=300)
+    leader = c.nodes[1]
+    for k in range(10):
+        leader.propose(bytes(100) + bytes([k]))
+    c.process(1)
+    appends = [m for m in c.outbox if m.type is MsgType.APPEND and m.entries]
+    assert appends and all(sum(e.size() for e in m.entries) <= 300 for m in appends)
+    c.pump()
+    assert all(n.log.commit == 12 for n in c.nodes.values())
+
+
+def test_a_single_entry_larger_than_the_byte_bound_still_goes() -> None:
+    c = elected(max_bytes_per_msg=10)
+    c.nodes[1].propose(bytes(1000))
+    c.pump()
+    assert all(n.log.commit == 3 for n in c.nodes.values())
 
 
 def test_duplicate_messages_are_harmless() -> None:

@@ -16,6 +16,7 @@ from participant_sdk import (
     AsyncTxcClient,
     AuthenticationFailed,
     CoordinatorUnavailable,
+    InvalidRequest,
     TransactionAborted,
     TransactionAlreadyCommitted,
     TransactionNotFound,
@@ -128,9 +129,9 @@ def test_begin_retry_after_lost_answer_reuses_idempotency_key(coord) -> None:
 
 def test_4xx_is_not_retried(coord) -> None:
     coord.fake.inject("begin", 422)
-    with TxcClient(coord.url) as client, pytest.raises(Exception) as exc:
+    with TxcClient(coord.url) as client, pytest.raises(InvalidRequest) as exc:
         client.begin()
-    assert getattr(exc.value, "status", None) == 422
+    assert exc.value.status == 422
     assert coord.fake.count("begin") == 1
 
 

@@ -67,3 +67,17 @@ def test_migrations_match_metadata(pg, make_engine: Callable[[str], Engine]) -> 
     reflected = MetaData()
     reflected.reflect(migrated)
     assert not set(tables) & set(reflected.tables)
+
+
+def test_alembic_participant_branch(pg, make_engine: Callable[[str], Engine]) -> None:
+    """Through Alembic itself (the project's env.py), as `txc migrate` runs it."""
+    from coordinator import migrate
+
+    url = pg.new_database("alembic")
+    migrate.upgrade(url, "participant")
+    migrate.upgrade(url, "participant")  # idempotent
+    direct = make_engine(pg.new_database("meta"))
+    record.create_tables(direct)
+    bank.metadata.create_all(direct)
+    tables = [record.TABLE_NAME, "bank_account", "bank_ledger"]
+    assert shape(make_engine(url), tables) == shape(direct, tables)
