@@ -78,6 +78,7 @@ def up(args: argparse.Namespace) -> int:
                 _spawn(f"node{i + 1}", ["-m", "coordinator", "serve"], env, port, log_dir)
             )
         coordinator_url = children[0].url
+        nodes_started = list(children)
         deadline = time.monotonic() + READY_TIMEOUT_S
         for c in children:
             c.wait_ready("/readyz", deadline - time.monotonic())
@@ -99,7 +100,7 @@ def up(args: argparse.Namespace) -> int:
                             "--database-url",
                             db_url,
                             "--coordinator-url",
-                            coordinator_url,
+                            ",".join(c.url for c in nodes_started),
                             "--port",
                             str(port),
                         ],

@@ -131,7 +131,9 @@ class ParticipantBase(ABC):
         if recovery_interval_s <= 0:
             raise ValueError("recovery_interval_s must be positive")
         self.recovery_interval_s = recovery_interval_s
-        self.coordinator_url = validate_base_url(coordinator_url) if coordinator_url else None
+        # One node's URL, or several separated by commas (a Raft group): the client moves to
+        # another node when one does not answer, and follows the leader.
+        self.coordinator_url = _seed_list(coordinator_url) if coordinator_url else None
         self._clients: dict[str, TxcClient] = {}
         self._clients_lock = threading.Lock()
         if coordinator is not None:
@@ -174,7 +176,7 @@ class ParticipantBase(ABC):
         """The client for this participant's coordinator. The configured URL wins; a URL from
         the caller's `Txc-Coordinator` header is used only when none is configured (it would
         otherwise let any caller point this participant, and its token, anywhere)."""
-        chosen = self.coordinator_url or (validate_base_url(url) if url else None)
+        chosen = self.coordinator_url or (_seed_list(url) if url else None)
         if chosen is None:
             raise MissingTransaction(
                 f"no coordinator configured and no {COORDINATOR_HEADER} header",
@@ -188,7 +190,7 @@ class ParticipantBase(ABC):
                         f"more than {MAX_COORDINATOR_CLIENTS} coordinators seen", code="too_many"
                     )
                 client = TxcClient(
-                    chosen,
+                    chosen.split(","),
                     token=self.token,
                     timeout=COORDINATOR_TIMEOUT_S,
                     retries=COORDINATOR_RETRIES,
@@ -341,3 +343,11 @@ class ParticipantBase(ABC):
                 yield state
 
         app.router.lifespan_context = lifespan
+
+
+def _seed_list(urls: str) -> str:
+    """Validate "url" or "url1,url2,..." and return it normalised (comma-joined)."""
+    seeds = [validate_base_url(u.strip()) for u in urls.split(",") if u.strip()]
+    if not seeds:
+        raise ValueError("a coordinator URL is required")
+    return ",".join(seeds)

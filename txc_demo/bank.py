@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="txc demo bank (a participant service)")
     ap.add_argument("--name", required=True, help="participant name, e.g. bank-a")
     ap.add_argument("--database-url", required=True, help="SQLAlchemy URL of its own database")
-    ap.add_argument("--coordinator-url", required=True)
+    ap.add_argument(
+        "--coordinator-url", required=True, help="a coordinator node, or several: URL1,URL2"
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=DEFAULT_PORT)
     ap.add_argument("--public-url", default=None, help="default: http://HOST:PORT")

@@ -194,7 +194,11 @@ class Message:
     * APPEND_RESP: `index` is the last index now matching the leader (or, with `reject`, the
       index that was rejected); `reject_hint`/`log_term` point the leader at the conflict.
     * (PRE_)VOTE: `index`/`log_term` are the candidate's last entry.
-    * HEARTBEAT(_RESP), READ_INDEX(_RESP): `context` carries the read request's id.
+    * HEARTBEAT(_RESP), READ_INDEX(_RESP): `context` carries the read request's id;
+      READ_INDEX_RESP's `index` is the read index.
+    * PROPOSE: `context` carries the forwarded command.
+    * (PRE_)VOTE with `context` == b"transfer": a leadership transfer's election, which
+      followers grant even inside their leader lease.
     """
 
     type: MsgType

@@ -259,6 +259,15 @@ def test_stale_or_reordered_append_entries_truncating_committed() -> None:
         node.step(m)
         assert node.log.entries == full, "no truncation by a stale or reordered append"
         assert node.log.commit == commit
+    # Entries not yet committed: a shorter append arriving after a longer one (reordered,
+    # or duplicated) must not cut the entries the longer one brought -- they were acked.
+    fresh = RaftNode(RaftConfig(id=2), PersistentState.bootstrap({1, 2, 3}), random.Random(2))
+    ents = [Entry(i, 2, data=b"e%d" % i) for i in range(2, 11)]
+    short = Message(MsgType.APPEND, 1, 2, term=2, index=1, log_term=1, entries=tuple(ents[:5]))
+    long = Message(MsgType.APPEND, 1, 2, term=2, index=6, log_term=2, entries=tuple(ents[5:]))
+    for m in (short, long, short, long, short):
+        fresh.step(m)
+    assert fresh.log.last_index() == 10 and fresh.log.commit == 1
     # An append of an older term with a conflicting suffix is rejected outright.
     stale = (Entry(3, 1, data=b"?"),)
     old = Message(MsgType.APPEND, 3, 2, term=1, index=2, log_term=1, entries=stale)
@@ -276,12 +285,17 @@ def test_stale_or_reordered_append_entries_property(rnd: random.Random, seed: in
     msgs = sent + [rnd.choice(sent) for _ in range(len(sent) // 2)]
     rnd.shuffle(msgs)
     node = RaftNode(RaftConfig(id=2), start, random.Random(2))
-    commit = 0
+    commit = acked = 0
     for m in msgs:
         node.step(m)
         assert node.log.entries == leader.log.entries[: len(node.log.entries)]
         assert node.log.commit >= commit
         commit = node.log.commit
+        for r in node.msgs:
+            if r.type is MsgType.APPEND_RESP and not r.reject:
+                acked = max(acked, r.index)
+        node.msgs.clear()
+        assert node.log.last_index() >= acked, "an acknowledged entry was dropped"
 
 
 # -- 6 ------------------------------------------------------------------------------------------
@@ -405,20 +419,17 @@ def test_snapshot_arriving_during_appends() -> None:
     leader = c.nodes[1]
     for k in range(10):
         leader.propose(f"x{k}".encode())
-    c.pump()
-    leader.compact(leader.log.applied, b"snap")
-    snap = leader.log.snapshot
-    for k in range(5):
-        leader.propose(f"y{k}".encode())
-    c.process(1)
-    c.deliver()  # node 2 appends the y entries (not committed on it yet)
+    # Node 2 gets (and acknowledges) entries 3..12, but not the news that they committed.
+    c.pump(lambda m: not (m.dst == 2 and m.commit > 2))
     f = c.nodes[2]
     before = list(f.log.entries)
-    assert before[-1].data == b"y4"
-    commit = f.log.commit
+    assert before[-1].data == b"x9" and f.log.commit == 2
+    # The leader compacts at 10 and a snapshot (from a retried probe) arrives late.
+    leader.compact(10, b"snap")
+    snap = leader.log.snapshot
     f.step(Message(MsgType.SNAPSHOT, 1, 2, term=leader.term, snapshot=snap))
     assert list(f.log.entries) == before, "the snapshot must not truncate newer entries"
-    assert f.log.commit == max(commit, snap.meta.index)
+    assert f.log.commit == 10
     assert f.log.pending_snapshot is None, "nothing to install: the entries are all there"
     # A snapshot beyond the follower's log replaces it, and appends continue after it.
     g = c.nodes[3]
