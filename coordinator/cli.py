@@ -66,13 +66,11 @@ def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> dic
     raise CliError(code.get(r.status_code, EXIT_FAILED), msg)
 
 
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
+def _table(rows: list[list[Any]], headers: list[str]) -> str:
+    widths = [max([len(h), *(len(str(r[i])) for r in rows)]) for i, h in enumerate(headers)]
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(out)
 
 
@@ -174,7 +172,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     c = _request(args, "GET", "/v1/cluster")
     rows = [
         [
-            m["id"],
+            m.get("node_id", m["id"]),
             m["url"],
             m["role"],
             str(m.get("match_index", "")),
@@ -338,3 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug or an unexpected answer: one line, no stack trace
+        print(f"txc: unexpected error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED

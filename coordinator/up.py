@@ -127,7 +127,8 @@ def up(args: argparse.Namespace) -> int:
         if bank_urls:
             print(
                 f"  demo transfer  python -m txc_demo.transfer --coordinator-url {coordinator_url} "
-                f"--bank-a {bank_urls[0]} --bank-b {bank_urls[1]} --from alice --to bob --amount 10"
+                f"--from-bank {bank_urls[0]} --from-account alice "
+                f"--to-bank {bank_urls[1]} --to-account bob --amount 10"
             )
         print(f"  logs           {log_dir}")
         print(f"  data           {data_dir} (remove it to start afresh)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from coordinator.commands import Ack, Begin, Command, Decide, Enlist, RecordVote, StartPrepare
+from coordinator.commands import Begin, Command, Decide, Enlist, RecordVote, StartPrepare
 from coordinator.model import Outcome, Phase2, Transaction, TxState, Vote
 
 PARTICIPANTS = ("p1", "p2")
@@ -84,7 +84,3 @@ def new_txn(rng: random.Random, n: int, start_ms: int, nodes: list[int]) -> SimT
     rival = start_ms + rng.randint(0, 600) if rng.random() < 0.3 else None
     timeout_s = 0.4 if rng.random() < 0.1 else 3600.0
     return SimTxn(f"tx{n}", votes, want, rival, timeout_s, start_ms, rng.choice(nodes))
-
-
-def ack(txid: str, at: float, name: str) -> Ack:
-    return Ack(txid, at, name=name)

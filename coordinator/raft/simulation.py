@@ -22,15 +22,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.commands import Command, Decide, decode, encode
-from coordinator.model import Outcome, Transaction, Vote
+from coordinator.commands import Ack, Command, Decide, decode, encode
+from coordinator.model import Outcome, Transaction
 from coordinator.raft.config import RaftConfig
 from coordinator.raft.core import RaftNode
 from coordinator.raft.errors import ConfChangeRefused, NotLeader, ProposalDropped
 from coordinator.raft.messages import ConfChange, ConfChangeOp, EntryKind, Message, MsgType
 from coordinator.raft.ready import PersistentState, Ready, Role
 from coordinator.raft.simcheck import Checker, InvariantViolation
-from coordinator.raft.simclients import PARTICIPANTS, SimTxn, ack, new_txn, pending_acks, step_done
+from coordinator.raft.simclients import PARTICIPANTS, SimTxn, new_txn, pending_acks, step_done
 from coordinator.raft.simnet import NetParams, SimNet
 from coordinator.raft.simstore import SimStore
 from coordinator.statemachine import Machine
@@ -433,7 +433,7 @@ class Simulation:
             return
         for name in pending_acks(best):
             if name in txn.local:
-                self._propose(txn, ack(txn.txid, self.now / 1000.0, name))
+                self._propose(txn, Ack(txn.txid, self.now / 1000.0, name=name))
 
     def _view(self, txid: str, best: bool) -> Transaction | None:
         up = [n for n in self.nodes.values() if n.up]
@@ -647,5 +647,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-__all__ = ["SimParams", "Simulation", "SimulationFailure", "Stats", "Vote", "run_seed"]
