@@ -440,6 +440,55 @@ def create_app(node: Any) -> FastAPI:
             raise ApiError(409, "refused", str(e)) from None
         return {"transferring_to": body.to}
 
+    class MemberRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        id: int = Field(ge=1, le=1_000_000)
+        url: str = Field(min_length=1, max_length=model.MAX_URL)
+
+        @field_validator("url")
+        @classmethod
+        def _url(cls, v: str) -> str:
+            return validate_participant_url(v).rstrip("/")
+
+    def raft_or_409() -> Any:
+        if node.raft is None:
+            raise ApiError(409, "not_a_group", "this node runs standalone, without Raft")
+        return node.raft
+
+    async def membership(change: Any) -> None:
+        from coordinator.raft.errors import ConfChangeRefused
+        from coordinator.raft.errors import NotLeader as CoreNotLeader
+
+        try:
+            await change
+        except (CoreNotLeader, NotLeader):
+            raise NotLeader(node.log.leader_url()) from None
+        except ConfChangeRefused as e:
+            raise ApiError(409, "refused", str(e)) from None
+        except TimeoutError:
+            raise ApiError(503, "unavailable", "the change was not committed in time") from None
+
+    @app.post("/v1/cluster/members", status_code=202, dependencies=[Auth])
+    async def add_member(body: MemberRequest) -> dict[str, Any]:
+        raft = raft_or_409()
+        if body.id in raft.core.status().conf.members:
+            raise ApiError(409, "conflict", f"node {body.id} is already a member")
+        await membership(raft.add_member(body.id, body.url))
+        return {
+            "id": body.id,
+            "url": body.url,
+            "role": "learner",
+            "promotion": "automatic once caught up",
+        }
+
+    @app.delete("/v1/cluster/members/{member_id}", dependencies=[Auth])
+    async def remove_member(member_id: int) -> dict[str, Any]:
+        raft = raft_or_409()
+        if member_id not in raft.core.status().conf.members:
+            raise ApiError(404, "not_found", f"node {member_id} is not a member")
+        await membership(raft.remove_member(member_id))
+        return {"id": member_id, "removed": True}
+
     @app.post(RAFT_PATH, include_in_schema=False)
     async def raft_messages(request: Request) -> Response:
         if node.raft is None:

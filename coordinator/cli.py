@@ -44,6 +44,9 @@ def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> dic
     try:
         with _client(args) as c:
             r = c.request(method, path, **kw)
+            leader = r.headers.get("txc-leader")
+            if r.status_code == 503 and leader and leader.rstrip("/") != args.url.rstrip("/"):
+                r = c.request(method, leader.rstrip("/") + path, **kw)  # once, to the leader
     except httpx.HTTPError as e:
         raise CliError(
             EXIT_UNAVAILABLE, f"cannot reach the coordinator at {args.url}: {e}"
@@ -175,9 +178,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             m.get("node_id", m["id"]),
             m["url"],
             m["role"],
-            str(m.get("match_index", "")),
-            str(m.get("lag", "")),
-            "yes" if m.get("healthy") else "no",
+            "-" if m.get("match_index") is None else str(m["match_index"]),
+            "-" if m.get("lag") is None else str(m["lag"]),
+            {True: "yes", False: "no"}.get(m.get("healthy"), "?"),
         ]
         for m in c["members"]
     ]
@@ -188,6 +191,24 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     _print(
         args, c, head + "\n\n" + _table(rows, ["NODE", "URL", "ROLE", "MATCH", "LAG", "HEALTHY"])
     )
+    return EXIT_OK
+
+
+def cmd_add_node(args: argparse.Namespace) -> int:
+    r = _request(args, "POST", "/v1/cluster/members", json={"id": args.id, "url": args.node_url})
+    _print(args, r, f"node {args.id} added as a learner; it becomes a voter once caught up")
+    return EXIT_OK
+
+
+def cmd_remove_node(args: argparse.Namespace) -> int:
+    r = _request(args, "DELETE", f"/v1/cluster/members/{args.id}")
+    _print(args, r, f"node {args.id} removed; stop its process")
+    return EXIT_OK
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    r = _request(args, "POST", "/v1/cluster/transfer-leadership", json={"to": args.id})
+    _print(args, r, f"leadership is moving to node {args.id}")
     return EXIT_OK
 
 
@@ -324,6 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     cl = sub.add_parser("cluster", help="members, leader, term, commit and applied index")
     cl.set_defaults(func=cmd_cluster)
+    cl_sub = cl.add_subparsers(dest="cluster_command")
+    cl_sub.add_parser("status", help="the default").set_defaults(func=cmd_cluster)
+    add = cl_sub.add_parser("add-node", help="add a node (as a learner, promoted once caught up)")
+    add.add_argument("id", type=int, help="its raft id (a new number)")
+    add.add_argument("node_url", help="its URL, e.g. http://10.0.0.4:7000")
+    add.set_defaults(func=cmd_add_node)
+    rm = cl_sub.add_parser("remove-node", help="remove a node from the group")
+    rm.add_argument("id", type=int)
+    rm.set_defaults(func=cmd_remove_node)
+    tr = cl_sub.add_parser("transfer-leadership", help="make another voter the leader")
+    tr.add_argument("id", type=int)
+    tr.set_defaults(func=cmd_transfer)
     return p
 
 

@@ -35,6 +35,7 @@ class Settings:
     # standalone node without Raft. `raft_id` is this node's id in that list.
     peers: str = ""
     raft_id: int = 0
+    join: bool = False  # a new node joining a running group (added by `txc cluster add-node`)
     cluster_secret: str = field(default="", repr=False)
     raft_tick_s: float = 0.05  # one Raft tick; election timeout = election_ticks..2x ticks
     election_ticks: int = 10
@@ -98,7 +99,20 @@ class Settings:
 
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:
-    kind = typ if isinstance(typ, type) else {"int": int, "float": float, "str": str}.get(typ, str)
+    kind = (
+        typ
+        if isinstance(typ, type)
+        else {"int": int, "float": float, "str": str, "bool": bool}.get(typ, str)
+    )
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
     try:
         return kind(value)
     except (TypeError, ValueError) as e:

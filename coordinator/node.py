@@ -48,6 +48,7 @@ class Node:
                 election_ticks=settings.election_ticks,
                 heartbeat_ticks=settings.heartbeat_ticks,
                 snapshot_entries=settings.snapshot_entries,
+                join=settings.join,
             )
             self.log = self.raft
         else:
@@ -81,6 +82,8 @@ class Node:
         problems = []
         if not self.log.is_leader() and self.log.leader_url() is None:
             problems.append("no leader")
+        if self.raft is not None and self.raft.removed:
+            problems.append("this node was removed from the group")
         try:
             async with self.db.connect() as conn:
                 await conn.execute(text("SELECT 1"))

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ from coordinator.raft.errors import NotLeader as CoreNotLeader
 from coordinator.raft.messages import (
     NONE,
     ConfChange,
+    ConfChangeOp,
     Entry,
     EntryKind,
     Message,
@@ -48,6 +49,7 @@ log = logging.getLogger("txc.raft")
 
 MAX_INBOX = 10_000  # events waiting for the Raft task before callers get 503
 MAX_EVENTS_PER_ROUND = 1_000  # events fed to the core before it drains a Ready
+PROMOTE_CHECK_TICKS = 10  # how often the leader looks for learners ready to vote
 READ_TIMEOUT_S = 5.0  # a linearizable read the leader cannot confirm in this time fails
 PROPOSE_TIMEOUT_S = 10.0  # a proposal not committed in this time fails (it may still commit)
 
@@ -71,6 +73,7 @@ class RaftLog:
         election_ticks: int,
         heartbeat_ticks: int,
         snapshot_entries: int,
+        join: bool = False,
     ) -> None:
         assert raft_id in peer_urls
         self.engine = engine
@@ -97,11 +100,20 @@ class RaftLog:
         self._tasks: list[asyncio.Task[None]] = []
         self.leader_changes = 0
         self.snapshot_index = 0
+        self.join = join
+        self.founders = frozenset(peer_urls)
+        self.removed = False  # this node was removed from the group
+        self._ticks = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        state = await storage.load(self.engine, frozenset(self.urls))
+        # Addresses: configuration first, then what the log has taught this node.
+        known = await storage.load_members(self.engine)
+        self.urls = {**self.urls, **known}
+        async with self.engine.begin() as conn:
+            await storage.save_members(conn, self.urls)
+        state = await storage.load(self.engine, self.founders, join=self.join)
         self.core = RaftNode(self.cfg, state, random.Random())
         self.applied = state.applied
         self.snapshot_index = state.snapshot.meta.index
@@ -152,10 +164,13 @@ class RaftLog:
     async def propose(self, commands: Sequence[Command]) -> list[Result]:
         if not commands:
             return []
+        return await self._propose_data(encode_batch(list(commands)))
+
+    async def _propose_data(self, data: bytes) -> list[Result]:
         if not self.is_leader():
             raise NotLeader(self.leader_url())
         fut: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
-        self._put("propose", (encode_batch(list(commands)), fut))
+        self._put("propose", (data, fut))
         try:
             return await asyncio.wait_for(fut, PROPOSE_TIMEOUT_S)
         except TimeoutError:
@@ -196,14 +211,29 @@ class RaftLog:
         await fut
 
     async def change_membership(self, change: ConfChange) -> None:
+        """Propose one membership change and wait until it is committed. Raises the core's
+        NotLeader / ConfChangeRefused."""
         fut: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
         self._put("conf", (change, fut))
         await asyncio.wait_for(fut, PROPOSE_TIMEOUT_S)
 
+    async def add_member(self, node: int, url: str) -> None:
+        """Add a node as a learner: first its address (so every member can reach it and
+        accepts its messages), then the membership change. The leader promotes it to voter
+        once it has caught up."""
+        if not self.is_leader():
+            raise NotLeader(self.leader_url())
+        await self._propose_data(encode_member(node, url))
+        await self.change_membership(ConfChange(ConfChangeOp.ADD_LEARNER, node))
+
+    async def remove_member(self, node: int) -> None:
+        if not self.is_leader():
+            raise NotLeader(self.leader_url())
+        await self.change_membership(ConfChange(ConfChangeOp.REMOVE, node))
+
     def status(self) -> dict[str, Any]:
         assert self.core is not None
         st = self.core.status()
-        now = time.monotonic()
         members = []
         for nid in sorted(st.conf.members):
             f = st.followers.get(nid)
@@ -212,14 +242,17 @@ class RaftLog:
                 if nid == st.leader
                 else ("learner" if nid in st.conf.learners else "follower")
             )
+            healthy: bool | None
             if nid == self.id:
                 healthy = True
                 match: int | None = st.last_index
-            else:
-                healthy = (
-                    f.recent_active if f else now - self.transport.reachable.get(nid, -1e9) < 5.0
-                )
+            elif st.role is Role.LEADER:
+                healthy = bool(f and f.recent_active)
                 match = f.match if f else None
+            else:
+                # A follower only knows that it hears from the leader.
+                healthy = True if nid == st.leader else None
+                match = None
             members.append(
                 {
                     "id": nid,
@@ -282,6 +315,7 @@ class RaftLog:
                     self._fail_pending(LogUnavailable("storage failure"))
                     raise
                 self.core.advance(rd)
+            self._check_removed()
             await self._maybe_snapshot()
 
     def _handle(self, kind: str, payload: Any) -> None:
@@ -289,6 +323,9 @@ class RaftLog:
         assert core is not None
         if kind == "tick":
             core.tick()
+            self._ticks += 1
+            if self._ticks % PROMOTE_CHECK_TICKS == 0:
+                self._promote_caught_up_learners()
         elif kind == "step":
             core.step(payload)
         elif kind == "propose":
@@ -328,12 +365,35 @@ class RaftLog:
         else:  # pragma: no cover
             raise AssertionError(kind)
 
+    def _check_removed(self) -> None:
+        core = self.core
+        assert core is not None
+        members = core.status().conf.members
+        if members and self.id not in members and not self.removed:
+            self.removed = True
+            log.warning("node %s is no longer a member of the group; stop this process", self.id)
+
+    def _promote_caught_up_learners(self) -> None:
+        core = self.core
+        assert core is not None
+        if core.role is not Role.LEADER:
+            return
+        for node in sorted(core.status().conf.learners):
+            if core.learner_caught_up(node):
+                try:
+                    core.propose_conf_change(ConfChange(ConfChangeOp.PROMOTE, node))
+                    log.info("promoting learner %s to voter", node)
+                except (ConfChangeRefused, ProposalDropped):
+                    pass  # another change in flight, or not yet allowed: next check
+                return
+
     async def _process(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
         results: dict[int, list[Result]] = {}
         changed: dict[str, Transaction] = {}
         restored = None
+        new_members: dict[int, str] = {}
         needs_write = (
             rd.snapshot is not None or rd.entries or rd.hard_state is not None or rd.committed
         )
@@ -342,18 +402,21 @@ class RaftLog:
                 await storage.save(conn, rd.snapshot, rd.entries, rd.hard_state)
                 if rd.snapshot is not None and rd.snapshot.meta.index > self.applied:
                     restored = await self.store.restore(conn, rd.snapshot.data)
+                    new_members |= snapshot_members(rd.snapshot.data)
                     await storage.set_applied(conn, rd.snapshot.meta.index, rd.snapshot.meta.term)
                 if rd.committed:
                     entries = [e for e in rd.committed if e.index > self.applied]
-                    log_entries, owners = _unpack(entries)
+                    new_members |= _members_in(entries)
+                    log_entries = _unpack(entries)
                     res, changed = await self.store.apply_batch(conn, log_entries)
                     for le, r in zip(log_entries, res, strict=True):
                         results.setdefault(le.index, []).append(r)
                     for e in entries:
                         results.setdefault(e.index, [])
-                    del owners
                     await storage.set_applied(conn, rd.committed[-1].index, rd.committed[-1].term)
+                await storage.save_members(conn, new_members)
         # Durable: now messages may go out and the applied state may be seen.
+        self.urls.update(new_members)
         self.transport.send(rd.messages)
         if rd.hard_state is not None:
             self.term = rd.hard_state.term
@@ -429,7 +492,8 @@ class RaftLog:
         term = core.log.term(index)
         assert term is not None, f"applied entry {index} is not in the log"
         async with self.engine.begin() as conn:
-            data = await self.store.dump(conn)
+            members = {str(k): v for k, v in sorted(self.urls.items())}
+            data = await self.store.dump(conn, {"members": members})
             snap = Snapshot(SnapshotMeta(index, term, core.log.conf_at(index)), data)
             await storage.compact(conn, snap)
         core.compact(index, data)
@@ -443,13 +507,35 @@ class RaftLog:
         )
 
 
-def _unpack(entries: list[Entry]) -> tuple[list[LogEntry], list[int]]:
-    out: list[LogEntry] = []
-    owners: list[int] = []
+MEMBER_PREFIX = b'{"member"'
+
+
+def encode_member(node: int, url: str) -> bytes:
+    """A NORMAL entry that records a member's address (command batches are JSON lists)."""
+    return json.dumps({"member": {"id": node, "url": url}}).encode()
+
+
+def _members_in(entries: list[Entry]) -> dict[int, str]:
+    out: dict[int, str] = {}
     for e in entries:
-        if e.kind is not EntryKind.NORMAL or not e.data:
+        if e.kind is EntryKind.NORMAL and e.data.startswith(MEMBER_PREFIX):
+            m = json.loads(e.data)["member"]
+            out[int(m["id"])] = str(m["url"])
+    return out
+
+
+def snapshot_members(data: bytes) -> dict[int, str]:
+    if not data:
+        return {}
+    return {int(k): str(v) for k, v in json.loads(data).get("members", {}).items()}
+
+
+def _unpack(entries: list[Entry]) -> list[LogEntry]:
+    """The 2PC commands carried by committed entries, in log order."""
+    out: list[LogEntry] = []
+    for e in entries:
+        if e.kind is not EntryKind.NORMAL or not e.data or e.data.startswith(MEMBER_PREFIX):
             continue
         for seq, cmd in enumerate(decode_batch(e.data)):
             out.append(LogEntry(e.index, e.term, cmd, seq))
-            owners.append(e.index)
-    return out, owners
+    return out

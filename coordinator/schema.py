@@ -91,3 +91,12 @@ history = Table(
     Column("kind", String(32), nullable=False),
     Column("detail", JSONB, nullable=False),
 )
+
+# The address of every member the group has known: founding members from configuration,
+# later ones from the log (a node added by `txc cluster add-node`).
+members = Table(
+    "txc_members",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("url", Text, nullable=False),
+)

@@ -241,12 +241,13 @@ class Store:
             rows = await conn.execute(select(t.state, func.count()).group_by(t.state))
             return {r[0]: int(r[1]) for r in rows.fetchall()}
 
-    async def dump(self, conn: AsyncConnection) -> bytes:
+    async def dump(self, conn: AsyncConnection, extra: dict[str, Any] | None = None) -> bytes:
         """The whole applied state, as a snapshot's data (Raft log compaction)."""
         rows = await conn.execute(
             select(schema.transactions.c.doc).order_by(schema.transactions.c.txid)
         )
-        return json.dumps({"transactions": [r[0] for r in rows.fetchall()]}).encode()
+        state = {"transactions": [r[0] for r in rows.fetchall()], **(extra or {})}
+        return json.dumps(state).encode()
 
     async def restore(self, conn: AsyncConnection, data: bytes) -> dict[str, Transaction]:
         """Replace the applied state with a snapshot's (InstallSnapshot). The timeline of

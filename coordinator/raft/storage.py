@@ -26,11 +26,15 @@ class StorageMismatch(RuntimeError):
     """The database holds another kind of node's state (e.g. a standalone node's log)."""
 
 
-async def load(engine: AsyncEngine, voters: frozenset[int]) -> PersistentState:
+async def load(engine: AsyncEngine, voters: frozenset[int], join: bool = False) -> PersistentState:
     """What the node restarts from. A database never used by a Raft node bootstraps a
     founding member of a group whose initial voters are `voters`, and that initial state is
     made durable here, before the core sees it."""
     state = await _load(engine, voters)
+    if state is None and join:
+        # A node joining a running group: no membership of its own; it waits for the
+        # leader to add it and send it the log.
+        return PersistentState.join()
     if state is None:
         state = PersistentState.bootstrap(voters)
         async with engine.begin() as conn:
@@ -156,4 +160,20 @@ async def set_applied(conn: AsyncConnection, index: int, term: int) -> None:
                 "last_applied_term": stmt.excluded.last_applied_term,
             },
         )
+    )
+
+
+async def load_members(engine: AsyncEngine) -> dict[int, str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(schema.members.c.id, schema.members.c.url))
+        return {int(r[0]): str(r[1]) for r in rows.fetchall()}
+
+
+async def save_members(conn: AsyncConnection, urls: dict[int, str]) -> None:
+    if not urls:
+        return
+    stmt = pg_insert(schema.members)
+    await conn.execute(
+        stmt.on_conflict_do_update(index_elements=["id"], set_={"url": stmt.excluded.url}),
+        [{"id": k, "url": v} for k, v in urls.items()],
     )

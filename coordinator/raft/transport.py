@@ -95,7 +95,6 @@ class Transport:
         self.queues: dict[int, asyncio.Queue[Message]] = {}
         self.senders: dict[int, asyncio.Task[None]] = {}
         self.dropped = 0
-        self.reachable: dict[int, float] = {}  # peer -> last time a send succeeded
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -152,9 +151,7 @@ class Transport:
                     timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT_S),
                 ) as resp:
                     await resp.read()
-                    if resp.status == 204:
-                        self.reachable[peer] = time.monotonic()
-                    elif time.monotonic() - warned_at > 10:
+                    if resp.status != 204 and time.monotonic() - warned_at > 10:
                         warned_at = time.monotonic()
                         log.warning("peer %s refused raft messages: HTTP %s", peer, resp.status)
             except asyncio.CancelledError:

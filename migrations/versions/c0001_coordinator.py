@@ -72,10 +72,16 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("detail", JSONB, nullable=False),
     )
+    op.create_table(
+        "txc_members",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("url", sa.Text, nullable=False),
+    )
 
 
 def downgrade() -> None:
     for table in (
+        "txc_members",
         "txc_history",
         "txc_transactions",
         "txc_snapshot",
