@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coordinator import model
+from coordinator import dashboard, model
 from coordinator.engine import EngineError
 from coordinator.log import LogUnavailable, NotLeader
 from coordinator.model import Outcome, Transaction, TxState, Vote
@@ -552,5 +552,6 @@ def create_app(node: Any) -> FastAPI:
             await node.render_metrics(), media_type="text/plain; version=0.0.4"
         )
 
+    app.include_router(dashboard.router(node))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 
+from participant_sdk.signing import signed_headers
+
 MAX_REPLY_BYTES = 64 * 1024  # a participant's answer is a small JSON document
 ACTIONS = ("prepare", "commit", "abort")
 
@@ -42,6 +44,7 @@ def action_url(base: str, action: str) -> str:
 
 class ParticipantClient:
     def __init__(self, *, token: str = "", connections: int = 200) -> None:
+        """`token` is the participant secret: every request is signed with it."""
         assert connections > 0
         self.token = token
         self.connections = connections
@@ -61,13 +64,14 @@ class ParticipantClient:
     ) -> Reply:
         """One protocol request. Never raises for network trouble: that is a Reply too."""
         assert self._session is not None, "client not started"
+        payload = json.dumps({"txid": txid, "participant": participant}).encode()
+        url = action_url(base_url, action)
         headers = {"Content-Type": "application/json"}
         if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        payload = json.dumps({"txid": txid, "participant": participant})
+            headers |= signed_headers(self.token, "POST", url, payload)
         try:
             async with self._session.post(
-                action_url(base_url, action),
+                url,
                 data=payload,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=max(timeout_s, 0.001)),

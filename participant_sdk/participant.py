@@ -17,7 +17,6 @@ scoped ones run after the response is already on the wire.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -26,9 +25,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from participant_sdk.client import TxcClient
 from participant_sdk.errors import (
@@ -53,12 +53,19 @@ from participant_sdk.recovery import (
     RecoveryReport,
     resolve_in_doubt,
 )
+from participant_sdk.signing import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    SignatureError,
+)
+from participant_sdk.signing import verify as verify_signature
 
 log = logging.getLogger("txc.sdk.participant")
 
 DEFAULT_PREFIX = "/txc"
 MAX_COORDINATOR_CLIENTS = 16  # distinct coordinator URLs learned from Txc-Coordinator headers
 MAX_REASON = 500  # characters of a reason / error message sent back to the coordinator
+MAX_PROTOCOL_BODY = 4096  # a protocol request is {"txid", "participant"}: small
 # The participant's own calls to the coordinator (enlist during a business request, /outcome
 # during recovery) use tighter bounds than the client defaults: a business request waits for
 # the enlistment, and a black-holed coordinator must not pin it for minutes.
@@ -76,6 +83,9 @@ class ProtocolReply:
     @classmethod
     def error(cls, status: int, code: str, message: str) -> ProtocolReply:
         return cls(status, {"error": {"code": code, "message": message[:MAX_REASON]}})
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(status_code=self.status, content=self.body)
 
 
 class ProtocolRequest(BaseModel):
@@ -117,9 +127,10 @@ class ParticipantBase(ABC):
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
         participant_token: str | None = None,
     ) -> None:
-        """`token`: sent to the coordinator (its API token). `participant_token`: required on
-        the coordinator's protocol requests to us (the coordinator's participant token);
-        defaults to `token`, so one shared secret is enough for simple setups."""
+        """`token`: sent to the coordinator (its API token). `participant_token`: the secret
+        the coordinator signs its protocol requests with (its `participant_token` setting);
+        when set, unsigned or badly signed protocol requests are refused. Defaults to
+        `token`, so one shared secret is enough for simple setups."""
         self.name = validate_participant_name(name)
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
             raise ValueError(f"prefix must start and not end with '/', got {prefix!r}")
@@ -241,14 +252,23 @@ class ParticipantBase(ABC):
             self._router = self._build_router()
         return self._router
 
-    def _check_token(self, authorization: str | None) -> None:
+    def _refuse_unsigned(self, request: Request, body: bytes) -> JSONResponse | None:
+        """Only the coordinator, which holds the participant secret, may drive the protocol."""
         if self.participant_token is None:
-            return
-        if not authorization or not authorization.startswith("Bearer "):
-            raise HTTPException(401, {"code": "unauthorized", "message": "bearer token required"})
-        given = authorization[len("Bearer ") :].encode()
-        if not hmac.compare_digest(given, self.participant_token.encode()):
-            raise HTTPException(403, {"code": "forbidden", "message": "wrong token"})
+            return None
+        try:
+            verify_signature(
+                self.participant_token,
+                request.method,
+                request.url.path,
+                request.headers.get(TIMESTAMP_HEADER),
+                request.headers.get(SIGNATURE_HEADER),
+                body,
+            )
+        except SignatureError as e:
+            log.warning("refused a protocol request from %s: %s", request.client, e)
+            return ProtocolReply.error(e.status, e.code, str(e)).response()
+        return None
 
     def _handle(self, action: str, req: ProtocolRequest) -> JSONResponse:
         if req.participant != self.name:
@@ -266,25 +286,56 @@ class ParticipantBase(ABC):
                 reply = ProtocolReply.error(
                     503, "participant_unavailable", f"{type(e).__name__}: {e}"
                 )
-        return JSONResponse(status_code=reply.status, content=reply.body)
+        return reply.response()
 
     def _build_router(self) -> APIRouter:
-        def verify(authorization: str | None = Header(default=None)) -> None:
-            self._check_token(authorization)
+        router = APIRouter(prefix=self.prefix, tags=["txc"])
 
-        router = APIRouter(prefix=self.prefix, dependencies=[Depends(verify)], tags=["txc"])
+        async def endpoint(action: str, request: Request) -> JSONResponse:
+            body = await request.body()
+            if len(body) > MAX_PROTOCOL_BODY:
+                return ProtocolReply.error(
+                    413, "body_too_large", "protocol body too large"
+                ).response()
+            refused = self._refuse_unsigned(request, body)
+            if refused is not None:
+                return refused
+            try:
+                req = ProtocolRequest.model_validate_json(body)
+            except ValidationError as e:
+                msg = "; ".join(str(err.get("msg", "")) for err in e.errors())[:300]
+                return ProtocolReply.error(422, "invalid_request", msg).response()
+            # The participant's handlers block on its database: run them off the event loop.
+            return await run_in_threadpool(self._handle, action, req)
 
-        @router.post("/prepare")
-        def prepare(req: ProtocolRequest) -> JSONResponse:
-            return self._handle("prepare", req)
+        body_doc = {
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["txid", "participant"],
+                            "properties": {
+                                "txid": {"type": "string"},
+                                "participant": {"type": "string"},
+                            },
+                        }
+                    }
+                }
+            }
+        }
 
-        @router.post("/commit")
-        def commit(req: ProtocolRequest) -> JSONResponse:
-            return self._handle("commit", req)
+        @router.post("/prepare", openapi_extra=body_doc)
+        async def prepare(request: Request) -> JSONResponse:
+            return await endpoint("prepare", request)
 
-        @router.post("/abort")
-        def abort(req: ProtocolRequest) -> JSONResponse:
-            return self._handle("abort", req)
+        @router.post("/commit", openapi_extra=body_doc)
+        async def commit(request: Request) -> JSONResponse:
+            return await endpoint("commit", request)
+
+        @router.post("/abort", openapi_extra=body_doc)
+        async def abort(request: Request) -> JSONResponse:
+            return await endpoint("abort", request)
 
         return router
 

@@ -11,6 +11,7 @@ It is NOT the coordinator: no Raft, no persistence, no timeouts, no retries of p
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from participant_sdk.signing import signed_headers
 
 PARTICIPANT_TIMEOUT_S = 10.0
 
@@ -100,11 +103,14 @@ class FakeCoordinator:
         return None
 
     def _send(self, url: str, action: str, txid: str, name: str) -> int | None:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        body = json.dumps({"txid": txid, "participant": name}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers |= signed_headers(self.token, "POST", f"{url}/{action}", body)
         try:
             r = httpx.post(
                 f"{url}/{action}",
-                json={"txid": txid, "participant": name},
+                content=body,
                 headers=headers,
                 timeout=PARTICIPANT_TIMEOUT_S,
             )

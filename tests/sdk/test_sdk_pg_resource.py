@@ -3,7 +3,9 @@ over real HTTP with a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -19,10 +21,23 @@ from participant_sdk import (
     WorkRefused,
     make_gid,
 )
+from participant_sdk.signing import signed_headers
+
+
+def _body(txid: str, name: str) -> bytes:
+    return json.dumps({"txid": txid, "participant": name}).encode()
 
 
 def proto(url: str, action: str, txid: str, name: str = "svc", **kw) -> httpx.Response:
-    return httpx.post(f"{url}/txc/{action}", json={"txid": txid, "participant": name}, **kw)
+    headers = {"content-type": "application/json", **kw.pop("headers", {})}
+    return httpx.post(f"{url}/txc/{action}", content=_body(txid, name), headers=headers, **kw)
+
+
+def signed(
+    secret: str, url: str, action: str, txid: str, name: str = "svc", now: float | None = None
+) -> dict[str, str]:
+    """The coordinator's signature headers for one protocol request."""
+    return signed_headers(secret, "POST", f"{url}/txc/{action}", _body(txid, name), now=now)
 
 
 def test_work_prepares_then_commit_prepared(engine: Engine, coord) -> None:
@@ -245,11 +260,21 @@ def test_protocol_request_validation_and_token(engine: Engine, coord) -> None:
     coord.fake.token = "s3cret"
     with serve_items(engine, coord.url, token="s3cret") as svc:
         assert proto(svc.url, "commit", "t1").status_code == 401
-        bad = {"Authorization": "Bearer nope"}
-        assert proto(svc.url, "commit", "t1", headers=bad).status_code == 403
-        good = {"Authorization": "Bearer s3cret"}
+        bearer = {"Authorization": "Bearer s3cret"}  # a token is not a signature
+        assert proto(svc.url, "commit", "t1", headers=bearer).status_code == 401
+        forged = signed("not-the-secret", svc.url, "commit", "t1")
+        r = proto(svc.url, "commit", "t1", headers=forged)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "bad_signature"
+        # A signature made for one request does not authenticate another one.
+        other_tx = signed("s3cret", svc.url, "commit", "t2")
+        assert proto(svc.url, "commit", "t1", headers=other_tx).status_code == 403
+        stale = signed("s3cret", svc.url, "commit", "t1", now=time.time() - 3600)
+        r = proto(svc.url, "commit", "t1", headers=stale)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "stale_signature"
+        good = signed("s3cret", svc.url, "commit", "t1")
         assert proto(svc.url, "commit", "t1", headers=good).status_code == 404
-        r = proto(svc.url, "commit", "t1", name="other", headers=good)
+        wrong = signed("s3cret", svc.url, "commit", "t1", name="other")
+        r = proto(svc.url, "commit", "t1", name="other", headers=wrong)
         assert r.status_code == 400 and r.json()["error"]["code"] == "wrong_participant"
         # The whole flow with the token: the SDK sends it when enlisting, the coordinator
         # sends it on phase 2.
