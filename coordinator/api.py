@@ -5,7 +5,6 @@ table in README.md. Request bodies are validated strictly (unknown fields are re
 capped in size before they are parsed.
 """
 
-import hmac
 import ipaddress
 import re
 import time
@@ -22,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coordinator import dashboard, model
+from coordinator.auth import ANONYMOUS, Principal, Role, TokenTable, parse_tokens
 from coordinator.engine import EngineError
 from coordinator.log import LogUnavailable, NotLeader
 from coordinator.model import Outcome, Transaction, TxState, Vote
@@ -294,19 +294,43 @@ def create_app(node: Any) -> FastAPI:
         node.log_unexpected(e)
         return error_response(500, "internal", "internal error; see the node's log")
 
-    def authenticate(request: Request) -> None:
-        if not settings.api_token:
-            return
+    tokens = TokenTable(parse_tokens(settings.api_tokens, settings.api_token))
+
+    def principal(request: Request) -> Principal:
+        if not tokens.enabled:
+            return ANONYMOUS
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(
                 401, "unauthenticated", "missing bearer token", {"WWW-Authenticate": "Bearer"}
             )
-        if not hmac.compare_digest(token.encode(), settings.api_token.encode()):
-            raise ApiError(403, "forbidden", "invalid token")
+        p = tokens.lookup(token.strip())
+        if p is None:
+            raise ApiError(401, "unauthenticated", "unknown token", {"WWW-Authenticate": "Bearer"})
+        return p
 
-    Auth = Depends(authenticate)
+    def require(*roles: Role) -> Any:
+        """A dependency admitting `roles` (and admin, who may do everything)."""
+        allowed = {*roles, Role.ADMIN}
+
+        def dependency(request: Request) -> Principal:
+            p = principal(request)
+            if p.role not in allowed:
+                may = ", ".join(sorted(r.value for r in allowed))
+                raise ApiError(403, "forbidden", f"role {p.role.value} may not do this ({may} may)")
+            request.state.principal = p
+            return p
+
+        return Depends(dependency)
+
+    def who(request: Request) -> Principal:
+        return getattr(request.state, "principal", ANONYMOUS)
+
+    Readers = require(Role.READ, Role.CLIENT)
+    Clients = require(Role.CLIENT)
+    Participants = require(Role.PARTICIPANT)
+    Admins = require()
 
     def check_txid(txid: str) -> str:
         if not TXID_RE.match(txid):
@@ -319,14 +343,14 @@ def create_app(node: Any) -> FastAPI:
             raise ApiError(404, "not_found", f"transaction {txid} not found")
         return t
 
-    @app.post("/v1/transactions", status_code=201, dependencies=[Auth])
+    @app.post("/v1/transactions", status_code=201, dependencies=[Clients])
     async def begin(body: BeginRequest, response: Response) -> dict[str, Any]:
         t, created = await engine.begin(body.timeout_s, body.labels, body.idempotency_key)
         if not created:
             response.status_code = 200
         return txn_json(t)
 
-    @app.get("/v1/transactions", dependencies=[Auth])
+    @app.get("/v1/transactions", dependencies=[Readers])
     async def list_transactions(
         state: Annotated[TxState | None, Query()] = None,
         label: Annotated[str | None, Query(description="key:value", max_length=400)] = None,
@@ -351,11 +375,11 @@ def create_app(node: Any) -> FastAPI:
             raise ApiError(400, "invalid_cursor", str(e)) from None
         return {"items": [txn_json(t) for t in items], "next_cursor": next_cursor}
 
-    @app.get("/v1/transactions/{txid}", dependencies=[Auth])
+    @app.get("/v1/transactions/{txid}", dependencies=[Readers])
     async def get_transaction(txid: str) -> dict[str, Any]:
         return txn_json(await must_get(txid))
 
-    @app.get("/v1/transactions/{txid}/timeline", dependencies=[Auth])
+    @app.get("/v1/transactions/{txid}/timeline", dependencies=[Readers])
     async def timeline(txid: str) -> dict[str, Any]:
         await must_get(txid)
         events = await node.store.history(txid)
@@ -363,13 +387,13 @@ def create_app(node: Any) -> FastAPI:
             ev["at"] = iso(ev["at"])
         return {"txid": txid, "events": events}
 
-    @app.post("/v1/transactions/{txid}/participants", status_code=201, dependencies=[Auth])
+    @app.post("/v1/transactions/{txid}/participants", status_code=201, dependencies=[Participants])
     async def enlist(txid: str, body: EnlistRequest) -> dict[str, Any]:
         vote = Vote.YES if body.vote == "yes" else None
         t = await engine.enlist(check_txid(txid), body.name, body.url, vote)
         return txn_json(t)
 
-    @app.post("/v1/transactions/{txid}/commit", dependencies=[Auth])
+    @app.post("/v1/transactions/{txid}/commit", dependencies=[Clients])
     async def commit(txid: str) -> Any:
         t = await engine.commit(check_txid(txid))
         if t.outcome is Outcome.ABORT:
@@ -384,9 +408,11 @@ def create_app(node: Any) -> FastAPI:
             )
         return txn_json(t)
 
-    @app.post("/v1/transactions/{txid}/abort", dependencies=[Auth])
-    async def abort(txid: str) -> Any:
+    @app.post("/v1/transactions/{txid}/abort", dependencies=[Clients])
+    async def abort(txid: str, request: Request) -> Any:
         t = await engine.abort(check_txid(txid))
+        if who(request).role is Role.ADMIN and t.outcome is Outcome.ABORT:
+            await node.audit(who(request), "abort", txid)
         if t.outcome is Outcome.COMMIT:
             return error_response(
                 409,
@@ -399,25 +425,40 @@ def create_app(node: Any) -> FastAPI:
             )
         return txn_json(t)
 
-    @app.get("/v1/transactions/{txid}/outcome", dependencies=[Auth])
+    @app.get("/v1/transactions/{txid}/outcome", dependencies=[Participants])
     async def outcome(txid: str) -> dict[str, Any]:
         o = await engine.outcome(check_txid(txid))
         return {"txid": txid, "outcome": o.value if o else "pending"}
 
-    @app.post("/v1/transactions/{txid}/retry", dependencies=[Auth])
-    async def retry(txid: str) -> dict[str, Any]:
+    @app.post("/v1/transactions/{txid}/retry", dependencies=[Admins])
+    async def retry(txid: str, request: Request) -> dict[str, Any]:
         t = await must_get(txid)
         if t.state not in (TxState.COMMITTING, TxState.ABORTING):
             raise ApiError(409, "conflict", f"transaction is {t.state.value}; nothing to retry")
         woke = engine.retry_now(txid)
+        await node.audit(who(request), "retry", txid)
         return {"txid": txid, "retrying": woke, "state": t.state.value}
 
-    @app.post("/v1/transactions/{txid}/heuristic/acknowledge", dependencies=[Auth])
-    async def acknowledge(txid: str) -> dict[str, Any]:
+    @app.post("/v1/transactions/{txid}/heuristic/acknowledge", dependencies=[Admins])
+    async def acknowledge(txid: str, request: Request) -> dict[str, Any]:
         await must_get(txid)
-        return txn_json(await engine.acknowledge_heuristic(txid))
+        t = await engine.acknowledge_heuristic(txid)
+        await node.audit(who(request), "acknowledge_heuristic", txid)
+        return txn_json(t)
 
-    @app.get("/v1/cluster", dependencies=[Auth])
+    @app.get("/v1/audit", dependencies=[Readers])
+    async def audit_trail(
+        limit: Annotated[int, Query(ge=1, le=settings.list_page_max)] = 100,
+        before: Annotated[int | None, Query(ge=1)] = None,
+    ) -> dict[str, Any]:
+        """Operators' actions, newest first (page back with `before` = the last `index`)."""
+        await node.log.read_barrier()
+        items = await node.store.audit_trail(limit, before)
+        for it in items:
+            it["at"] = iso(it["at"])
+        return {"items": items}
+
+    @app.get("/v1/cluster", dependencies=[Readers])
     async def cluster() -> dict[str, Any]:
         return node.log.status()  # type: ignore[no-any-return]
 
@@ -425,8 +466,8 @@ def create_app(node: Any) -> FastAPI:
         model_config = ConfigDict(extra="forbid")
         to: int = Field(ge=1)
 
-    @app.post("/v1/cluster/transfer-leadership", dependencies=[Auth])
-    async def transfer_leadership(body: TransferRequest) -> dict[str, Any]:
+    @app.post("/v1/cluster/transfer-leadership", dependencies=[Admins])
+    async def transfer_leadership(body: TransferRequest, request: Request) -> dict[str, Any]:
         if node.raft is None:
             raise ApiError(409, "not_a_group", "this node runs standalone, without Raft")
         from coordinator.raft.errors import ConfChangeRefused
@@ -438,6 +479,7 @@ def create_app(node: Any) -> FastAPI:
             raise NotLeader(node.log.leader_url()) from None
         except ConfChangeRefused as e:
             raise ApiError(409, "refused", str(e)) from None
+        await node.audit(who(request), "transfer_leadership", "", to=body.to)
         return {"transferring_to": body.to}
 
     class MemberRequest(BaseModel):
@@ -468,12 +510,13 @@ def create_app(node: Any) -> FastAPI:
         except TimeoutError:
             raise ApiError(503, "unavailable", "the change was not committed in time") from None
 
-    @app.post("/v1/cluster/members", status_code=202, dependencies=[Auth])
-    async def add_member(body: MemberRequest) -> dict[str, Any]:
+    @app.post("/v1/cluster/members", status_code=202, dependencies=[Admins])
+    async def add_member(body: MemberRequest, request: Request) -> dict[str, Any]:
         raft = raft_or_409()
         if body.id in raft.core.status().conf.members:
             raise ApiError(409, "conflict", f"node {body.id} is already a member")
         await membership(raft.add_member(body.id, body.url))
+        await node.audit(who(request), "add_member", "", id=body.id, url=body.url)
         return {
             "id": body.id,
             "url": body.url,
@@ -481,12 +524,13 @@ def create_app(node: Any) -> FastAPI:
             "promotion": "automatic once caught up",
         }
 
-    @app.delete("/v1/cluster/members/{member_id}", dependencies=[Auth])
-    async def remove_member(member_id: int) -> dict[str, Any]:
+    @app.delete("/v1/cluster/members/{member_id}", dependencies=[Admins])
+    async def remove_member(member_id: int, request: Request) -> dict[str, Any]:
         raft = raft_or_409()
         if member_id not in raft.core.status().conf.members:
             raise ApiError(404, "not_found", f"node {member_id} is not a member")
         await membership(raft.remove_member(member_id))
+        await node.audit(who(request), "remove_member", "", id=member_id)
         return {"id": member_id, "removed": True}
 
     @app.post(RAFT_PATH, include_in_schema=False)

@@ -343,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     failover.add_arguments(fo)
     fo.set_defaults(func=failover.main)
 
+    from coordinator.ops import cli as ops_cli
+
+    ops_cli.register(sub)
+
     cl = sub.add_parser("cluster", help="members, leader, term, commit and applied index")
     cl.set_defaults(func=cmd_cluster)
     cl_sub = cl.add_subparsers(dest="cluster_command")

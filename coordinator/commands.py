@@ -92,6 +92,18 @@ class AcknowledgeHeuristic(Command):
     kind: ClassVar[str] = "acknowledge_heuristic"
 
 
+@dataclass(frozen=True)
+class AuditNote(Command):
+    """Who did what, replicated like everything else: an operator's action (abort, retry,
+    acknowledge a heuristic, a membership change). It changes no transaction; `txid` names
+    the transaction acted on, or is empty."""
+
+    kind: ClassVar[str] = "audit"
+    actor: str = ""
+    action: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.kind: c
     for c in (
@@ -103,6 +115,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         Phase2Attempt,
         Ack,
         AcknowledgeHeuristic,
+        AuditNote,
     )
 }
 

@@ -28,7 +28,10 @@ class Settings:
     # `development` accepts unauthenticated requests; `production` refuses to start without
     # an API token and a participant token.
     environment: str = "development"
-    api_token: str = field(default="", repr=False)
+    api_token: str = field(default="", repr=False)  # one admin token
+    api_tokens: str = field(
+        default="", repr=False
+    )  # "role=token,..." (client/participant/read/admin)
     participant_token: str = field(default="", repr=False)
 
     # Raft group: `peers` lists every initial member as "id=url,id=url"; empty runs one
@@ -79,10 +82,24 @@ class Settings:
         if self.environment not in ("development", "production"):
             raise ConfigError("environment must be 'development' or 'production'")
         if self.environment == "production":
-            missing = [n for n in ("api_token", "participant_token") if not getattr(self, n)]
+            from coordinator.auth import Role, parse_tokens
+
+            roles = set(parse_tokens(self.api_tokens, self.api_token).values())
+            missing = []
+            if Role.ADMIN not in roles:
+                missing.append("an admin token (TXC_API_TOKEN or TXC_API_TOKENS=admin=...)")
+            if not self.participant_token:
+                missing.append("TXC_PARTICIPANT_TOKEN (signs requests to participants)")
             if missing:
-                names = ", ".join(f"TXC_{n.upper()}" for n in missing)
-                raise ConfigError(f"production configuration without credentials: set {names}")
+                raise ConfigError(
+                    "production configuration without credentials: set " + "; ".join(missing)
+                )
+        from coordinator.auth import TokenConfigError, parse_tokens
+
+        try:
+            parse_tokens(self.api_tokens, self.api_token)
+        except TokenConfigError as e:
+            raise ConfigError(str(e)) from None
         if self.peers:
             urls = self.peer_urls()
             if self.raft_id not in urls:

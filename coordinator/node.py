@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
@@ -11,6 +13,8 @@ from sqlalchemy import text
 
 from coordinator import migrate
 from coordinator.api import create_app
+from coordinator.auth import Principal
+from coordinator.commands import AuditNote
 from coordinator.config import Settings
 from coordinator.db import make_engine, normalise_url
 from coordinator.engine import Engine
@@ -106,6 +110,15 @@ class Node:
             "txc_raft_leader_changes": float(status.get("leader_changes", 0)),
         }
         return self.metrics.render(extra)
+
+    async def audit(self, who: Principal, action: str, txid: str = "", **detail: Any) -> None:
+        """Record an operator's action in the replicated audit trail. The action has already
+        taken effect; failing to record it is logged, not hidden."""
+        note = AuditNote(txid=txid, at=time.time(), actor=who.name, action=action, detail=detail)
+        try:
+            await self.log.propose([note])
+        except Exception as e:
+            log.error("audit record lost for %s %s by %s: %s", action, txid, who.name, e)
 
     def refused_peer(self, client: str, reason: str) -> None:
         log.warning("refused raft messages from %s: %s", client, reason)

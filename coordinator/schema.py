@@ -100,3 +100,16 @@ members = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("url", Text, nullable=False),
 )
+
+# The audit trail: operators' actions, applied from the log on every node.
+audit = Table(
+    "txc_audit",
+    metadata,
+    Column("index", BigInteger, primary_key=True, autoincrement=False),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", Double, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("txid", String(64), nullable=False),
+    Column("detail", JSONB, nullable=False),
+)

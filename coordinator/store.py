@@ -19,9 +19,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import schema
-from coordinator.commands import Command
+from coordinator.commands import AuditNote, Command
 from coordinator.model import Transaction, TxState
-from coordinator.statemachine import Result, apply
+from coordinator.statemachine import Result, Status, apply
 
 MAX_BATCH_LOOKUP = 1000  # txids fetched in one query when a batch touches cold transactions
 
@@ -70,6 +70,18 @@ def _row(t: Transaction) -> dict[str, Any]:
         "heuristic": t.heuristic.value if t.heuristic else None,
         "labels": t.labels,
         "doc": t.to_dict(),
+    }
+
+
+def _audit_row(e: LogEntry, note: AuditNote) -> dict[str, Any]:
+    return {
+        "index": e.index,
+        "seq": e.seq,
+        "at": note.at,
+        "actor": note.actor,
+        "action": note.action,
+        "txid": note.txid,
+        "detail": note.detail,
     }
 
 
@@ -140,11 +152,18 @@ class Store:
         then calls `publish` with the latter."""
         if not entries:
             return [], {}
-        current = await self._load(conn, {e.command.txid for e in entries})
+        current = await self._load(
+            conn, {e.command.txid for e in entries if not isinstance(e.command, AuditNote)}
+        )
         changed: dict[str, Transaction] = {}
         results: list[Result] = []
         history_rows: list[dict[str, Any]] = []
+        audit_rows: list[dict[str, Any]] = []
         for e in entries:
+            if isinstance(e.command, AuditNote):
+                audit_rows.append(_audit_row(e, e.command))
+                results.append(Result(Status.OK, None))
+                continue
             result = apply(current.get(e.command.txid), e.command)
             results.append(result)
             if result.changed:
@@ -161,6 +180,8 @@ class Store:
                         "detail": _history_detail(e.command, result),
                     }
                 )
+        if audit_rows:
+            await conn.execute(pg_insert(schema.audit).on_conflict_do_nothing(), audit_rows)
         if changed:
             stmt = pg_insert(schema.transactions)
             stmt = stmt.on_conflict_do_update(
@@ -262,3 +283,14 @@ class Store:
 
     def reset_inflight(self, txns: dict[str, Transaction]) -> None:
         self.inflight = {k: t for k, t in txns.items() if not t.state.terminal}
+
+    async def audit_trail(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
+        """Newest first; `before` is an index to page back from."""
+        a = schema.audit.c
+        q = select(a.index, a.seq, a.at, a.actor, a.action, a.txid, a.detail)
+        if before is not None:
+            q = q.where(a.index < before)
+        q = q.order_by(a.index.desc(), a.seq.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).fetchall()
+        return [dict(r._mapping) for r in rows]

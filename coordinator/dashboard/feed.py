@@ -40,6 +40,7 @@ PEER_POLL_S = 2.0  # how often each member's own view of the cluster is fetched
 PEER_TIMEOUT_S = 1.0  # a member that does not answer within this is shown unreachable
 LEADER_METRICS_REFRESH_S = 1.0  # how often a follower extends its mirror of the leader's series
 LEADER_METRICS_TIMEOUT_S = 1.0
+RECENT_LATENCY_S = 60  # the "commit latency p95" card covers this many seconds
 MAX_MEMBERS = 9  # members whose views are fetched (a Raft group here has 1, 3 or 5)
 
 FLAG_HEURISTIC = "heuristic"  # a participant did (or may have done) the opposite: act on it
@@ -97,6 +98,7 @@ class LeaderMirror:
         self.points: deque[dict[str, Any]] = deque(maxlen=SERIES_SPAN_S)
         self.participants: list[dict[str, Any]] = []
         self.totals: dict[str, float] = {}
+        self.recent_latency: dict[str, Any] | None = None
         self.error: str | None = None
         self.fetched_at = 0.0
         self.lock = asyncio.Lock()
@@ -124,6 +126,7 @@ class LeaderMirror:
         self.points.extend(d.get("points", []))
         self.participants = d.get("participants", [])
         self.totals = d.get("totals", {})
+        self.recent_latency = d.get("recent_latency")
         self.error = None
 
 
@@ -235,6 +238,7 @@ class Feed:
             "span_s": SERIES_SPAN_S,
             "points": m.activity.points(now, None if full else since),
             "participants": m.participants_summary(),
+            "recent_latency": m.activity.latency_over(now, RECENT_LATENCY_S),
             "totals": {
                 "begun": m.begun.value,
                 "committed": m.committed.value,
@@ -268,6 +272,7 @@ class Feed:
             "span_s": SERIES_SPAN_S,
             "points": slice_points(mirror.points, None if full else since),
             "participants": mirror.participants,
+            "recent_latency": mirror.recent_latency,
             "totals": mirror.totals,
             "error": mirror.error,
         }

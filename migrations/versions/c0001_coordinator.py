@@ -73,6 +73,16 @@ def upgrade() -> None:
         sa.Column("detail", JSONB, nullable=False),
     )
     op.create_table(
+        "txc_audit",
+        sa.Column("index", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("at", sa.Double, nullable=False),
+        sa.Column("actor", sa.Text, nullable=False),
+        sa.Column("action", sa.String(64), nullable=False),
+        sa.Column("txid", sa.String(64), nullable=False),
+        sa.Column("detail", JSONB, nullable=False),
+    )
+    op.create_table(
         "txc_members",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("url", sa.Text, nullable=False),
@@ -81,6 +91,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in (
+        "txc_audit",
         "txc_members",
         "txc_history",
         "txc_transactions",

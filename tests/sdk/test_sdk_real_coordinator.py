@@ -20,7 +20,7 @@ from participant_sdk import PgResourceManager, TransactionAborted, TxcClient
 from txc_demo.bank import SEED_ACCOUNTS, create_app
 from txc_demo.transfer import TransferFailed, transfer
 
-API_TOKEN = "api-secret"
+API_TOKEN = "api-secret-0123456789"
 PARTICIPANT_TOKEN = "participant-secret"
 FAST = dict(
     phase2_backoff_initial_s=0.05,

@@ -1,0 +1,92 @@
+"""API tokens and roles.
+
+| role | may |
+|---|---|
+| `client` | begin, commit, abort; read |
+| `participant` | enlist, ask an outcome |
+| `read` | read transactions and the cluster (the dashboard's view) |
+| `admin` | everything, including operator actions and membership changes |
+
+Tokens come from `api_tokens` ("role=token,role=token", several per role allowed) and
+`api_token` (one admin token). With no token configured the API is open (development);
+`environment=production` refuses to start that way. Who did what is recorded by token
+fingerprint (a hash prefix), never by the token itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    CLIENT = "client"
+    PARTICIPANT = "participant"
+    READ = "read"
+
+
+class TokenConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a role and a fingerprint that names the token without revealing it."""
+
+    role: Role
+    fingerprint: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.role.value}:{self.fingerprint}"
+
+
+ANONYMOUS = Principal(Role.ADMIN, "open")  # the API without tokens (development only)
+FINGERPRINT_CHARS = 12
+MIN_TOKEN_CHARS = 16
+
+
+def fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:FINGERPRINT_CHARS]
+
+
+def parse_tokens(api_tokens: str, admin_token: str = "") -> dict[str, Role]:
+    """token -> role. Refuses unknown roles and short tokens (easy to guess)."""
+    out: dict[str, Role] = {}
+    items = [i.strip() for i in api_tokens.split(",") if i.strip()]
+    if admin_token:
+        items.append(f"admin={admin_token}")
+    for item in items:
+        role, sep, token = item.partition("=")
+        if not sep or not token:
+            raise TokenConfigError("api_tokens: expected role=token[,role=token...]")
+        try:
+            r = Role(role.strip())
+        except ValueError:
+            roles = ", ".join(x.value for x in Role)
+            raise TokenConfigError(f"api_tokens: unknown role {role!r} (one of {roles})") from None
+        if len(token) < MIN_TOKEN_CHARS:
+            raise TokenConfigError(f"api_tokens: tokens need at least {MIN_TOKEN_CHARS} characters")
+        out[token] = r
+    return out
+
+
+class TokenTable:
+    def __init__(self, tokens: dict[str, Role]) -> None:
+        self._tokens = [(t.encode(), r, fingerprint(t)) for t, r in tokens.items()]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._tokens)
+
+    def lookup(self, token: str) -> Principal | None:
+        """Constant-time in the token's content: every configured token is compared."""
+        given = token.encode()
+        found: Principal | None = None
+        for t, role, fp in self._tokens:
+            if hmac.compare_digest(given, t):
+                found = Principal(role, fp)
+        return found

@@ -1,0 +1,1151 @@
+/* txc dashboard: plain JavaScript, no build step, nothing loaded from elsewhere.
+ *
+ * Data arrives on one server-sent-event stream (/dashboard/events), read with fetch() rather
+ * than EventSource because EventSource cannot send the Authorization header. Every `snapshot`
+ * event is complete, so the page is right after any reconnect; `metrics` events carry the
+ * leader's per-second activity, all of it first and then only the new seconds.
+ *
+ * Every text that comes from the system (labels, errors, names) goes into the page through
+ * textContent, never as HTML.
+ */
+"use strict";
+
+(() => {
+  // -- named bounds and intervals ---------------------------------------------------------
+  const TOKEN_KEY = "txc.dashboard.token"; // sessionStorage: gone when the tab closes
+  const STUCK_AFTER_KEY = "txc.dashboard.stuckAfterS"; // localStorage: an operator's choice
+  const DEFAULT_STUCK_AFTER_S = 30;
+  const MAX_STUCK_AFTER_S = 86400;
+  const RECONNECT_MIN_MS = 500;
+  const RECONNECT_MAX_MS = 10000;
+  const STALE_AFTER_MS = 4000; // no event for this long: the live marker turns amber
+  const TICK_MS = 1000; // ages and the live marker are redrawn this often
+  const DETAIL_REFRESH_MS = 1500; // an open transaction page is re-read this often
+  const RATE_WINDOW_S = 60; // the cards' rates cover this many seconds
+  const ABORT_BUCKET_S = 10; // the abort-rate chart's bars
+  const TOAST_MS = 7000;
+  const ERROR_PREVIEW = 220; // characters of an error shown in a table cell
+  const LAG_WARN_ENTRIES = 100; // a follower this far behind the leader is shown lagging
+  const PREFIX_SEARCH_MIN = 6; // a search this long that matches nothing offers "open by id"
+
+  const state = {
+    token: sessionStorage.getItem(TOKEN_KEY) || "",
+    authRequired: null,
+    authProblem: null, // {status, message}
+    snap: null,
+    skewMs: 0, // browser clock minus the node's
+    lastEventAt: 0,
+    streamUp: false,
+    streamError: null,
+    since: null,
+    source: null,
+    series: { source: null, nodeId: null, points: [], error: null, recentLatency: null },
+    participants: [],
+    loginWaiters: [],
+    streamCtrl: null,
+    filters: { q: "", state: "", stuckOnly: false },
+    stuckAfterS: clampThreshold(Number(localStorage.getItem(STUCK_AFTER_KEY)) || DEFAULT_STUCK_AFTER_S),
+    detail: { txid: null, tx: null, timeline: null, error: null, timer: null, busy: false, version: 0, shown: -1 },
+    renderQueued: false,
+    holding: false, // a pointer is pressed: rebuilding now could swallow the click
+    keys: {}, // what each table was last built from: unchanged data is not rebuilt
+  };
+
+  function clampThreshold(v) {
+    return Math.min(MAX_STUCK_AFTER_S, Math.max(1, Math.round(v)));
+  }
+
+  // -- small DOM helpers ------------------------------------------------------------------
+  const $ = (id) => document.getElementById(id);
+
+  function h(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") e.className = v;
+      else if (k === "text") e.textContent = v;
+      else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  function pill(cls, text, title) {
+    return h("span", { class: "pill " + cls, title }, text);
+  }
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  function s(tag, attrs, ...children) {
+    const e = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+    for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    return e;
+  }
+
+  // -- formatting -------------------------------------------------------------------------
+  const serverNowS = () => (Date.now() - state.skewMs) / 1000;
+  const epoch = (iso) => (iso ? Date.parse(iso) / 1000 : null);
+
+  function fmtAge(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "–";
+    const sec = Math.max(0, seconds);
+    if (sec < 10) return sec.toFixed(1) + " s";
+    if (sec < 90) return Math.round(sec) + " s";
+    if (sec < 3600) return Math.floor(sec / 60) + " min " + String(Math.round(sec % 60)).padStart(2, "0") + " s";
+    if (sec < 86400) return Math.floor(sec / 3600) + " h " + String(Math.floor((sec % 3600) / 60)).padStart(2, "0") + " min";
+    return Math.floor(sec / 86400) + " d " + Math.floor((sec % 86400) / 3600) + " h";
+  }
+
+  function fmtLatency(v) {
+    if (v === null || v === undefined) return "–";
+    if (v < 0.001) return (v * 1e6).toFixed(0) + " µs";
+    if (v < 1) return (v * 1000).toFixed(v < 0.01 ? 1 : 0) + " ms";
+    return v.toFixed(2) + " s";
+  }
+
+  function fmtClock(iso, withMs) {
+    if (!iso) return "–";
+    const d = new Date(iso);
+    const t = d.toLocaleTimeString([], { hour12: false });
+    return withMs ? t + "." + String(d.getMilliseconds()).padStart(3, "0") : t;
+  }
+
+  function fmtWhen(tsSeconds) {
+    if (!tsSeconds) return "never";
+    return fmtAge(serverNowS() - tsSeconds) + " ago";
+  }
+
+  const fmtNum = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString());
+  const fmtPct = (r) => (r === null || r === undefined ? "–" : (r * 100).toFixed(r < 0.995 && r > 0.005 ? 1 : 0) + " %");
+
+  // -- API calls --------------------------------------------------------------------------
+  class ApiFailure extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  function authHeaders() {
+    return state.token ? { Authorization: "Bearer " + state.token } : {};
+  }
+
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json", ...authHeaders() };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let r;
+    try {
+      r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: "no-store" });
+    } catch (e) {
+      throw new ApiFailure(0, "unreachable", "this node did not answer (" + e.message + ")");
+    }
+    let data = null;
+    try {
+      data = await r.json();
+    } catch (_e) {
+      data = null;
+    }
+    if (r.status === 401 || r.status === 403) noteAuthProblem(r.status, data);
+    if (!r.ok) {
+      const err = (data && data.error) || {};
+      throw new ApiFailure(r.status, err.code || "http_" + r.status, err.message || r.statusText || "request failed");
+    }
+    return data;
+  }
+
+  function noteAuthProblem(status, data) {
+    const msg = data && data.error && data.error.message;
+    state.authProblem = { status, message: msg || (status === 401 ? "missing bearer token" : "token refused") };
+    renderChrome();
+  }
+
+  // -- the event stream -------------------------------------------------------------------
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const waitForLogin = () => new Promise((r) => state.loginWaiters.push(r));
+
+  async function streamLoop() {
+    let delay = RECONNECT_MIN_MS;
+    for (;;) {
+      const ctrl = new AbortController();
+      state.streamCtrl = ctrl;
+      const params = new URLSearchParams();
+      if (state.source && state.since !== null) {
+        params.set("since", String(state.since));
+        params.set("source", state.source);
+      }
+      try {
+        const r = await fetch("/dashboard/events?" + params, { headers: authHeaders(), signal: ctrl.signal, cache: "no-store" });
+        if (r.status === 401 || r.status === 403) {
+          let data = null;
+          try {
+            data = await r.json();
+          } catch (_e) {
+            data = null;
+          }
+          noteAuthProblem(r.status, data);
+          setStream(false, null);
+          await waitForLogin();
+          continue;
+        }
+        if (!r.ok || !r.body) throw new Error("HTTP " + r.status);
+        if (state.authProblem && state.authProblem.status) state.authProblem = null;
+        setStream(true, null);
+        await readEvents(r.body.getReader());
+        delay = RECONNECT_MIN_MS; // a stream that ended normally: reconnect at once
+        continue;
+      } catch (e) {
+        if (ctrl.signal.aborted) continue; // the token changed: reconnect with the new one
+        setStream(false, e.message || String(e));
+      }
+      await sleep(delay);
+      delay = Math.min(delay * 2, RECONNECT_MAX_MS);
+    }
+  }
+
+  async function readEvents(reader) {
+    const decoder = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buf += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, cut);
+        buf = buf.slice(cut + 2);
+        let event = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) event = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        if (data.length) onEvent(event, JSON.parse(data.join("\n")));
+      }
+    }
+  }
+
+  function setStream(up, error) {
+    state.streamUp = up;
+    state.streamError = error;
+    renderChrome();
+  }
+
+  function onEvent(event, data) {
+    state.lastEventAt = Date.now();
+    if (event === "snapshot") {
+      state.snap = data;
+      state.skewMs = Date.now() - data.now * 1000;
+      scheduleRender();
+    } else if (event === "metrics") {
+      const sr = state.series;
+      if (data.full || data.source !== sr.source) sr.points = [];
+      sr.points.push(...data.points);
+      const last = sr.points.length ? sr.points[sr.points.length - 1].t : null;
+      const span = data.span_s || 600;
+      if (last !== null) sr.points = sr.points.filter((p) => p.t > last - span);
+      sr.source = data.source;
+      sr.nodeId = data.node_id;
+      sr.error = data.error;
+      sr.recentLatency = data.recent_latency || null;
+      state.participants = data.participants || [];
+      state.source = data.source;
+      state.since = last;
+      scheduleRender();
+    }
+  }
+
+  // -- login ------------------------------------------------------------------------------
+  function setToken(token) {
+    state.token = token;
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    state.authProblem = null;
+    if (state.streamCtrl) state.streamCtrl.abort();
+    const waiters = state.loginWaiters.splice(0);
+    waiters.forEach((w) => w());
+    renderChrome();
+    if (state.detail.txid) loadDetail();
+  }
+
+  // -- stuck and attention ----------------------------------------------------------------
+  function ageOf(row) {
+    return serverNowS() - epoch(row.created_at);
+  }
+
+  function attention(row) {
+    const reasons = [...row.flags];
+    if (ageOf(row) > state.stuckAfterS) reasons.push("old");
+    return reasons;
+  }
+
+  const ATTENTION_TEXT = {
+    heuristic: ["heuristic", "a participant's own outcome contradicts (or may contradict) the decision"],
+    retrying: ["retrying", "phase 2 failed for a participant and is being retried"],
+    expired: ["expired", "undecided past its deadline"],
+    old: ["stuck", "older than the stuck threshold"],
+  };
+
+  function attentionPills(reasons) {
+    return reasons.map((r) => pill("f-" + r, ATTENTION_TEXT[r] ? ATTENTION_TEXT[r][0] : r, ATTENTION_TEXT[r] && ATTENTION_TEXT[r][1]));
+  }
+
+  // -- rendering: chrome (top bar, banners, cards) -----------------------------------------
+  function scheduleRender() {
+    if (state.renderQueued) return;
+    state.renderQueued = true;
+    requestAnimationFrame(() => {
+      state.renderQueued = false;
+      render();
+    });
+  }
+
+  function selecting() {
+    const sel = window.getSelection();
+    return Boolean(sel && !sel.isCollapsed && sel.toString().trim());
+  }
+
+  /* Rebuild a table only when what it shows changed, and not while the operator presses a
+     button or selects text in it (copying a txid or an error at 3 a.m. must work). */
+  function changed(name, key) {
+    if (state.keys[name] === key) return false;
+    if (selecting()) return false;
+    state.keys[name] = key;
+    return true;
+  }
+
+  function updateAges() {
+    for (const cell of document.querySelectorAll("[data-created]")) {
+      const age = serverNowS() - epoch(cell.dataset.created);
+      cell.textContent = fmtAge(age);
+      cell.classList.toggle("old", age > state.stuckAfterS);
+    }
+  }
+
+  function render() {
+    if (state.holding) return; // redrawn on release
+    renderChrome();
+    renderCards();
+    const route = currentRoute();
+    for (const t of document.querySelectorAll("#tabs a")) t.classList.toggle("active", t.dataset.tab === route.tab);
+    for (const v of ["transactions", "tx", "cluster", "participants", "activity"]) $("view-" + v).hidden = route.view !== v;
+    if (route.view === "transactions") renderTransactions();
+    else if (route.view === "tx") renderDetail();
+    else if (route.view === "cluster") renderCluster();
+    else if (route.view === "participants") renderParticipants();
+    else if (route.view === "activity") renderActivity();
+  }
+
+  function renderChrome() {
+    const snap = state.snap;
+    if (snap) {
+      const st = snap.cluster.status;
+      $("fact-node").textContent = snap.node.node_id;
+      const role = snap.node.role || "leader";
+      const rp = $("fact-role");
+      rp.className = "pill " + role;
+      rp.textContent = role;
+      $("fact-leader").textContent = st.leader || "none";
+      $("fact-term").textContent = st.term !== undefined ? st.term : "–";
+    }
+    // live marker
+    const live = $("live");
+    const since = Date.now() - state.lastEventAt;
+    let mode = "connecting";
+    let text = "connecting…";
+    if (state.authProblem && !state.streamUp) {
+      mode = "auth";
+      text = "not signed in";
+    } else if (state.streamError && !state.streamUp) {
+      mode = "down";
+      text = "disconnected – retrying";
+    } else if (state.lastEventAt && since > STALE_AFTER_MS) {
+      mode = "stale";
+      text = "no update for " + fmtAge(since / 1000);
+    } else if (state.lastEventAt) {
+      mode = "live";
+      text = "live";
+    }
+    live.dataset.state = mode;
+    $("live-text").textContent = text;
+    // auth box
+    const signedIn = Boolean(state.token);
+    $("token-input").hidden = signedIn;
+    $("sign-in").hidden = signedIn;
+    $("sign-out").hidden = !signedIn;
+    $("auth-state").textContent = signedIn ? "signed in" : state.authRequired === false ? "no token required" : "";
+    renderBanners();
+  }
+
+  function renderBanners() {
+    const box = $("banners");
+    box.replaceChildren();
+    const p = state.authProblem;
+    if (p) {
+      const what =
+        p.status === 401
+          ? "This node requires an API token. Enter it above and sign in."
+          : "The token was refused (" + p.message + "). Sign out and sign in with a valid token.";
+      box.append(h("div", { class: "banner error", id: "auth-banner", role: "alert" }, h("b", {}, p.status === 401 ? "401 · Not signed in" : "403 · Forbidden"), h("span", {}, what)));
+    }
+    if (state.streamError && !state.streamUp && !p) {
+      box.append(h("div", { class: "banner error" }, h("b", {}, "Disconnected"), h("span", {}, "The live stream from this node broke (" + state.streamError + "); reconnecting. What you see may be out of date.")));
+    }
+    const snap = state.snap;
+    if (snap && snap.cluster.status.mode === "raft" && !snap.cluster.status.leader) {
+      box.append(h("div", { class: "banner warn" }, h("b", {}, "No leader"), h("span", {}, "The group has no leader right now (election in progress or no quorum): nothing commits until one is elected.")));
+    }
+    if (snap && snap.recent && snap.recent.error) {
+      box.append(h("div", { class: "banner warn" }, h("b", {}, "Storage"), h("span", {}, "This node could not read its transactions table: " + snap.recent.error)));
+    }
+  }
+
+  function windowPoints(seconds) {
+    const pts = state.series.points;
+    if (!pts.length) return [];
+    const last = pts[pts.length - 1].t;
+    return pts.filter((p) => p.t > last - seconds);
+  }
+
+  function sum(pts, key) {
+    return pts.reduce((a, p) => a + (p[key] || 0), 0);
+  }
+
+  function renderCards() {
+    const snap = state.snap;
+    if (!snap) return;
+    const inf = snap.inflight;
+    $("v-inflight").textContent = fmtNum(inf.total);
+    $("n-inflight").textContent = Object.entries(inf.by_state)
+      .map(([k, v]) => v + " " + k)
+      .join(" · ");
+    const rows = inf.rows;
+    const stuck = rows.filter((r) => attention(r).length).length;
+    $("v-stuck").textContent = fmtNum(stuck);
+    $("n-stuck").textContent = stuck ? "retrying, heuristic or older than " + state.stuckAfterS + " s" : "none older than " + state.stuckAfterS + " s";
+    $("card-stuck").classList.toggle("bad", stuck > 0);
+    $("tab-count").textContent = inf.total ? String(inf.total) : "";
+    $("tab-count").classList.toggle("bad", stuck > 0);
+    const heur = heuristicRows().length;
+    $("v-heuristic").textContent = fmtNum(heur);
+    $("card-heuristic").classList.toggle("heur", heur > 0);
+    const pts = windowPoints(RATE_WINDOW_S);
+    const secs = Math.max(1, pts.length);
+    const committed = sum(pts, "committed");
+    const aborted = sum(pts, "aborted");
+    $("v-commits").textContent = pts.length ? (committed / secs).toFixed(committed / secs < 10 ? 1 : 0) : "–";
+    const decided = committed + aborted;
+    const rate = decided ? aborted / decided : null;
+    $("v-abort").textContent = fmtPct(rate);
+    $("n-abort").textContent = decided ? aborted + " of " + decided + " decisions, last 60 s" : "no decision in the last 60 s";
+    $("card-abort").classList.toggle("warn", rate !== null && rate > 0.1);
+    const lat = state.series.recentLatency;
+    $("v-latency").textContent = lat && lat.p95 !== null ? fmtLatency(lat.p95) : "–";
+    $("n-latency").textContent = lat && lat.n ? lat.n + " commits, last 60 s (max " + fmtLatency(lat.max) + ")" : "no commit in the last 60 s";
+  }
+
+  function heuristicRows() {
+    const snap = state.snap;
+    if (!snap) return [];
+    const seen = new Set();
+    const out = [];
+    for (const r of [...snap.inflight.rows, ...(snap.recent.rows || [])]) {
+      if (r.heuristic && !r.heuristic_acknowledged && !seen.has(r.txid)) {
+        seen.add(r.txid);
+        out.push(r);
+      }
+    }
+    return out;
+  }
+
+  // -- transactions -----------------------------------------------------------------------
+  function matches(row, q) {
+    if (!q) return true;
+    const hay = [row.txid, row.state, row.decision_reason || ""];
+    for (const [k, v] of Object.entries(row.labels || {})) hay.push(k + ":" + v, k + "=" + v);
+    for (const p of row.participants) hay.push(p.name, p.url, p.last_error || "", p.vote_reason || "");
+    return hay.some((x) => x.toLowerCase().includes(q));
+  }
+
+  function labelChips(labels) {
+    const entries = Object.entries(labels || {});
+    if (!entries.length) return null;
+    return h("div", { class: "labels" }, entries.map(([k, v]) => h("span", { class: "label" }, k + " ", h("b", {}, v))));
+  }
+
+  function txLink(txid) {
+    return h("a", { class: "txid", href: "#/tx/" + encodeURIComponent(txid), title: txid }, txid);
+  }
+
+  function participantLines(parts) {
+    if (!parts.length) return h("span", { class: "muted" }, "none enlisted");
+    return h(
+      "div",
+      { class: "plist" },
+      parts.map((p) =>
+        h(
+          "div",
+          { class: "pline", title: p.url },
+          h("span", { class: "pname" }, p.name),
+          pill("v-" + (p.vote || "none"), p.vote ? "vote " + p.vote : "no vote", p.vote_reason || undefined),
+          pill("p-" + p.phase2, p.phase2.replace("_", " ")),
+          h("span", { class: "attempts" + (p.attempts > 1 ? " many" : "") }, "×" + p.attempts),
+        ),
+      ),
+    );
+  }
+
+  function lastErrors(parts) {
+    const errs = parts.filter((p) => p.last_error);
+    if (!errs.length) return h("span", { class: "muted" }, "–");
+    return h(
+      "div",
+      {},
+      errs.map((p) => {
+        const text = p.last_error.length > ERROR_PREVIEW ? p.last_error.slice(0, ERROR_PREVIEW) + "…" : p.last_error;
+        return h("div", { class: "err", title: p.last_error }, h("span", { class: "who" }, p.name + ": "), text);
+      }),
+    );
+  }
+
+  function renderTransactions() {
+    const snap = state.snap;
+    const body = $("live-body");
+    const empty = $("live-empty");
+    if (!snap) {
+      body.replaceChildren();
+      empty.hidden = false;
+      empty.className = "empty";
+      empty.textContent = state.authProblem ? "Sign in to see transactions." : "Waiting for the first update…";
+      return;
+    }
+    const q = state.filters.q.trim().toLowerCase();
+    const rows = snap.inflight.rows.filter(
+      (r) => matches(r, q) && (!state.filters.state || r.state === state.filters.state) && (!state.filters.stuckOnly || attention(r).length),
+    );
+    const key = JSON.stringify(rows.map((r) => [r.txid, r.state, r.labels, r.participants, r.heuristic, r.heuristic_acknowledged, attention(r)]));
+    if (!changed("live", key + "|" + q)) {
+      updateAges();
+      renderLiveNote(snap);
+      renderRecent(q);
+      return;
+    }
+    body.replaceChildren(
+      ...rows.map((r) => {
+        const reasons = attention(r);
+        const age = ageOf(r);
+        const cls = [reasons.length ? "stuck" : "", reasons.includes("heuristic") ? "heuristic" : ""].join(" ").trim();
+        return h(
+          "tr",
+          { class: cls || null, "data-txid": r.txid, "data-attention": reasons.join(" ") },
+          h("td", {}, txLink(r.txid), labelChips(r.labels)),
+          h("td", {}, pill("s-" + r.state, r.state)),
+          h("td", { class: "age" + (age > state.stuckAfterS ? " old" : ""), "data-created": r.created_at }, fmtAge(age)),
+          h("td", {}, participantLines(r.participants)),
+          h("td", {}, lastErrors(r.participants)),
+          h("td", {}, reasons.length ? attentionPills(reasons) : h("span", { class: "muted" }, "–")),
+          h("td", {}, h("a", { href: "#/tx/" + encodeURIComponent(r.txid) }, "details →")),
+        );
+      }),
+    );
+    empty.hidden = rows.length > 0;
+    if (!rows.length) {
+      const filtered = q || state.filters.state || state.filters.stuckOnly;
+      empty.className = filtered ? "empty" : "empty ok";
+      empty.replaceChildren(filtered ? "No in-flight transaction matches." : "No transaction in flight.");
+      if (q.length >= PREFIX_SEARCH_MIN) {
+        empty.append(" ", h("a", { href: "#/tx/" + encodeURIComponent(state.filters.q.trim()) }, "Open transaction “" + state.filters.q.trim() + "” →"));
+      }
+    }
+    renderLiveNote(snap);
+    renderRecent(q);
+  }
+
+  function renderLiveNote(snap) {
+    const inf = snap.inflight;
+    $("live-note").textContent = inf.truncated
+      ? "showing " + inf.rows.length + " of " + inf.total + " in flight (flagged first, then oldest)"
+      : "node " + snap.node.node_id + "'s applied state · applied index " + fmtNum(snap.cluster.status.applied_index);
+  }
+
+  function renderRecent(q) {
+    const snap = state.snap;
+    const rows = (snap.recent.rows || []).filter((r) => (r.state === "committed" || r.state === "aborted") && matches(r, q));
+    if (!changed("recent", JSON.stringify([rows.map((r) => [r.txid, r.state, r.heuristic_acknowledged]), q]))) return;
+    $("recent-body").replaceChildren(
+      ...rows.map((r) => {
+        const took = r.completed_at && r.created_at ? epoch(r.completed_at) - epoch(r.created_at) : null;
+        const heur = r.heuristic && !r.heuristic_acknowledged;
+        return h(
+          "tr",
+          { class: heur ? "heuristic" : null, "data-txid": r.txid },
+          h("td", {}, txLink(r.txid)),
+          h("td", {}, pill("o-" + (r.outcome || "none"), r.outcome || "–"), heur ? [" ", pill("heuristic", "heuristic " + r.heuristic)] : null),
+          h("td", {}, labelChips(r.labels)),
+          h("td", {}, r.participants.map((p) => p.name).join(", ") || h("span", { class: "muted" }, "none")),
+          h("td", { class: "age", title: r.created_at }, fmtClock(r.created_at)),
+          h("td", { class: "age" }, took === null ? "–" : fmtAge(took)),
+          h("td", { class: "muted" }, r.decision_reason || ""),
+        );
+      }),
+    );
+    $("recent-empty").hidden = rows.length > 0;
+    $("recent-note").textContent = "newest " + (snap.recent.rows || []).length + " transactions, finished ones shown";
+  }
+
+  // -- one transaction --------------------------------------------------------------------
+  async function loadDetail() {
+    const d = state.detail;
+    const txid = d.txid;
+    if (!txid || d.busy) return;
+    d.busy = true;
+    try {
+      const enc = encodeURIComponent(txid);
+      const [tx, tl] = await Promise.all([api("GET", "/v1/transactions/" + enc), api("GET", "/v1/transactions/" + enc + "/timeline")]);
+      if (d.txid !== txid) return;
+      if (JSON.stringify([tx, tl.events]) !== JSON.stringify([d.tx, d.timeline]) || d.error) d.version += 1;
+      d.tx = tx;
+      d.timeline = tl.events;
+      d.error = null;
+    } catch (e) {
+      if (d.txid !== txid) return;
+      d.error = e;
+      d.version += 1;
+    } finally {
+      d.busy = false;
+    }
+    scheduleRender();
+  }
+
+  function openDetail(txid) {
+    const d = state.detail;
+    if (d.txid === txid) return;
+    closeDetail();
+    d.txid = txid;
+    d.tx = null;
+    d.timeline = null;
+    d.error = null;
+    d.version += 1;
+    loadDetail();
+    d.timer = setInterval(() => {
+      if (!d.tx || !["committed", "aborted"].includes(d.tx.state) || d.tx.heuristic) loadDetail();
+    }, DETAIL_REFRESH_MS);
+  }
+
+  function closeDetail() {
+    const d = state.detail;
+    if (d.timer) clearInterval(d.timer);
+    d.timer = null;
+    d.txid = null;
+  }
+
+  function fact(label, value, wide) {
+    return [h("div", { class: wide ? "wide" : null }, h("dt", {}, label), h("dd", {}, value === null || value === undefined || value === "" ? "–" : value))];
+  }
+
+  function renderDetail() {
+    const d = state.detail;
+    if (d.shown === d.version || (d.shown >= 0 && selecting())) {
+      updateAges();
+      return;
+    }
+    d.shown = d.version;
+    const box = $("tx-content");
+    if (d.error) {
+      const e = d.error;
+      box.replaceChildren(
+        h("div", { class: "banner error" }, h("b", {}, e.status ? "HTTP " + e.status : "Error"), h("span", {}, e.status === 404 ? "No transaction " + d.txid + " is known to the group." : e.message)),
+      );
+      return;
+    }
+    const t = d.tx;
+    if (!t) {
+      box.replaceChildren(h("p", { class: "muted" }, "Loading " + d.txid + "…"));
+      return;
+    }
+    const created = epoch(t.created_at);
+    const end = epoch(t.completed_at) || serverNowS();
+    const undecided = t.outcome === null;
+    const inPhase2 = t.state === "committing" || t.state === "aborting";
+    const heurOpen = Boolean(t.heuristic) && !t.heuristic_acknowledged;
+    const head = h(
+      "div",
+      { class: "tx-head" },
+      h("span", { class: "txid", id: "tx-id" }, t.txid),
+      pill("s-" + t.state, t.state),
+      t.outcome ? pill("o-" + t.outcome, "outcome " + t.outcome) : pill("muted", "undecided"),
+      t.heuristic ? pill("heuristic", "heuristic " + t.heuristic + (t.heuristic_acknowledged ? " (acknowledged)" : "")) : null,
+    );
+    const facts = h(
+      "dl",
+      { class: "facts" },
+      fact("Began", fmtClock(t.created_at, true)),
+      fact("Expires", fmtClock(t.expires_at, true)),
+      fact("Prepare started", t.prepare_started_at ? fmtClock(t.prepare_started_at, true) : null),
+      fact("Decided", t.decided_at ? fmtClock(t.decided_at, true) : null),
+      fact("Completed", t.completed_at ? fmtClock(t.completed_at, true) : null),
+      fact(t.completed_at ? "Took" : "Age", t.completed_at ? fmtAge(end - created) : h("span", { "data-created": t.created_at }, fmtAge(end - created))),
+      fact("Timeout", t.timeout_s + " s"),
+      fact("Idempotency key", t.idempotency_key),
+      fact("Labels", labelChips(t.labels), true),
+    );
+    const actions = h(
+      "div",
+      { class: "actions" },
+      h("button", { class: "btn danger", id: "act-abort", disabled: !undecided, title: undecided ? "Decide ABORT now" : "Already decided: " + t.outcome, onclick: () => runAction("abort", t) }, "Abort transaction"),
+      h("button", { class: "btn warn", id: "act-retry", disabled: !inPhase2, title: inPhase2 ? "Send the outcome to waiting participants now" : "Nothing to retry", onclick: () => runAction("retry", t) }, "Retry phase 2 now"),
+      h("button", { class: "btn ghost", id: "act-ack", disabled: !heurOpen, title: heurOpen ? "Record that an operator has dealt with it" : "No open heuristic report", onclick: () => runAction("ack", t) }, "Acknowledge heuristic"),
+      h("span", { class: "hint" }, "There is no “force commit”: COMMIT needs every participant's YES (rule 2)."),
+    );
+    const reason = t.decision_reason ? h("div", { class: "reason " + (t.outcome === "abort" ? "abort" : "") }, h("b", {}, "Decision reason: "), t.decision_reason) : null;
+    const parts = h(
+      "div",
+      { class: "table-wrap" },
+      h(
+        "table",
+        { class: "grid", id: "tx-participants" },
+        h("thead", {}, h("tr", {}, ["Participant", "Vote", "Phase 2", "Attempts", "Last attempt", "Acknowledged", "Last error / heuristic", "URL"].map((x) => h("th", {}, x)))),
+        h(
+          "tbody",
+          {},
+          t.participants.map((p) =>
+            h(
+              "tr",
+              { class: p.phase2 === "pending" && p.last_error ? "stuck" : p.heuristic ? "heuristic" : null, "data-participant": p.name },
+              h("td", { class: "pname" }, p.name),
+              h("td", {}, pill("v-" + (p.vote || "none"), p.vote || "no vote"), p.vote_reason ? h("div", { class: "muted small" }, p.vote_reason) : null),
+              h("td", {}, pill("p-" + p.phase2, p.phase2.replace("_", " "))),
+              h("td", { class: "num" }, String(p.attempts)),
+              h("td", { class: "age" }, p.last_attempt_at ? fmtClock(p.last_attempt_at, true) : "–"),
+              h("td", { class: "age" }, p.acked_at ? fmtClock(p.acked_at, true) : "–"),
+              h("td", {}, p.last_error ? h("div", { class: "err" }, p.last_error) : h("span", { class: "muted" }, "–"), p.heuristic ? pill("heuristic", "reported " + p.heuristic) : null),
+              h("td", { class: "mono muted" }, p.url),
+            ),
+          ),
+        ),
+      ),
+    );
+    const begin = d.timeline && d.timeline.length ? epoch(d.timeline[0].at) : created;
+    const timeline = h(
+      "ol",
+      { class: "timeline", id: "tx-timeline" },
+      (d.timeline || []).map((ev) =>
+        h(
+          "li",
+          { "data-kind": ev.kind },
+          h("span", { class: "idx", title: "log index" }, "#" + ev.index),
+          h("span", { class: "when" }, fmtClock(ev.at, true)),
+          h("span", { class: "rel" }, "+" + (epoch(ev.at) - begin).toFixed(3) + " s"),
+          h("span", { class: "kind k-" + ev.kind }, ev.kind.replace(/_/g, " ")),
+          h("span", { class: "detail" }, describe(ev.detail)),
+          ev.detail && ev.detail.state ? pill("s-" + ev.detail.state, ev.detail.state) : h("span"),
+        ),
+      ),
+    );
+    box.replaceChildren(head, facts, reason || "", actions, h("h2", {}, "Participants (" + t.participants.length + ")"), parts, h("h2", {}, "Timeline (commands applied from the log)"), timeline);
+  }
+
+  function describe(detail) {
+    if (!detail) return "";
+    return Object.entries(detail)
+      .filter(([k, v]) => k !== "state" && v !== null && v !== undefined && !(k === "status" && v === "ok"))
+      .map(([k, v]) => k + "=" + (typeof v === "object" ? JSON.stringify(v) : v))
+      .join("  ");
+  }
+
+  // -- actions ----------------------------------------------------------------------------
+  const ACTIONS = {
+    abort: {
+      title: "Abort this transaction?",
+      text: "The group decides ABORT, durably. Every participant will be told to roll back its work. This cannot be undone.",
+      button: "Abort transaction",
+      path: (txid) => "/v1/transactions/" + encodeURIComponent(txid) + "/abort",
+      done: (r) => "Aborted: state is now " + r.state + ".",
+    },
+    retry: {
+      title: "Retry phase 2 now?",
+      text: "The leader sends the decided outcome again, right now, to every participant that has not acknowledged it, instead of waiting for the next backoff.",
+      button: "Retry now",
+      path: (txid) => "/v1/transactions/" + encodeURIComponent(txid) + "/retry",
+      done: (r) => (r.retrying ? "Phase 2 retried now (state " + r.state + ")." : "No phase-2 driver was waiting; the leader's supervisor will resume it."),
+    },
+    ack: {
+      title: "Acknowledge the heuristic outcome?",
+      text: "Record that an operator has dealt with the participants whose outcome contradicts the decision. The flag stays in the record, marked acknowledged.",
+      button: "Acknowledge",
+      path: (txid) => "/v1/transactions/" + encodeURIComponent(txid) + "/heuristic/acknowledge",
+      done: () => "Heuristic outcome acknowledged.",
+    },
+  };
+
+  async function runAction(kind, t) {
+    const a = ACTIONS[kind];
+    const ok = await confirmDialog(a.title, [h("p", {}, "Transaction ", h("span", { class: "txid" }, t.txid), " (" + t.state + ")."), h("p", {}, a.text)], a.button, kind !== "ack");
+    if (!ok) return;
+    try {
+      const r = await api("POST", a.path(t.txid));
+      toast(a.done(r));
+    } catch (e) {
+      toast(a.button + " failed: HTTP " + e.status + " " + e.code + " – " + e.message, true);
+    }
+    loadDetail();
+  }
+
+  async function transferLeadership(member) {
+    const ok = await confirmDialog(
+      "Transfer leadership to " + (member.node_id || "node " + member.id) + "?",
+      [h("p", {}, "The current leader hands over to this member once its log is up to date. Commits pause for about an election's time; in-flight transactions carry on under the new leader.")],
+      "Transfer leadership",
+      true,
+    );
+    if (!ok) return;
+    try {
+      await api("POST", "/dashboard/api/transfer-leadership", { to: member.id });
+      toast("Leadership transfer to " + (member.node_id || member.id) + " requested.");
+    } catch (e) {
+      toast("Transfer failed: HTTP " + e.status + " " + e.code + " – " + e.message, true);
+    }
+  }
+
+  function confirmDialog(title, body, button, danger) {
+    const dlg = $("confirm");
+    $("confirm-title").textContent = title;
+    $("confirm-body").replaceChildren(...body);
+    const ok = $("confirm-ok");
+    ok.textContent = button;
+    ok.className = "btn " + (danger ? "danger" : "warn");
+    return new Promise((resolve) => {
+      const finish = (v) => {
+        ok.onclick = null;
+        $("confirm-cancel").onclick = null;
+        dlg.onclose = null;
+        if (dlg.open) dlg.close();
+        resolve(v);
+      };
+      ok.onclick = () => finish(true);
+      $("confirm-cancel").onclick = () => finish(false);
+      dlg.onclose = () => finish(false);
+      dlg.showModal();
+      $("confirm-cancel").focus();
+    });
+  }
+
+  function toast(text, error) {
+    const t = h("div", { class: "toast" + (error ? " error" : ""), role: error ? "alert" : "status" }, text);
+    $("toasts").append(t);
+    setTimeout(() => t.remove(), TOAST_MS);
+  }
+
+  // -- cluster ----------------------------------------------------------------------------
+  function renderCluster() {
+    const snap = state.snap;
+    if (!snap) return;
+    const st = snap.cluster.status;
+    const views = snap.cluster.views || {};
+    const selfId = st.id !== undefined ? st.id : st.node_id;
+    const viewOf = (id) => (String(id) === String(selfId) ? { ok: true, status: st } : views[String(id)]);
+    const leaderView = st.role === "leader" || st.mode === "single-node" ? st : (viewOf(st.leader_id) || {}).status;
+    const viewKey = Object.entries(views).map(([k, v]) => [k, v.ok, v.error, v.status && [v.status.role, v.status.term, v.status.commit_index, v.status.applied_index, v.status.members]]);
+    if (!changed("cluster", JSON.stringify([st, viewKey]))) return;
+    const leaderMembers = {};
+    for (const m of (leaderView && leaderView.members) || []) leaderMembers[String(m.id)] = m;
+    $("cluster-summary").replaceChildren(
+      summaryCard("Leader", st.leader || "none", st.leader_url || "no leader elected"),
+      summaryCard("Term", fmtNum(st.term), st.mode === "raft" ? "leader changes seen here: " + fmtNum(st.leader_changes) : "single node, no Raft"),
+      summaryCard("Commit index", fmtNum(st.commit_index), "as " + snap.node.node_id + " knows it"),
+      summaryCard("Applied index", fmtNum(st.applied_index), "apply lag " + fmtNum(Math.max(0, st.commit_index - st.applied_index))),
+      summaryCard("Members", fmtNum((st.members || []).length), (st.members || []).filter((m) => m.voter).length + " voters"),
+    );
+    $("members-body").replaceChildren(
+      ...(st.members || []).map((m) => {
+        const v = viewOf(m.id) || { ok: false, error: "not polled yet" };
+        const own = v.status;
+        const lm = leaderMembers[String(m.id)] || {};
+        const lag = lm.lag;
+        const isLeader = own ? own.role === "leader" : m.role === "leader";
+        const healthPills = [];
+        if (!v.ok) healthPills.push(pill("down", "unreachable", v.error));
+        else if (lm.healthy === false) healthPills.push(pill("warn", "not heard by leader"));
+        else if (lag !== null && lag !== undefined && lag > LAG_WARN_ENTRIES) healthPills.push(pill("warn", "lagging"));
+        else healthPills.push(pill("ok", "healthy"));
+        const canLead = st.mode === "raft" && m.voter && !isLeader && v.ok;
+        return h(
+          "tr",
+          { "data-member": m.node_id || m.id, class: v.ok ? null : "stuck" },
+          h("td", {}, h("b", {}, m.node_id || String(m.id)), String(m.id) === String(selfId) ? h("span", { class: "muted small" }, "  (this page)") : null),
+          h("td", {}, h("div", { class: "health" }, healthPills, v.ok ? null : h("span", { class: "muted small" }, v.error))),
+          h("td", {}, pill(own ? own.role : m.role, own ? own.role : m.role), m.voter ? null : pill("learner", "learner")),
+          h("td", { class: "num" }, own ? fmtNum(own.term) : "–"),
+          h("td", { class: "num" }, own ? fmtNum(own.commit_index) : "–"),
+          h("td", { class: "num" }, own ? fmtNum(own.applied_index) : "–"),
+          h("td", { class: "num" }, lag === null || lag === undefined ? "–" : fmtNum(lag) + " entries"),
+          h("td", { class: "num" }, lm.match_index === null || lm.match_index === undefined ? "–" : fmtNum(lm.match_index)),
+          h("td", { class: "mono muted" }, m.url),
+          h("td", {}, canLead ? h("button", { class: "btn ghost small", "data-transfer": m.id, onclick: () => transferLeadership(m) }, "Make leader") : null),
+        );
+      }),
+    );
+    $("cluster-note").textContent =
+      "Term, commit and applied index are as each node reports them (fetched by " +
+      snap.node.node_id +
+      " every " +
+      snap.cluster.poll_s +
+      " s); replication lag and match index are the leader's view. Leadership transfers go to the leader's API.";
+  }
+
+  function summaryCard(label, value, note) {
+    return h("div", { class: "card" }, h("div", { class: "card-label" }, label), h("div", { class: "card-value" }, value), h("div", { class: "card-note" }, note));
+  }
+
+  // -- participants -----------------------------------------------------------------------
+  function renderParticipants() {
+    const snap = state.snap;
+    const byName = new Map();
+    const entry = (name) => {
+      if (!byName.has(name)) byName.set(name, { name, stats: null, urls: new Set(), inflight: 0, stuck: 0 });
+      return byName.get(name);
+    };
+    for (const p of state.participants) entry(p.name).stats = p;
+    if (snap) {
+      for (const r of snap.inflight.rows) {
+        const stuck = attention(r).length > 0;
+        for (const p of r.participants) {
+          const e = entry(p.name);
+          e.urls.add(p.url);
+          e.inflight += 1;
+          if (stuck) e.stuck += 1;
+        }
+      }
+      for (const r of snap.recent.rows || []) for (const p of r.participants) entry(p.name).urls.add(p.url);
+    }
+    const rank = { down: 0, degraded: 1, ok: 2, idle: 3 };
+    const list = [...byName.values()].sort((a, b) => (rank[a.stats ? a.stats.status : "idle"] - rank[b.stats ? b.stats.status : "idle"]) || a.name.localeCompare(b.name));
+    $("participants-body").replaceChildren(
+      ...list.map((e) => {
+        const st = e.stats;
+        const status = st ? st.status : "idle";
+        const lat = st ? st.latency : null;
+        const rate = st ? st.success_rate : null;
+        return h(
+          "tr",
+          { class: status === "down" ? "stuck" : null, "data-participant": e.name },
+          h("td", {}, h("b", {}, e.name), h("div", { class: "mono muted" }, [...e.urls].join(" "))),
+          h("td", {}, pill(status, status, st && st.consecutive_failures ? st.consecutive_failures + " failed in a row" : undefined)),
+          h("td", { class: "num" }, st ? fmtNum(st.calls) : "–"),
+          h("td", { class: "num" }, st ? fmtNum(st.failures) : "–"),
+          h("td", {}, h("div", { class: "rate" }, h("div", { class: "bar" + (rate === null ? " none" : "") }, rateBar(rate)), h("span", {}, fmtPct(rate)))),
+          h("td", { class: "num", title: lat && lat.n ? lat.n + " timed calls" : "no timed call in the window" }, lat && lat.n ? fmtLatency(lat.avg) + " · " + fmtLatency(lat.p95) + " · " + fmtLatency(lat.max) : "–"),
+          h("td", { class: "num" }, fmtNum(e.inflight), e.stuck ? h("div", { class: "small", style: null }, pill("bad", e.stuck + " stuck")) : null),
+          h("td", {}, st && st.last_error ? [h("div", { class: "err" }, st.last_error), h("div", { class: "muted small" }, fmtWhen(st.last_error_at))] : h("span", { class: "muted" }, "–")),
+          h("td", { class: "age" }, st ? fmtWhen(st.last_ok_at) : "–"),
+        );
+      }),
+    );
+    $("participants-empty").hidden = list.length > 0;
+    const src = state.series.nodeId ? "counted by the leader, " + state.series.nodeId : "counted by the leader";
+    $("participants-note").textContent =
+      "Protocol calls (prepare, commit, abort) over the last " +
+      (state.participants[0] ? Math.round(state.participants[0].window_s / 60) : 5) +
+      " minutes, " +
+      src +
+      ". A failure is a call that got no answer or a 5xx; a NO vote is an answer. " +
+      (state.series.error ? "⚠ " + state.series.error : "");
+  }
+
+  function rateBar(rate) {
+    const span = h("span");
+    span.style.width = rate === null ? "0" : (rate * 100).toFixed(1) + "%";
+    return span;
+  }
+
+  // -- charts -----------------------------------------------------------------------------
+  function renderActivity() {
+    const pts = state.series.points;
+    const src = state.series.nodeId || "the leader";
+    $("activity-note").textContent =
+      "Last " + Math.round((pts.length || 600) / 60) + " minutes, one point per second, as counted by " + src + " (only the leader runs 2PC; a new leader starts its own count)." + (state.series.error ? " ⚠ " + state.series.error : "");
+    if (!pts.length) return;
+    const t0 = pts[0].t;
+    const t1 = pts[pts.length - 1].t;
+    const tMin = Math.min(t0, t1 - 599);
+    drawChart($("chart-throughput"), tMin, t1, [
+      { name: "committed/s", color: "#3fb950", area: true, pts: pts.map((p) => [p.t, p.committed]) },
+      { name: "aborted/s", color: "#f85149", pts: pts.map((p) => [p.t, p.aborted]) },
+      { name: "begun/s", color: "#8d99a8", dash: "4 3", pts: pts.map((p) => [p.t, p.begun]) },
+    ], (v) => fmtRateAxis(v));
+    drawChart($("chart-latency"), tMin, t1, [
+      { name: "p95", color: "#f0883e", pts: pts.map((p) => [p.t, p.lat.p95]) },
+      { name: "average", color: "#58a6ff", pts: pts.map((p) => [p.t, p.lat.avg]) },
+    ], fmtLatency);
+    const buckets = [];
+    for (let i = 0; i < pts.length; i += ABORT_BUCKET_S) {
+      const chunk = pts.slice(i, i + ABORT_BUCKET_S);
+      const c = sum(chunk, "committed");
+      const a = sum(chunk, "aborted");
+      buckets.push([chunk[0].t, c + a ? a / (c + a) : null]);
+    }
+    drawChart($("chart-abort"), tMin, t1, [{ name: "aborted %", color: "#f85149", bars: ABORT_BUCKET_S, pts: buckets }], (v) => (v * 100).toFixed(0) + "%", 1);
+    drawChart($("chart-retries"), tMin, t1, [
+      { name: "phase-2 retries/s", color: "#d29922", pts: pts.map((p) => [p.t, p.retries]) },
+      { name: "failed participant calls/s", color: "#db61a2", pts: pts.map((p) => [p.t, p.call_failures]) },
+    ], fmtRateAxis);
+  }
+
+  function fmtRateAxis(v) {
+    return v >= 1000 ? (v / 1000).toFixed(1) + "k" : v >= 10 || v === 0 ? v.toFixed(0) : v.toFixed(1);
+  }
+
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+    return 10 * p;
+  }
+
+  function drawChart(fig, tMin, tMax, series, fmtY, fixedMax) {
+    const W = 640;
+    const H = 220;
+    const L = 56;
+    const R = 12;
+    const T = 10;
+    const B = 24;
+    let max = 0;
+    for (const sr of series) for (const [, v] of sr.pts) if (v !== null && v > max) max = v;
+    const yMax = fixedMax || niceMax(max * 1.1);
+    const x = (t) => L + ((t - tMin) / Math.max(1, tMax - tMin)) * (W - L - R);
+    const y = (v) => T + (1 - v / yMax) * (H - T - B);
+    const svg = s("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img" });
+    for (let i = 0; i <= 4; i++) {
+      const v = (yMax * i) / 4;
+      svg.append(s("line", { class: "gridline", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
+      svg.append(s("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, fmtY(v)));
+    }
+    for (const back of [600, 450, 300, 150, 0]) {
+      const t = tMax - back;
+      if (t < tMin) continue;
+      svg.append(s("text", { x: x(t), y: H - 6, "text-anchor": back === 0 ? "end" : "middle" }, back === 0 ? "now" : "−" + back / 60 + " min"));
+    }
+    for (const sr of series) {
+      if (sr.bars) {
+        const w = Math.max(1, x(tMin + sr.bars) - x(tMin) - 1);
+        for (const [t, v] of sr.pts) if (v !== null) svg.append(s("rect", { x: x(t), y: y(v), width: w, height: Math.max(0, y(0) - y(v)), fill: sr.color, opacity: 0.8 }));
+        continue;
+      }
+      let d = "";
+      let open = false;
+      let firstX = null;
+      let lastX = null;
+      for (const [t, v] of sr.pts) {
+        if (v === null || v === undefined) {
+          open = false;
+          continue;
+        }
+        d += (open ? "L" : "M") + x(t).toFixed(1) + " " + y(v).toFixed(1);
+        if (firstX === null) firstX = x(t);
+        lastX = x(t);
+        open = true;
+      }
+      if (!d) continue;
+      if (sr.area && firstX !== null) svg.append(s("path", { d: d + "L" + lastX.toFixed(1) + " " + y(0) + "L" + firstX.toFixed(1) + " " + y(0) + "Z", fill: sr.color, opacity: 0.15, stroke: "none" }));
+      const attrs = { d, fill: "none", stroke: sr.color, "stroke-width": 1.6, "stroke-linejoin": "round", "vector-effect": "non-scaling-stroke" };
+      if (sr.dash) attrs["stroke-dasharray"] = sr.dash;
+      svg.append(s("path", attrs));
+    }
+    const legend = h(
+      "div",
+      { class: "legend" },
+      series.map((sr) => {
+        const vals = sr.pts.filter(([, v]) => v !== null && v !== undefined);
+        const last = vals.length ? vals[vals.length - 1][1] : null;
+        const i = h("i");
+        i.style.background = sr.color;
+        return h("span", {}, i, sr.name + " ", h("b", {}, last === null ? "–" : fmtY(last)));
+      }),
+    );
+    fig.querySelector(".chart-body").replaceChildren(legend, svg);
+  }
+
+  // -- routing and wiring -----------------------------------------------------------------
+  function currentRoute() {
+    const hash = location.hash.replace(/^#\/?/, "");
+    if (hash.startsWith("tx/")) return { view: "tx", tab: "transactions", txid: decodeURIComponent(hash.slice(3)) };
+    const tab = ["cluster", "participants", "activity"].includes(hash) ? hash : "transactions";
+    return { view: tab, tab };
+  }
+
+  function onRoute() {
+    const route = currentRoute();
+    if (route.view === "tx") openDetail(route.txid);
+    else closeDetail();
+    render();
+  }
+
+  function wire() {
+    $("auth-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const v = $("token-input").value.trim();
+      $("token-input").value = "";
+      if (v) setToken(v);
+    });
+    $("sign-out").addEventListener("click", () => setToken(""));
+    $("q").addEventListener("input", (e) => {
+      state.filters.q = e.target.value;
+      scheduleRender();
+    });
+    $("state-filter").addEventListener("change", (e) => {
+      state.filters.state = e.target.value;
+      scheduleRender();
+    });
+    $("stuck-only").addEventListener("change", (e) => {
+      state.filters.stuckOnly = e.target.checked;
+      scheduleRender();
+    });
+    const thr = $("stuck-after");
+    thr.value = String(state.stuckAfterS);
+    thr.addEventListener("change", () => {
+      const v = Number(thr.value);
+      if (v > 0) {
+        state.stuckAfterS = clampThreshold(v);
+        localStorage.setItem(STUCK_AFTER_KEY, String(state.stuckAfterS));
+      }
+      thr.value = String(state.stuckAfterS);
+      scheduleRender();
+    });
+    window.addEventListener("hashchange", onRoute);
+    document.addEventListener("pointerdown", () => {
+      state.holding = true;
+    });
+    const release = () => {
+      state.holding = false;
+      scheduleRender();
+    };
+    document.addEventListener("pointerup", release);
+    document.addEventListener("pointercancel", release);
+    setInterval(() => {
+      renderChrome();
+      const route = currentRoute();
+      if (state.holding) return;
+      if (state.snap && route.view === "participants") render();
+      else updateAges();
+    }, TICK_MS);
+  }
+
+  async function start() {
+    wire();
+    try {
+      const r = await fetch("/dashboard/api/info", { cache: "no-store" });
+      const info = await r.json();
+      state.authRequired = info.auth_required;
+    } catch (_e) {
+      state.authRequired = null;
+    }
+    onRoute();
+    streamLoop();
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();
