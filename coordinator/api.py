@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coordinator import dashboard, model
+from coordinator import dashboard, logs, model
 from coordinator.auth import ANONYMOUS, Principal, Role, TokenTable, parse_tokens
 from coordinator.engine import EngineError
 from coordinator.log import LogUnavailable, NotLeader
@@ -223,6 +223,24 @@ class BodyLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         resp = error_response(413, "body_too_large", f"request body over {self.max_bytes} bytes")
         await resp(scope, receive, send)
+
+
+class RequestContext:
+    """Puts the request's transaction id and W3C `traceparent` into the logging context
+    (coordinator.logs); tasks started while serving the request inherit them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            logs.txid_var.set(logs.txid_from_path(scope.get("path", "")))
+            tp = None
+            for name, value in scope.get("headers", []):
+                if name == b"traceparent":
+                    tp = logs.valid_traceparent(value.decode("latin-1"))
+            logs.traceparent_var.set(tp)
+        await self.app(scope, receive, send)
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -598,4 +616,5 @@ def create_app(node: Any) -> FastAPI:
 
     app.include_router(dashboard.router(node))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext)
     return app

@@ -213,17 +213,11 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
     import uvicorn
 
-    from coordinator import config
+    from coordinator import config, logs
     from coordinator.node import build_app
 
-    logging.basicConfig(
-        level=os.environ.get("TXC_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     try:
         settings = config.load(
             args.config,
@@ -235,6 +229,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         print(f"txc serve: configuration error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    logs.configure(
+        settings.node_id,
+        os.environ.get("TXC_LOG_LEVEL", "INFO"),
+        os.environ.get("TXC_LOG_FORMAT", "json"),
+    )
     try:
         app = build_app(settings)
     except Exception as e:  # the database is unreachable or refuses the migrations

@@ -32,6 +32,7 @@ from coordinator.commands import (
 )
 from coordinator.config import Settings
 from coordinator.log import CommandLog
+from coordinator.logs import txid_var
 from coordinator.metrics import Metrics
 from coordinator.model import Outcome, Participant, Phase2, Transaction, TxState, Vote
 from coordinator.participant_client import ParticipantClient, Reply
@@ -211,6 +212,7 @@ class Engine:
     # -- phase 1 ----------------------------------------------------------------------------
 
     async def _commit_flow(self, txid: str) -> Transaction:
+        txid_var.set(txid)
         started = self.clock()
         r = await self._propose_one(StartPrepare(txid=txid, at=started))
         if r.txn is None:
@@ -300,6 +302,7 @@ class Engine:
     async def _drive_phase2(self, txid: str) -> None:
         """Until every participant acknowledged: capped exponential backoff, never giving up
         (rule 6). Each failed message is recorded so that operators see why."""
+        txid_var.set(txid)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Phase2Incomplete),
             wait=wait_exponential_jitter(

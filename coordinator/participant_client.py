@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from coordinator.logs import traceparent_var
 from participant_sdk.signing import signed_headers
 
 MAX_REPLY_BYTES = 64 * 1024  # a participant's answer is a small JSON document
@@ -67,6 +68,9 @@ class ParticipantClient:
         payload = json.dumps({"txid": txid, "participant": participant}).encode()
         url = action_url(base_url, action)
         headers = {"Content-Type": "application/json"}
+        traceparent = traceparent_var.get()
+        if traceparent:
+            headers["traceparent"] = traceparent  # W3C trace context, on to the participant
         if self.token:
             headers |= signed_headers(self.token, "POST", url, payload)
         try:

@@ -30,6 +30,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 import txc_demo.bank as bank
+from coordinator.auth import Role, parse_tokens
 from coordinator.cli import build_parser
 from coordinator.config import Settings, load
 
@@ -50,7 +51,6 @@ SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD")
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 DECLARED_SECRETS: dict[str, dict[str, Any]] = COMPOSE.get("secrets") or {}
-DUMMY_SECRETS = {name: f"dummy-{name}-value" for name in DECLARED_SECRETS}
 SETTING_NAMES = {f.name for f in dataclasses.fields(Settings)}
 
 

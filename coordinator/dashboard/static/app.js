@@ -23,6 +23,9 @@
   const DETAIL_REFRESH_MS = 1500; // an open transaction page is re-read this often
   const RATE_WINDOW_S = 60; // the cards' rates cover this many seconds
   const ABORT_BUCKET_S = 10; // the abort-rate chart's bars
+  const CHART_BUCKET_S = 5; // the other charts average this many seconds per point
+  const SERIES_SPAN_S = 600; // the server keeps ten minutes of seconds
+  const MAX_TIMELINE_ROWS = 500; // a transaction page lists at most this many timeline rows
   const TOAST_MS = 7000;
   const ERROR_PREVIEW = 220; // characters of an error shown in a table cell
   const LAG_WARN_ENTRIES = 100; // a follower this far behind the leader is shown lagging
@@ -102,6 +105,7 @@
 
   function fmtLatency(v) {
     if (v === null || v === undefined) return "–";
+    if (v === 0) return "0";
     if (v < 0.001) return (v * 1e6).toFixed(0) + " µs";
     if (v < 1) return (v * 1000).toFixed(v < 0.01 ? 1 : 0) + " ms";
     return v.toFixed(2) + " s";
@@ -729,24 +733,45 @@
         ),
       ),
     );
-    const begin = d.timeline && d.timeline.length ? epoch(d.timeline[0].at) : created;
-    const timeline = h(
-      "ol",
-      { class: "timeline", id: "tx-timeline" },
-      (d.timeline || []).map((ev) =>
+    const events = d.timeline || [];
+    const begin = events.length ? epoch(events[0].at) : created;
+    const timeline = h("ol", { class: "timeline", id: "tx-timeline" });
+    for (const g of groupRepeats(events).slice(0, MAX_TIMELINE_ROWS)) {
+      const ev = g.first;
+      timeline.append(
         h(
           "li",
           { "data-kind": ev.kind },
           h("span", { class: "idx", title: "log index" }, "#" + ev.index),
           h("span", { class: "when" }, fmtClock(ev.at, true)),
           h("span", { class: "rel" }, "+" + (epoch(ev.at) - begin).toFixed(3) + " s"),
-          h("span", { class: "kind k-" + ev.kind }, ev.kind.replace(/_/g, " ")),
-          h("span", { class: "detail" }, describe(ev.detail)),
+          h("span", { class: "kind k-" + ev.kind }, ev.kind.replace(/_/g, " "), g.count > 1 ? " ×" + g.count : ""),
+          h(
+            "span",
+            { class: "detail" },
+            describe(ev.detail),
+            g.count > 1 ? h("div", { class: "muted" }, g.count + " identical attempts, the last at " + fmtClock(g.last.at, true) + " (#" + g.last.index + ")") : null,
+          ),
           ev.detail && ev.detail.state ? pill("s-" + ev.detail.state, ev.detail.state) : h("span"),
         ),
-      ),
-    );
+      );
+    }
+    if (groupRepeats(events).length > MAX_TIMELINE_ROWS) timeline.append(h("li", { class: "muted" }, "… more entries not shown"));
     box.replaceChildren(head, facts, reason || "", actions, h("h2", {}, "Participants (" + t.participants.length + ")"), parts, h("h2", {}, "Timeline (commands applied from the log)"), timeline);
+  }
+
+  /* Phase-2 attempts that failed the same way, one after the other, read as one row: a
+     transaction stuck for hours has thousands of them. */
+  function groupRepeats(events) {
+    const out = [];
+    for (const ev of events) {
+      const last = out[out.length - 1];
+      if (last && ev.kind === "phase2_attempt" && last.first.kind === ev.kind && JSON.stringify(last.first.detail) === JSON.stringify(ev.detail)) {
+        last.count += 1;
+        last.last = ev;
+      } else out.push({ first: ev, last: ev, count: 1 });
+    }
+    return out;
   }
 
   function describe(detail) {
@@ -938,7 +963,11 @@
           h("td", { class: "num" }, st ? fmtNum(st.calls) : "–"),
           h("td", { class: "num" }, st ? fmtNum(st.failures) : "–"),
           h("td", {}, h("div", { class: "rate" }, h("div", { class: "bar" + (rate === null ? " none" : "") }, rateBar(rate)), h("span", {}, fmtPct(rate)))),
-          h("td", { class: "num", title: lat && lat.n ? lat.n + " timed calls" : "no timed call in the window" }, lat && lat.n ? fmtLatency(lat.avg) + " · " + fmtLatency(lat.p95) + " · " + fmtLatency(lat.max) : "–"),
+          h(
+            "td",
+            { class: "num", title: lat && lat.n ? lat.n + " timed calls" : "the leader has not timed calls to this participant in the window" },
+            lat && lat.n ? fmtLatency(lat.avg) + " · " + fmtLatency(lat.p95) + " · " + fmtLatency(lat.max) : h("span", { class: "muted" }, st && st.calls ? "not measured" : "–"),
+          ),
           h("td", { class: "num" }, fmtNum(e.inflight), e.stuck ? h("div", { class: "small", style: null }, pill("bad", e.stuck + " stuck")) : null),
           h("td", {}, st && st.last_error ? [h("div", { class: "err" }, st.last_error), h("div", { class: "muted small" }, fmtWhen(st.last_error_at))] : h("span", { class: "muted" }, "–")),
           h("td", { class: "age" }, st ? fmtWhen(st.last_ok_at) : "–"),
@@ -969,17 +998,24 @@
     $("activity-note").textContent =
       "Last " + Math.round((pts.length || 600) / 60) + " minutes, one point per second, as counted by " + src + " (only the leader runs 2PC; a new leader starts its own count)." + (state.series.error ? " ⚠ " + state.series.error : "");
     if (!pts.length) return;
-    const t0 = pts[0].t;
     const t1 = pts[pts.length - 1].t;
-    const tMin = Math.min(t0, t1 - 599);
+    const tMin = t1 - SERIES_SPAN_S;
+    const b = bucketed(pts, CHART_BUCKET_S);
+    const rate = (key) => b.map((g) => [g.t, sum(g.pts, key) / g.pts.length]);
     drawChart($("chart-throughput"), tMin, t1, [
-      { name: "committed/s", color: "#3fb950", area: true, pts: pts.map((p) => [p.t, p.committed]) },
-      { name: "aborted/s", color: "#f85149", pts: pts.map((p) => [p.t, p.aborted]) },
-      { name: "begun/s", color: "#8d99a8", dash: "4 3", pts: pts.map((p) => [p.t, p.begun]) },
-    ], (v) => fmtRateAxis(v));
+      { name: "committed/s", color: "#3fb950", area: true, pts: rate("committed"), legend: "avg" },
+      { name: "aborted/s", color: "#f85149", pts: rate("aborted"), legend: "avg" },
+      { name: "begun/s", color: "#8d99a8", dash: "4 3", pts: rate("begun"), legend: "avg" },
+    ], fmtRateAxis);
+    const latency = b.map((g) => {
+      const n = sum(g.pts.map((p) => p.lat), "n");
+      const total = g.pts.reduce((a, p) => a + (p.lat.n ? p.lat.avg * p.lat.n : 0), 0);
+      const p95s = g.pts.map((p) => p.lat.p95).filter((v) => v !== null);
+      return { t: g.t, avg: n ? total / n : null, p95: p95s.length ? Math.max(...p95s) : null };
+    });
     drawChart($("chart-latency"), tMin, t1, [
-      { name: "p95", color: "#f0883e", pts: pts.map((p) => [p.t, p.lat.p95]) },
-      { name: "average", color: "#58a6ff", pts: pts.map((p) => [p.t, p.lat.avg]) },
+      { name: "p95", color: "#f0883e", pts: latency.map((p) => [p.t, p.p95]) },
+      { name: "average", color: "#58a6ff", pts: latency.map((p) => [p.t, p.avg]) },
     ], fmtLatency);
     const buckets = [];
     for (let i = 0; i < pts.length; i += ABORT_BUCKET_S) {
@@ -990,19 +1026,33 @@
     }
     drawChart($("chart-abort"), tMin, t1, [{ name: "aborted %", color: "#f85149", bars: ABORT_BUCKET_S, pts: buckets }], (v) => (v * 100).toFixed(0) + "%", 1);
     drawChart($("chart-retries"), tMin, t1, [
-      { name: "phase-2 retries/s", color: "#d29922", pts: pts.map((p) => [p.t, p.retries]) },
-      { name: "failed participant calls/s", color: "#db61a2", pts: pts.map((p) => [p.t, p.call_failures]) },
+      { name: "phase-2 retries/s", color: "#d29922", pts: rate("retries"), legend: "avg" },
+      { name: "failed participant calls/s", color: "#db61a2", pts: rate("call_failures"), legend: "avg" },
     ], fmtRateAxis);
   }
 
-  function fmtRateAxis(v) {
-    return v >= 1000 ? (v / 1000).toFixed(1) + "k" : v >= 10 || v === 0 ? v.toFixed(0) : v.toFixed(1);
+  /* Groups of `size` seconds aligned on the epoch, so a point does not shift as time goes. */
+  function bucketed(pts, size) {
+    const out = [];
+    for (const p of pts) {
+      const t = p.t - (p.t % size);
+      if (!out.length || out[out.length - 1].t !== t) out.push({ t, pts: [] });
+      out[out.length - 1].pts.push(p);
+    }
+    return out;
   }
 
-  function niceMax(v) {
-    if (!(v > 0)) return 1;
-    const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+  function fmtRateAxis(v) {
+    if (v >= 1000) return (v / 1000).toFixed(1) + "k";
+    if (v >= 10 || v === 0) return v.toFixed(0);
+    return v >= 1 ? v.toFixed(1) : v.toFixed(2);
+  }
+
+  /* A round tick step (1, 2 or 5 times a power of ten) giving about four gridlines. */
+  function niceStep(max) {
+    const raw = max > 0 ? max / 4 : 0.25;
+    const p = Math.pow(10, Math.floor(Math.log10(raw)));
+    for (const m of [1, 2, 5, 10]) if (raw <= m * p) return m * p;
     return 10 * p;
   }
 
@@ -1015,12 +1065,13 @@
     const B = 24;
     let max = 0;
     for (const sr of series) for (const [, v] of sr.pts) if (v !== null && v > max) max = v;
-    const yMax = fixedMax || niceMax(max * 1.1);
+    const step = fixedMax ? fixedMax / 4 : niceStep(max);
+    const yMax = fixedMax || Math.max(step, Math.ceil((max * 1.05) / step) * step);
     const x = (t) => L + ((t - tMin) / Math.max(1, tMax - tMin)) * (W - L - R);
     const y = (v) => T + (1 - v / yMax) * (H - T - B);
     const svg = s("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img" });
-    for (let i = 0; i <= 4; i++) {
-      const v = (yMax * i) / 4;
+    for (let i = 0; i * step <= yMax + 1e-12; i++) {
+      const v = i * step;
       svg.append(s("line", { class: "gridline", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
       svg.append(s("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, fmtY(v)));
     }
@@ -1039,16 +1090,21 @@
       let open = false;
       let firstX = null;
       let lastX = null;
-      for (const [t, v] of sr.pts) {
+      sr.pts.forEach(([t, v], i) => {
         if (v === null || v === undefined) {
           open = false;
-          continue;
+          return;
+        }
+        const prev = i > 0 ? sr.pts[i - 1][1] : null;
+        const next = i + 1 < sr.pts.length ? sr.pts[i + 1][1] : null;
+        if ((prev === null || prev === undefined) && (next === null || next === undefined)) {
+          svg.append(s("circle", { cx: x(t), cy: y(v), r: 2.5, fill: sr.color })); // a lone point
         }
         d += (open ? "L" : "M") + x(t).toFixed(1) + " " + y(v).toFixed(1);
         if (firstX === null) firstX = x(t);
         lastX = x(t);
         open = true;
-      }
+      });
       if (!d) continue;
       if (sr.area && firstX !== null) svg.append(s("path", { d: d + "L" + lastX.toFixed(1) + " " + y(0) + "L" + firstX.toFixed(1) + " " + y(0) + "Z", fill: sr.color, opacity: 0.15, stroke: "none" }));
       const attrs = { d, fill: "none", stroke: sr.color, "stroke-width": 1.6, "stroke-linejoin": "round", "vector-effect": "non-scaling-stroke" };
@@ -1060,10 +1116,12 @@
       { class: "legend" },
       series.map((sr) => {
         const vals = sr.pts.filter(([, v]) => v !== null && v !== undefined);
-        const last = vals.length ? vals[vals.length - 1][1] : null;
+        const recent = vals.filter(([t]) => t > tMax - RATE_WINDOW_S).map(([, v]) => v);
+        let shown = vals.length ? vals[vals.length - 1][1] : null;
+        if (sr.legend === "avg") shown = recent.length ? recent.reduce((a, v) => a + v, 0) / recent.length : null;
         const i = h("i");
         i.style.background = sr.color;
-        return h("span", {}, i, sr.name + " ", h("b", {}, last === null ? "–" : fmtY(last)));
+        return h("span", {}, i, sr.name + " ", h("b", {}, shown === null ? "–" : fmtY(shown)), sr.legend === "avg" ? h("span", {}, " (60 s avg)") : null);
       }),
     );
     fig.querySelector(".chart-body").replaceChildren(legend, svg);
