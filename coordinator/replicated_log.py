@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import signal
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +76,7 @@ class RaftLog:
         heartbeat_ticks: int,
         snapshot_entries: int,
         join: bool = False,
+        on_fatal: Callable[[], None] | None = None,
     ) -> None:
         assert raft_id in peer_urls
         self.engine = engine
@@ -101,6 +104,9 @@ class RaftLog:
         self.leader_changes = 0
         self.snapshot_index = 0
         self.join = join
+        # Crash-only: a node whose storage failed stops (a supervisor restarts it) rather
+        # than serve with a core that believes writes happened.
+        self.on_fatal = on_fatal or _terminate_process
         self.founders = frozenset(peer_urls)
         self.removed = False  # this node was removed from the group
         self._ticks = 0
@@ -313,6 +319,7 @@ class RaftLog:
                     # otherwise; the process supervisor (or operator) restarts it.
                     log.critical("raft storage failed; stopping this node", exc_info=True)
                     self._fail_pending(LogUnavailable("storage failure"))
+                    self.on_fatal()
                     raise
                 self.core.advance(rd)
             self._check_removed()
@@ -505,6 +512,10 @@ class RaftLog:
             term,
             st.last_index,
         )
+
+
+def _terminate_process() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 MEMBER_PREFIX = b'{"member"'
