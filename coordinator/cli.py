@@ -239,7 +239,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except Exception as e:  # the database is unreachable or refuses the migrations
         print(f"txc serve: cannot prepare the database: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=settings.tls_certfile or None,
+        ssl_keyfile=settings.tls_keyfile or None,
+    )
     return EXIT_OK
 
 

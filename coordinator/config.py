@@ -7,6 +7,7 @@ read one table to know how the node behaves (README "Configuration" mirrors it).
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,6 +41,11 @@ class Settings:
     raft_id: int = 0
     join: bool = False  # a new node joining a running group (added by `txc cluster add-node`)
     cluster_secret: str = field(default="", repr=False)
+    # TLS: serve HTTPS with this certificate and key; verify peers and https participants
+    # against this CA bundle (default: the system's).
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_ca_file: str = ""
     raft_tick_s: float = 0.05  # one Raft tick; election timeout = election_ticks..2x ticks
     election_ticks: int = 10
     heartbeat_ticks: int = 1
@@ -62,9 +68,14 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not self.advertise_url:
-            self.advertise_url = f"http://{self.host}:{self.port}"
+            scheme = "https" if self.tls_certfile else "http"
+            self.advertise_url = f"{scheme}://{self.host}:{self.port}"
         if self.peers and self.node_id == "node1" and self.raft_id:
             self.node_id = f"node{self.raft_id}"
+
+    def client_ssl(self) -> ssl.SSLContext:
+        """How this node verifies the servers it calls (peers, participants, the leader)."""
+        return ssl.create_default_context(cafile=self.tls_ca_file or None)
 
     def peer_urls(self) -> dict[int, str]:
         """Parse `peers` ("1=http://a:7000,2=http://b:7000")."""
@@ -95,6 +106,13 @@ class Settings:
                     "production configuration without credentials: set " + "; ".join(missing)
                 )
         from coordinator.auth import TokenConfigError, parse_tokens
+
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ConfigError("tls_certfile and tls_keyfile go together")
+        for name in ("tls_certfile", "tls_keyfile", "tls_ca_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name}: no such file {path}")
 
         try:
             parse_tokens(self.api_tokens, self.api_token)

@@ -37,7 +37,9 @@ class Node:
         self.store = Store(self.db)
         self.metrics = Metrics()
         self.client = ParticipantClient(
-            token=settings.participant_token, connections=settings.participant_connections
+            token=settings.participant_token,
+            connections=settings.participant_connections,
+            ssl_context=settings.client_ssl(),
         )
         self.raft: RaftLog | None = None
         self.log: CommandLog
@@ -53,6 +55,7 @@ class Node:
                 heartbeat_ticks=settings.heartbeat_ticks,
                 snapshot_entries=settings.snapshot_entries,
                 join=settings.join,
+                ssl_context=settings.client_ssl(),
             )
             self.log = self.raft
         else:
@@ -68,7 +71,9 @@ class Node:
         self.engine = Engine(settings, self.log, self.store, self.client, self.metrics)
 
     async def start(self) -> None:
-        self.http = httpx.AsyncClient(timeout=self.settings.forward_timeout_s)
+        self.http = httpx.AsyncClient(
+            timeout=self.settings.forward_timeout_s, verify=self.settings.client_ssl()
+        )
         await self.client.start()
         await self.log.start()
         await self.engine.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,15 +45,23 @@ def action_url(base: str, action: str) -> str:
 
 
 class ParticipantClient:
-    def __init__(self, *, token: str = "", connections: int = 200) -> None:
+    def __init__(
+        self, *, token: str = "", connections: int = 200, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         """`token` is the participant secret: every request is signed with it."""
         assert connections > 0
         self.token = token
         self.connections = connections
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=0, ttl_dns_cache=60)
+        connector = aiohttp.TCPConnector(
+            limit=self.connections,
+            limit_per_host=0,
+            ttl_dns_cache=60,
+            ssl=self.ssl_context or True,
+        )
         self._session = aiohttp.ClientSession(connector=connector)
 
     async def close(self) -> None:

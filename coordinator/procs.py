@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ class Proc:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     new_session: bool = False  # True: Ctrl-C at the terminal reaches only the parent
+    ca_file: str | None = None  # a CA bundle for https URLs with a private CA
 
     def start(self) -> Proc:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
@@ -73,12 +75,15 @@ class Proc:
 
     def wait_ready(self, path: str = "/readyz", timeout_s: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
+        )
         while time.monotonic() < deadline:
             if not self.alive:
                 code = self.proc.returncode if self.proc else None
                 raise RuntimeError(f"{self.name} exited with {code}:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + path, timeout=1).status_code == 200:
+                if httpx.get(self.url + path, timeout=1, verify=verify).status_code == 200:
                     return
             time.sleep(0.05)
         raise RuntimeError(

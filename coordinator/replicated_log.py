@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import signal
+import ssl
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class RaftLog:
         snapshot_entries: int,
         join: bool = False,
         on_fatal: Callable[[], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         assert raft_id in peer_urls
         self.engine = engine
@@ -88,7 +90,7 @@ class RaftLog:
             id=raft_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks
         )
         self.snapshot_entries = snapshot_entries
-        self.transport = Transport(raft_id, secret, lambda: self.urls)
+        self.transport = Transport(raft_id, secret, lambda: self.urls, ssl_context)
         self.core: RaftNode | None = None
         self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=MAX_INBOX)
         self.pending: dict[int, _Pending] = {}

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable
 
@@ -87,18 +88,26 @@ def decode_batch(body: bytes, sender: int, me: int) -> list[Message]:
 
 
 class Transport:
-    def __init__(self, node_id: int, secret: str, peer_urls: Callable[[], dict[int, str]]) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        secret: str,
+        peer_urls: Callable[[], dict[int, str]],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         assert secret, "the cluster secret is required"
         self.node_id = node_id
         self.secret = secret
         self.peer_urls = peer_urls
+        self.ssl_context = ssl_context  # verifies https peers (TLS where configured)
         self.queues: dict[int, asyncio.Queue[Message]] = {}
         self.senders: dict[int, asyncio.Task[None]] = {}
         self.dropped = 0
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        connector = aiohttp.TCPConnector(limit=64, ssl=self.ssl_context or True)
+        self._session = aiohttp.ClientSession(connector=connector)
 
     async def stop(self) -> None:
         for t in self.senders.values():
