@@ -26,6 +26,7 @@ from coordinator.store import Store
 
 log = logging.getLogger("txc.node")
 
+STUCK_AFTER_S = 60.0  # an unfinished transaction older than this counts as stuck
 FORWARDED_HEADERS = {"authorization", "content-type", "accept", "traceparent"}
 RELAYED_HEADERS = {"content-type", "txc-leader", "retry-after", "www-authenticate"}
 
@@ -103,11 +104,21 @@ class Node:
     async def render_metrics(self) -> str:
         status = self.log.status()
         inflight = list(self.store.inflight.values())
+        now = time.time()
+        stuck = sum(
+            1 for t in inflight if now - t.created_at > STUCK_AFTER_S or t.heuristic is not None
+        )
+        lag = [m["lag"] for m in status.get("members", []) if isinstance(m.get("lag"), int)]
         extra = {
             "txc_transactions_in_flight": float(len(inflight)),
             "txc_transactions_retrying": float(
                 sum(1 for t in inflight if any(p.last_error for p in t.participants))
             ),
+            "txc_transactions_stuck": float(stuck),
+            "txc_raft_apply_lag": float(
+                status.get("commit_index", 0) - status.get("applied_index", 0)
+            ),
+            "txc_raft_max_follower_lag": float(max(lag, default=0)),
             "txc_raft_term": float(status.get("term", 0)),
             "txc_raft_commit_index": float(status.get("commit_index", 0)),
             "txc_raft_applied_index": float(status.get("applied_index", 0)),
