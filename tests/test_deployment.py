@@ -10,7 +10,9 @@ turns `*_FILE` variables (Docker secrets) into values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -18,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
@@ -30,9 +33,11 @@ import yaml
 from sqlalchemy.engine import make_url
 
 import txc_demo.bank as bank
+import txc_demo.transfer as transfer
 from coordinator.auth import Role, parse_tokens
 from coordinator.cli import build_parser
 from coordinator.config import Settings, load
+from coordinator.node import build_app
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -45,6 +50,8 @@ SECRETS_MOUNT = "/run/secrets/"
 NODES = ["node1", "node2", "node3"]
 BANKS = ["bank-a", "bank-b"]
 BANK_ENTRYPOINT = ["txc-entrypoint", "python", "-m", "txc_demo.bank"]
+TRANSFER = "transfer"
+TRANSFER_ENTRYPOINT = ["txc-entrypoint", "python", "-m", "txc_demo.transfer"]
 LONG_RUNNING_RESTART = {"always", "unless-stopped", "on-failure"}
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD")
 
@@ -108,12 +115,33 @@ def secret_of(service: str, path: str) -> str:
     raise AssertionError(f"{service}: {path} is not one of the secrets it mounts")
 
 
+def make_secrets(into: Path) -> Path:
+    """Run deploy/make-secrets.sh as if deploy/ were `into`; returns the secrets folder."""
+    script = into / "make-secrets.sh"
+    shutil.copy(MAKE_SECRETS, script)
+    subprocess.run(["sh", str(script)], check=True, capture_output=True)
+    return into / "secrets"
+
+
+@functools.cache
+def generated_secrets() -> dict[str, str]:
+    """The secrets deploy/make-secrets.sh makes (in a scratch folder), by file name."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = make_secrets(Path(scratch))
+        return {p.name: p.read_text() for p in folder.iterdir() if p.name != ".gitignore"}
+
+
+def secret_value(name: str) -> str:
+    """The content of the declared secret `name`, as make-secrets.sh writes it."""
+    return generated_secrets()[Path(DECLARED_SECRETS[name]["file"]).name]
+
+
 def container_env(service: str) -> dict[str, str]:
-    """The environment the service's command sees after the image's entrypoint has read the
-    secret files (each secret holding its dummy value)."""
+    """The environment the service's command sees once the image's entrypoint has read the
+    secret files (made by deploy/make-secrets.sh)."""
 
     def read(path: str) -> str:
-        return DUMMY_SECRETS[secret_of(service, path)] + "\n"
+        return secret_value(secret_of(service, path))
 
     resolved: dict[str, str] = ENTRYPOINT.resolve(environment(service), read)
     return resolved
@@ -121,7 +149,7 @@ def container_env(service: str) -> dict[str, str]:
 
 def postgres_password(service: str) -> str:
     """The password the postgres image sets (it reads POSTGRES_PASSWORD_FILE itself)."""
-    return DUMMY_SECRETS[secret_of(service, environment(service)["POSTGRES_PASSWORD_FILE"])]
+    return secret_value(secret_of(service, environment(service)["POSTGRES_PASSWORD_FILE"]))
 
 
 def command(service: str) -> list[str]:
@@ -188,14 +216,18 @@ class BankRun:
     port: int
 
 
-def run_bank_main(service: str, monkeypatch: pytest.MonkeyPatch) -> BankRun:
-    """Run `python -m txc_demo.bank <command>` as the container would, up to the point where
-    it would serve: bank.py builds its parser inside `main`, so the real parser is exercised
-    by calling `main` with the app factory and `uvicorn.run` replaced by recorders."""
+def use_container_env(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for key in [k for k in os.environ if k.startswith("TXC_") or k.startswith("PG")]:
         monkeypatch.delenv(key)
     for key, value in container_env(service).items():
         monkeypatch.setenv(key, value)
+
+
+def run_bank_main(service: str, monkeypatch: pytest.MonkeyPatch) -> BankRun:
+    """Run `python -m txc_demo.bank <command>` as the container would, up to the point where
+    it would serve: bank.py builds its parser inside `main`, so the real parser is exercised
+    by calling `main` with the app factory and `uvicorn.run` replaced by recorders."""
+    use_container_env(service, monkeypatch)
     created: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     served: list[dict[str, Any]] = []
 
@@ -283,7 +315,9 @@ def test_node_variables_are_real_settings(service: str) -> None:
         if key == "PGPASSWORD_FILE":  # for libpq, through the entrypoint
             continue
         assert key.startswith("TXC_"), f"{service}: {key} is not a txc setting"
-        setting = key.removeprefix("TXC_").removesuffix("_FILE").lower()
+        setting = key.removeprefix("TXC_").lower()
+        if setting not in SETTING_NAMES:  # NAME_FILE: NAME's value is in that file
+            setting = setting.removesuffix("_file")
         assert setting in SETTING_NAMES, f"{service}: {key} names no field of Settings"
 
 
@@ -296,9 +330,11 @@ def test_node_settings_load_and_validate(index: int, service: str) -> None:
     assert s.host == "0.0.0.0"
     assert s.advertise_url == f"http://{service}:{s.port}"
     # secrets come from the mounted files, not from the compose file
-    assert s.cluster_secret == DUMMY_SECRETS["cluster_secret"]
-    assert s.api_token == DUMMY_SECRETS["api_token"]
-    assert s.participant_token == DUMMY_SECRETS["participant_token"]
+    assert s.cluster_secret == secret_value("cluster_secret")
+    assert s.participant_token == secret_value("participant_secret")
+    tokens = parse_tokens(s.api_tokens, s.api_token)
+    assert tokens[secret_value("admin_token")] == Role.ADMIN
+    assert sorted(tokens.values()) == sorted(Role), "one token for each role"
 
 
 def test_peers_name_exactly_the_three_nodes_with_their_ports() -> None:
@@ -347,11 +383,13 @@ def test_bank_command_is_accepted_by_the_bank(
     assert run.public_url == f"http://{service}:{run.port}"
     nodes = {n: node_settings(n) for n in NODES}
     assert run.coordinator_url.split(",") == [nodes[n].advertise_url for n in NODES]
-    # the bank presents the nodes' API token, and expects their participant token
-    assert run.kwargs["token"] == nodes["node1"].api_token
-    assert run.kwargs["participant_token"] == nodes["node1"].participant_token
-    assert all(s.api_token == run.kwargs["token"] for s in nodes.values())
-    assert all(s.participant_token == run.kwargs["participant_token"] for s in nodes.values())
+    # the bank's API token has the participant role on every node, and it verifies the
+    # nodes' requests with their signing key
+    for s in nodes.values():
+        assert parse_tokens(s.api_tokens, s.api_token).get(run.kwargs["token"]) == (
+            Role.PARTICIPANT
+        )
+        assert s.participant_token == run.kwargs["participant_token"]
     # its own database, which allows PREPARE TRANSACTION
     db = make_url(run.database_url)
     assert db.drivername == "postgresql+psycopg"  # bank.py hands it to create_engine as is
@@ -390,6 +428,35 @@ def test_bank_database_is_migrated_first(service: str, monkeypatch: pytest.Monke
     assert depends_on(jobs[0]).get(database_host(run.database_url)) == "service_healthy"
 
 
+def test_demo_transfer_command_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert SERVICES[TRANSFER].get("entrypoint") == TRANSFER_ENTRYPOINT
+    assert SERVICES[TRANSFER].get("profiles") == ["demo"], "on demand, not on `up`"
+    use_container_env(TRANSFER, monkeypatch)
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def fake_transfer(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append((args, kwargs))
+        return {"outcome": "commit"}
+
+    monkeypatch.setattr(transfer, "transfer", fake_transfer)
+    try:
+        assert transfer.main(command(TRANSFER)) == 0
+    except SystemExit as e:
+        raise AssertionError(f"txc_demo.transfer rejects {command(TRANSFER)}") from e
+    ((coordinator_url, from_bank, _, to_bank, _, amount), kwargs) = calls[0]
+    nodes = {n: node_settings(n) for n in NODES}
+    # one URL: transfer() hands it to TxcClient as a single base URL (unlike the banks,
+    # which split a comma-separated list)
+    assert coordinator_url in [nodes[n].advertise_url for n in NODES]
+    cmd_a, cmd_b = command("bank-a"), command("bank-b")
+    assert from_bank == cmd_a[cmd_a.index("--public-url") + 1]
+    assert to_bank == cmd_b[cmd_b.index("--public-url") + 1]
+    assert amount > 0
+    for s in nodes.values():
+        assert parse_tokens(s.api_tokens, s.api_token).get(kwargs["token"]) == Role.CLIENT
+    assert set(depends_on(TRANSFER)) == set(BANKS)
+
+
 @pytest.mark.parametrize("service", [f"pg-{b}" for b in BANKS])
 def test_participant_postgres_allows_prepared_transactions(service: str) -> None:
     cmd = command(service)
@@ -407,11 +474,19 @@ def test_participant_postgres_allows_prepared_transactions(service: str) -> None
 
 @pytest.mark.parametrize("service", [s for s in SERVICES if "build" in SERVICES[s]])
 def test_txc_service_commands_parse(service: str) -> None:
-    if SERVICES[service].get("entrypoint") == BANK_ENTRYPOINT:
-        return  # the bank's own parser: test_bank_command_is_accepted_by_the_bank
+    if SERVICES[service].get("entrypoint") in (BANK_ENTRYPOINT, TRANSFER_ENTRYPOINT):
+        return  # their own parsers: test_bank_command_..., test_demo_transfer_...
     assert "entrypoint" not in SERVICES[service], f"{service}: unexpected entrypoint"
     args = build_parser().parse_args(command(service))
     assert args.command in ("serve", "migrate")
+
+
+def test_nodes_migrate_their_own_database_on_start() -> None:
+    """The compose file has no migration job for the nodes: `txc serve` applies the
+    coordinator migrations itself before serving."""
+    assert inspect.signature(build_app).parameters["run_migrations"].default is True
+    source = inspect.getsource(sys.modules["coordinator.cli"].cmd_serve)
+    assert "build_app(settings)" in source
 
 
 # ---- dependencies, health checks, restart policies, ports, volumes ------------------------
@@ -507,20 +582,25 @@ def test_secrets_stay_out_of_git_and_of_the_image() -> None:
 
 
 def test_make_secrets_generates_each_declared_secret(tmp_path: Path) -> None:
-    script = tmp_path / "make-secrets.sh"
-    shutil.copy(MAKE_SECRETS, script)
-    subprocess.run(["sh", str(script)], check=True, capture_output=True)
-    made = {p.name: p for p in (tmp_path / "secrets").iterdir()}
-    assert set(made) == set(DECLARED_SECRETS)
-    values = {p.read_text() for p in made.values()}
-    assert len(values) == len(made) and all(len(v) >= 32 for v in values)
-    assert all(re.fullmatch(r"[0-9a-f]+", v) for v in values)
+    folder = make_secrets(tmp_path)
+    made = {p.name: p for p in folder.iterdir() if p.name != ".gitignore"}
+    declared = {Path(spec["file"]).name for spec in DECLARED_SECRETS.values()}
+    # and the client and read tokens, for applications and the dashboard's view
+    assert set(made) == declared | {"client_token", "read_token"}
+    values = {n: p.read_text() for n, p in made.items()}
+    singles = {n: v for n, v in values.items() if n != "api_tokens"}
+    assert len(set(singles.values())) == len(singles)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in singles.values())
+    assert parse_tokens(values["api_tokens"]) == {
+        values["client_token"]: Role.CLIENT,
+        values["participant_api_token"]: Role.PARTICIPANT,
+        values["read_token"]: Role.READ,
+    }
     # readable by the containers' non-root user; the directory keeps other host users out
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in made.values())
-    assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
-    before = {n: p.read_text() for n, p in made.items()}
-    subprocess.run(["sh", str(script)], check=True, capture_output=True)
-    assert {n: p.read_text() for n, p in made.items()} == before, "it must keep existing ones"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    make_secrets(tmp_path)
+    assert {n: p.read_text() for n, p in made.items()} == values, "it keeps existing ones"
 
 
 # ---- the image ------------------------------------------------------------------------------
@@ -556,6 +636,32 @@ def test_dockerfile_image_user_port_and_health_check() -> None:
     (check,) = [a for inst, a in stage if inst == "HEALTHCHECK"]
     assert "python" in check and "/healthz" in check and "TXC_PORT" in check
     assert "curl" not in check
+
+
+def test_the_installed_package_has_every_data_file() -> None:
+    """The image installs the built wheel (`pip install .`), not the source tree: a file the
+    code reads at run time (migrations, the dashboard's static files) is in it only when
+    `[tool.setuptools.package-data]` names it."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package_data: dict[str, list[str]] = tool.get("package-data", {})
+    missing = []
+    for top in ("coordinator", "participant_sdk", "txc_demo", "migrations"):
+        for path in sorted((ROOT / top).rglob("*")):
+            if path.is_dir() or "__pycache__" in path.parts:
+                continue
+            if path.suffix in (".py", ".pyc", ".md"):  # code, or documentation for readers
+                continue
+            covered = False
+            for package_dir in path.relative_to(ROOT).parents:
+                if not (ROOT / package_dir / "__init__.py").exists():
+                    continue
+                package = ".".join(package_dir.parts)
+                relative = path.relative_to(ROOT / package_dir).as_posix()
+                patterns = package_data.get(package, []) + package_data.get("*", [])
+                covered = covered or any(fnmatch(relative, p) for p in patterns)
+            if not covered:
+                missing.append(path.relative_to(ROOT).as_posix())
+    assert not missing, f"not in the wheel (add to package-data in pyproject.toml): {missing}"
 
 
 def test_dockerignore_keeps_the_context_clean() -> None:
@@ -597,6 +703,16 @@ def test_entrypoint_reads_file_variables(tmp_path: Path) -> None:
     }
     secret.write_text("  with spaces \n\n")
     assert ENTRYPOINT.resolve({"TXC_X_FILE": str(secret)}) == {"TXC_X": "  with spaces \n"}
+
+
+def test_entrypoint_leaves_settings_named_file_alone() -> None:
+    """`tls_ca_file` is a setting (a path the node opens), not a secret given by file."""
+    file_settings = [f.name for f in dataclasses.fields(Settings) if f.name.endswith("_file")]
+    assert file_settings, "no setting ends in _file any more: drop this test"
+    env = {f"TXC_{name.upper()}": "/etc/ssl/ca.pem" for name in file_settings}
+    assert ENTRYPOINT.resolve(env, read=lambda path: pytest.fail(f"read {path}")) == env
+    # and through the script's own default, the coordinator's settings
+    assert set(env) <= ENTRYPOINT.setting_variables()
 
 
 @pytest.mark.parametrize(
