@@ -59,7 +59,8 @@ def transfer(
     transaction was aborted), TransactionAborted, or CoordinatorUnavailable (outcome unknown:
     ask the coordinator for it)."""
     own = client is None
-    coordinator = client or TxcClient(coordinator_url, token=token)
+    seeds = [u.strip() for u in coordinator_url.split(",") if u.strip()]  # one node or several
+    coordinator = client or TxcClient(seeds, token=token)
     try:
         with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
             with coordinator.transaction(
@@ -85,7 +86,9 @@ def transfer(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="atomic transfer between two demo banks")
-    ap.add_argument("--coordinator-url", required=True)
+    ap.add_argument(
+        "--coordinator-url", required=True, help="a coordinator node, or several: URL1,URL2"
+    )
     ap.add_argument("--from-bank", required=True, help="base URL of the debited bank")
     ap.add_argument("--from-account", required=True)
     ap.add_argument("--to-bank", required=True, help="base URL of the credited bank")
