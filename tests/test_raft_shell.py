@@ -1,0 +1,122 @@
+"""The Raft shell's side of the durability pitfalls (DESIGN §7), against real PostgreSQL:
+nothing that depends on a term, a vote or log entries leaves the node before they are
+committed to its database, and a failed write sends nothing at all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from coordinator import migrate
+from coordinator.db import make_engine
+from coordinator.raft.messages import Entry, EntryKind, HardState, Message, MsgType
+from coordinator.raft.ready import Ready
+from coordinator.raft.storage import load
+from coordinator.replicated_log import RaftLog
+from coordinator.store import Store
+
+PEERS = {1: "http://127.0.0.1:1", 2: "http://127.0.0.1:2", 3: "http://127.0.0.1:3"}
+
+
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def ready(**kw: Any) -> Ready:
+    base: dict[str, Any] = dict(
+        hard_state=None,
+        entries=[],
+        snapshot=None,
+        committed=[],
+        messages=[],
+        read_states=[],
+        soft_state=None,
+    )
+    return Ready(**(base | kw))
+
+
+@pytest.fixture
+def node_db(db_url: str) -> str:
+    migrate.upgrade(db_url, "coordinator")
+    return db_url
+
+
+async def make_log(db_url: str) -> tuple[RaftLog, list[tuple[list[Message], Any]]]:
+    engine = make_engine(db_url)
+    rl = RaftLog(
+        engine,
+        Store(engine),
+        raft_id=1,
+        peer_urls=PEERS,
+        secret="s",
+        tick_s=0.05,
+        election_ticks=10,
+        heartbeat_ticks=1,
+        snapshot_entries=1000,
+    )
+    sent: list[tuple[list[Message], Any]] = []
+
+    def record(msgs: list[Message]) -> None:
+        # What the database holds at the moment the messages go out.
+        with psycopg.connect(_dsn(db_url)) as c:
+            hs = c.execute("SELECT term, vote FROM txc_hard_state").fetchone()
+            idx = [r[0] for r in c.execute("SELECT index FROM txc_log ORDER BY index")]
+        sent.append((msgs, (hs, idx)))
+
+    rl.transport.send = record  # type: ignore[method-assign]
+    return rl, sent
+
+
+async def test_vote_or_term_not_durable_before_reply(node_db: str) -> None:
+    rl, sent = await make_log(node_db)
+    vote_resp = Message(MsgType.VOTE_RESP, 1, 2, term=5)
+    await rl._process(ready(hard_state=HardState(term=5, vote=2, commit=0), messages=[vote_resp]))
+    [(msgs, (hs, _))] = sent
+    assert msgs == [vote_resp] and hs == (5, "2"), "the vote left before it was durable"
+    await rl.engine.dispose()
+
+
+async def test_log_acknowledged_before_fsync(node_db: str) -> None:
+    rl, sent = await make_log(node_db)
+    entries = [Entry(1, 1, EntryKind.EMPTY), Entry(2, 1, EntryKind.EMPTY)]
+    ack = Message(MsgType.APPEND_RESP, 1, 2, term=1, index=2)
+    await rl._process(ready(entries=entries, hard_state=HardState(1, 2, 0), messages=[ack]))
+    [(_, (_, idx))] = sent
+    assert idx == [1, 2], "the append was acknowledged before the entries were stored"
+    await rl.engine.dispose()
+
+
+async def test_a_failed_write_sends_nothing(node_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rl, sent = await make_log(node_db)
+
+    async def broken(*_a: Any, **_k: Any) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr("coordinator.raft.storage.save", broken)
+    with pytest.raises(OSError):
+        await rl._process(
+            ready(
+                hard_state=HardState(7, 3, 0), messages=[Message(MsgType.VOTE_RESP, 1, 3, term=7)]
+            )
+        )
+    assert sent == []
+    await rl.engine.dispose()
+
+
+async def test_commit_index_persisted_ahead_of_log_is_refused_at_start(node_db: str) -> None:
+    """A stored commit index beyond the stored log means committed entries were lost: the
+    node refuses to start instead of serving with a hole."""
+    engine = make_engine(node_db)
+    state = await load(engine, frozenset(PEERS))  # bootstraps entry 1
+    assert [e.index for e in state.entries] == [1]
+    with psycopg.connect(_dsn(node_db), autocommit=True) as c:
+        c.execute("UPDATE txc_hard_state SET commit_index = 9")
+    rl, _ = await make_log(node_db)
+    from coordinator.raft.errors import CorruptState
+
+    with pytest.raises(CorruptState):
+        await rl.start()
+    await rl.stop()
+    await engine.dispose()
