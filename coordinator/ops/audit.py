@@ -53,6 +53,7 @@ from participant_sdk.headers import gid_prefix, parse_gid, validate_participant_
 MAX_RECORDS = 200_000  # bound on the SDK records one audit reads per participant
 LOOKUP_CHUNK = 500
 DEFAULT_GRACE_S = 60.0
+MAX_ERROR_CHARS = 80  # of a participant's last error, in a finding's detail
 
 
 @dataclass
@@ -179,7 +180,10 @@ def classify(
 
     def pending_detail() -> str:
         assert p is not None
-        err = f", last error: {p['last_error']}" if p.get("last_error") else ""
+        last = str(p.get("last_error") or "")
+        if len(last) > MAX_ERROR_CHARS:
+            last = last[: MAX_ERROR_CHARS - 3] + "..."
+        err = f", last error: {last}" if last else ""
         return f"coordinator still sending {outcome} ({p.get('attempts', 0)} attempts{err})"
 
     heuristic_ack = bool(t and t.get("heuristic_acknowledged"))

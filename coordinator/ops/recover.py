@@ -205,10 +205,13 @@ def recover(
         notes: dict[str, str] = {}
         rm: PgResourceManager
         if apply:
-            rm = PgResourceManager(
-                participant, engine, public_url=UNUSED_PUBLIC_URL, coordinator_url=seeds,
-                token=token,
-            )  # fmt: skip
+            try:
+                rm = PgResourceManager(
+                    participant, engine, public_url=UNUSED_PUBLIC_URL, coordinator_url=seeds,
+                    token=token,
+                )  # fmt: skip
+            except ValueError as e:
+                raise OpsError(2, f"--coordinator-url: {e}") from None
         else:
             dry = _DryRunManager(participant, engine, public_url=UNUSED_PUBLIC_URL)
             dry.peek = _Peek(coord, notes)

@@ -17,7 +17,9 @@ from participant_sdk import PgResourceManager, create_tables, make_gid
 from participant_sdk import record as sdk_record
 from tests.conftest import PgServer
 
-DEAD_URL = "http://127.0.0.1:9"  # nothing listens there: phase 2 never reaches the bank
+DEAD_URL = "http://127.0.0.1:9"
+# Prepared transactions keep their row locks: a test gives each transaction its own account.
+ACCOUNTS = ["a", "b", "c", "d", "e", "f"]  # nothing listens there: phase 2 never reaches the bank
 
 
 def txc(*argv: str) -> tuple[int, str, str]:
@@ -39,6 +41,7 @@ class Bank:
     name: str
     url: str
     engine: Engine
+    public_url: str = DEAD_URL  # where the coordinator reaches its protocol endpoints
 
     def balances(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -67,9 +70,9 @@ class Bank:
                 {"s": state, "p": self.name, "t": txid},
             )
 
-    def manager(self, coordinator_url: str, public_url: str = DEAD_URL) -> PgResourceManager:
+    def manager(self, coordinator_url: str) -> PgResourceManager:
         return PgResourceManager(
-            self.name, self.engine, public_url=public_url, coordinator_url=coordinator_url
+            self.name, self.engine, public_url=self.public_url, coordinator_url=coordinator_url
         )
 
     def work(self, coordinator_url: str, txid: str, account: str, delta: int) -> None:
@@ -115,5 +118,8 @@ def make_bank(pg: PgServer, name: str) -> Bank:
     create_tables(engine)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE accounts (id text PRIMARY KEY, balance int NOT NULL)"))
-        conn.execute(text("INSERT INTO accounts VALUES ('a', 100), ('b', 100)"))
+        conn.execute(
+            text("INSERT INTO accounts SELECT x, 100 FROM unnest(CAST(:ids AS text[])) AS x"),
+            {"ids": ACCOUNTS},
+        )
     return Bank(name, url, engine)

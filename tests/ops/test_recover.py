@@ -7,8 +7,10 @@ import asyncio
 
 from participant_sdk import make_gid
 from tests.conftest import PgServer
-from tests.ops.helpers import DEAD_URL, make_bank, txc, txc_json
+from tests.ops.helpers import ACCOUNTS, DEAD_URL, make_bank, txc, txc_json
 from tests.test_node import begin, running_node
+
+UNTOUCHED = dict.fromkeys(ACCOUNTS, 100)
 
 
 async def test_recover_dry_run_then_apply(pg: PgServer, node_db: str) -> None:
@@ -25,21 +27,21 @@ async def test_recover_dry_run_then_apply(pg: PgServer, node_db: str) -> None:
             assert r.json()["outcome"] == "commit", r.text
             # Aborted at the coordinator.
             aborted = await begin(c)
-            await asyncio.to_thread(bank.work, url, aborted, "a", 20)
+            await asyncio.to_thread(bank.work, url, aborted, "b", 20)
             assert (await c.post(f"/v1/transactions/{aborted}/abort")).status_code == 200
             # Still active: must be left alone.
             pending = await begin(c, timeout_s=600)
-            await asyncio.to_thread(bank.work, url, pending, "b", 30)
+            await asyncio.to_thread(bank.work, url, pending, "c", 30)
             # Died between PREPARE and the record: never enlisted.
             orphan = "orphan-1"
-            bank.plant_prepared(orphan, "b", 40, record=False)
+            bank.plant_prepared(orphan, "d", 40, record=False)
             # Recorded and prepared, but the coordinator never heard of it.
             unknown = "unknown-1"
-            bank.plant_prepared(unknown, "a", 50, record=True)
+            bank.plant_prepared(unknown, "e", 50, record=True)
 
             before = bank.prepared()
             assert len(before) == 5
-            assert bank.balances() == {"a": 100, "b": 100}
+            assert bank.balances() == UNTOUCHED
 
             code, report = await asyncio.to_thread(txc_json, *run)
             assert code == 6, report
@@ -55,7 +57,7 @@ async def test_recover_dry_run_then_apply(pg: PgServer, node_db: str) -> None:
             assert "presumed abort" in notes[unknown]
             # The dry run changed nothing, here or at the coordinator.
             assert bank.prepared() == before
-            assert bank.balances() == {"a": 100, "b": 100}
+            assert bank.balances() == UNTOUCHED
             assert bank.record(unknown) == "prepared" and bank.record(orphan) is None
             assert (await c.get(f"/v1/transactions/{unknown}")).status_code == 404
 
@@ -74,7 +76,7 @@ async def test_recover_dry_run_then_apply(pg: PgServer, node_db: str) -> None:
                 unknown: "rolled_back",
             }
             assert bank.prepared() == [make_gid("bank", pending)]
-            assert bank.balances() == {"a": 110, "b": 100}
+            assert bank.balances() == {**UNTOUCHED, "a": 110}
             assert bank.record(committed) == "committed"
             assert bank.record(aborted) == "aborted" and bank.record(orphan) == "aborted"
             # Asking about the unknown transaction made its abort durable (presumed abort).
@@ -91,7 +93,7 @@ async def test_recover_dry_run_then_apply(pg: PgServer, node_db: str) -> None:
             code, report = await asyncio.to_thread(txc_json, *run, "--apply")
             assert code == 0, report
             assert bank.prepared() == []
-            assert bank.balances() == {"a": 110, "b": 100}
+            assert bank.balances() == {**UNTOUCHED, "a": 110}
             code, report = await asyncio.to_thread(txc_json, *run)
             assert code == 0 and report["items"] == []
     finally:

@@ -1,0 +1,88 @@
+"""`txc raft log` and `txc raft state` on a standalone node's database and on a real Raft
+group's node database."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import PgServer
+from tests.helpers import ScriptedParticipant, serve
+from tests.ops.helpers import txc, txc_json
+from tests.processes import cluster_of
+from tests.test_node import begin, enlist, running_node
+
+
+async def test_standalone_node_log_and_state(node_db: str) -> None:
+    p = ScriptedParticipant()
+    async with serve(p.app()) as up, running_node(node_db) as c:
+        txid = await begin(c, labels={"order": "7"})
+        await enlist(c, txid, "shop", up)
+        assert (await c.post(f"/v1/transactions/{txid}/commit")).json()["state"] == "committed"
+
+    code, log = await asyncio.to_thread(txc_json, "raft", "log", "--database-url", node_db)
+    assert code == 0
+    kinds = [cmd["type"] for e in log["entries"] for cmd in e["commands"]]
+    assert kinds[:4] == ["begin", "enlist", "start_prepare", "vote"]
+    assert "decide" in kinds and kinds[-1] == "ack"
+    assert {cmd["txid"] for e in log["entries"] for cmd in e["commands"]} == {txid}
+    assert log["last_index"] == log["entries"][-1]["index"] == len(log["entries"])
+
+    code, page = await asyncio.to_thread(
+        txc_json, "raft", "log", "--database-url", node_db, "--from", "2", "--limit", "2"
+    )
+    assert code == 0 and [e["index"] for e in page["entries"]] == [2, 3]
+    code, out, _ = await asyncio.to_thread(
+        txc, "raft", "log", "--database-url", node_db, "--limit", "3"
+    )
+    assert code == 0 and "INDEX" in out and "ack " + txid in out
+
+    code, st = await asyncio.to_thread(txc_json, "raft", "state", "--database-url", node_db)
+    assert code == 0, st
+    assert st["mode"] == "standalone" and st["problems"] == []
+    assert st["applied"]["last_applied"] == st["log"]["last_index"] == log["last_index"]
+    assert st["hard_state"]["commit_index"] == log["last_index"]
+    assert st["transactions"] == {"committed": 1}
+    code, out, _ = await asyncio.to_thread(txc, "raft", "state", "--database-url", node_db)
+    assert code == 0 and "standalone" in out and "consistent" in out
+
+
+async def test_not_a_node_database(db_url: str) -> None:
+    for cmd in (("raft", "state"), ("raft", "log"), ("backup", "--out", "/dev/null")):
+        code, _, err = await asyncio.to_thread(txc, *cmd, "--database-url", db_url)
+        assert code == 3, (cmd, err)
+
+
+async def test_raft_node_log_and_state(pg: PgServer, tmp_path: Path) -> None:
+    with cluster_of(pg, tmp_path, 3) as cluster:
+        leader = cluster.leader()
+        async with httpx.AsyncClient(base_url=leader.url, timeout=30) as c:
+            txid = await begin(c)
+            r = await c.post(f"/v1/transactions/{txid}/commit")
+            assert r.json()["state"] == "committed", r.text
+        db = leader.env["TXC_DATABASE_URL"]
+
+        code, log = await asyncio.to_thread(
+            txc_json, "raft", "log", "--database-url", db, "--from", "1", "--limit", "1000"
+        )
+        assert code == 0
+        first = log["entries"][0]
+        assert first["index"] == 1 and first["kind"] == "conf_change"
+        assert first["conf_change"]["op"] == "bootstrap"
+        assert first["conf_change"]["voters"] == [1, 2, 3]
+        types = {e["type"] for e in log["entries"]}
+        assert {"no-op", "commands"} <= types
+        cmds = [c for e in log["entries"] if e["type"] == "commands" for c in e["commands"]]
+        assert [c["type"] for c in cmds if c["txid"] == txid][:2] == ["begin", "start_prepare"]
+
+        code, st = await asyncio.to_thread(txc_json, "raft", "state", "--database-url", db)
+        assert code == 0, st
+        assert st["mode"] == "raft" and st["problems"] == []
+        assert st["hard_state"]["term"] >= 1 and str(st["hard_state"]["vote"]).isdigit()
+        assert st["hard_state"]["commit_index"] >= st["applied"]["last_applied"] >= 1
+        assert sorted(st["members"]) == ["1", "2", "3"]
+        assert st["transactions"] == {"committed": 1}
+        code, out, _ = await asyncio.to_thread(txc, "raft", "state", "--database-url", db)
+        assert code == 0 and "raft" in out and "members:    1=http" in out
