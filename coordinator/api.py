@@ -491,13 +491,16 @@ def create_app(node: Any) -> FastAPI:
         from coordinator.raft.errors import ConfChangeRefused
         from coordinator.raft.errors import NotLeader as CoreNotLeader
 
+        if not node.log.is_leader():
+            raise NotLeader(node.log.leader_url())
+        # Recorded first: a leader in transfer takes no more proposals.
+        await node.audit(who(request), "transfer_leadership", "", to=body.to)
         try:
             await node.raft.transfer_leadership(body.to)
         except CoreNotLeader:
             raise NotLeader(node.log.leader_url()) from None
         except ConfChangeRefused as e:
             raise ApiError(409, "refused", str(e)) from None
-        await node.audit(who(request), "transfer_leadership", "", to=body.to)
         return {"transferring_to": body.to}
 
     class MemberRequest(BaseModel):

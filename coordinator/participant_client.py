@@ -11,7 +11,7 @@ import asyncio
 import json
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -37,6 +37,15 @@ class Reply:
             code = err.get("code")
             return str(code) if code is not None else None
         return None
+
+
+class ProtocolCaller(Protocol):
+    """What the engine needs: one protocol request, answered with a Reply (never raising for
+    network trouble)."""
+
+    async def call(
+        self, base_url: str, action: str, txid: str, participant: str, timeout_s: float
+    ) -> Reply: ...
 
 
 def action_url(base: str, action: str) -> str:

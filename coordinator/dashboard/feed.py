@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from coordinator.api import txn_json
+from coordinator.auth import Role, parse_tokens
 from coordinator.dashboard.series import SERIES_SPAN_S
 from coordinator.model import Phase2, Transaction
 from coordinator.store import ListFilter
@@ -46,6 +47,18 @@ MAX_MEMBERS = 9  # members whose views are fetched (a Raft group here has 1, 3 o
 FLAG_HEURISTIC = "heuristic"  # a participant did (or may have done) the opposite: act on it
 FLAG_RETRYING = "retrying"  # phase 2 failed at least once for a participant still pending
 FLAG_EXPIRED = "expired"  # undecided past its deadline: the leader should have aborted it
+
+
+def service_token(settings: Any) -> str:
+    """The token this node shows other members when it reads their status or the leader's
+    activity: the least powerful configured one that may read. Members share the token
+    configuration, and whoever sees the result has been authenticated already."""
+    tokens = parse_tokens(settings.api_tokens, settings.api_token)
+    for role in (Role.READ, Role.CLIENT, Role.ADMIN):
+        for token, r in tokens.items():
+            if r is role:
+                return token
+    return ""
 
 
 def flags(t: Transaction, now: float) -> list[str]:
@@ -147,6 +160,7 @@ class Feed:
         self._views_at = 0.0
         self._views_task: asyncio.Task[None] | None = None
         self._mirror = LeaderMirror()
+        self._token = service_token(node.settings)
 
     # -- transactions and cluster --------------------------------------------------------------
 
@@ -196,14 +210,13 @@ class Feed:
         self._views = await self._fetch_views(status)
 
     async def _fetch_views(self, status: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Each other member's own status. Uses this node's API token: the members of a group
-        share it, and a viewer of the dashboard has been authenticated already."""
+        """Each other member's own status (see `service_token` for the credentials)."""
         http: httpx.AsyncClient | None = self.node.http
         own = status.get("id")
         members = [m for m in status.get("members", [])[:MAX_MEMBERS] if m.get("id") != own]
         if http is None or status.get("mode") != "raft":
             return {}
-        token = self.node.settings.api_token
+        token = self._token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
 
         async def fetch(m: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -263,7 +276,7 @@ class Feed:
                 mono = time.monotonic()
                 if mono - mirror.fetched_at >= LEADER_METRICS_REFRESH_S:
                     mirror.fetched_at = mono
-                    await mirror.refresh(node.http, leader_url, node.settings.api_token)
+                    await mirror.refresh(node.http, leader_url, self._token)
         full = since is None or source != mirror.source
         return {
             "source": mirror.source,

@@ -5,20 +5,21 @@
 | `GET /dashboard` | the page (public: it holds no data; the data needs the API token) |
 | `GET /dashboard/static/{name}` | its script, style sheet and icon |
 | `GET /dashboard/api/info` | public: this node's id and whether a token is required |
+| `GET /dashboard/api/whoami` | the caller's role (the page offers actions to admins only) |
 | `GET /dashboard/events` | server-sent events: `snapshot` and `metrics`, see `stream` |
 | `GET /dashboard/api/snapshot` | one `snapshot` as JSON (tools and tests) |
 | `GET /dashboard/api/metrics` | this node's activity series and participant figures |
 | `POST /dashboard/api/transfer-leadership` | relays to the leader's API (see there) |
 
-The data routes require the same bearer token as `/v1` when `api_token` is set. Actions
-(abort, retry, acknowledge) are plain API v1 calls from the page, which a follower forwards
-to the leader like any other.
+The data routes admit the roles that may read through `/v1` (read, client, admin) when
+tokens are configured. Actions (abort, retry, acknowledge) are plain API v1 calls from the
+page, which a follower forwards to the leader like any other; the API checks that the caller
+is an admin and writes the audit trail.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.api import ApiError
+from coordinator.auth import ANONYMOUS, Principal, Role, TokenTable, parse_tokens
 from coordinator.dashboard.feed import Feed
 
 PUSH_INTERVAL_S = 1.0  # a stream sends a snapshot and the new seconds of activity this often
@@ -40,6 +42,7 @@ PUSH_INTERVAL_S = 1.0  # a stream sends a snapshot and the new seconds of activi
 STREAM_MAX_AGE_S = 5.0
 MAX_STREAMS = 64  # concurrent event streams one node serves; more get 503
 RELAY_TIMEOUT_S = 10.0  # a leadership transfer relayed to the leader
+VIEWERS = frozenset({Role.READ, Role.CLIENT, Role.ADMIN})  # those `/v1` lets read
 
 STATIC_FILES = {  # the only files served from static/, with their types
     "app.js": "text/javascript; charset=utf-8",
@@ -59,8 +62,19 @@ PAGE_HEADERS = {
 }
 
 
-def _asset(name: str) -> bytes:
-    return resources.files("coordinator.dashboard").joinpath("static", name).read_bytes()
+def _asset(name: str) -> bytes | None:
+    """A file of static/, or None when the installation lacks it (a packaging mistake that
+    must cost the dashboard, not the coordinator)."""
+    try:
+        return resources.files("coordinator.dashboard").joinpath("static", name).read_bytes()
+    except OSError:
+        return None
+
+
+def _missing(name: str) -> ApiError:
+    return ApiError(
+        503, "dashboard_unavailable", f"dashboard file {name} is missing from this installation"
+    )
 
 
 def sse(event: str, data: Any) -> str:
@@ -75,22 +89,28 @@ class TransferRequest(BaseModel):
 
 def build_router(node: Any) -> APIRouter:
     settings = node.settings
+    tokens = TokenTable(parse_tokens(settings.api_tokens, settings.api_token))
     feed = Feed(node)
     page = _asset("index.html")
     assets = {name: _asset(name) for name in STATIC_FILES}
     streams = 0
 
-    def authenticate(request: Request) -> None:
-        """The rule of `/v1` (the role-based version will replace both together)."""
-        if not settings.api_token:
-            return
+    def authenticate(request: Request) -> Principal:
+        """The rule of `/v1`'s reads: no tokens configured, open; else a known token of a
+        role that may read (401 for a missing or unknown token, 403 for another role)."""
+        if not tokens.enabled:
+            return ANONYMOUS
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(
                 401, "unauthenticated", "missing bearer token", {"WWW-Authenticate": "Bearer"}
             )
-        if not hmac.compare_digest(token.encode(), settings.api_token.encode()):
-            raise ApiError(403, "forbidden", "invalid token")
+        p = tokens.lookup(token.strip())
+        if p is None:
+            raise ApiError(401, "unauthenticated", "unknown token", {"WWW-Authenticate": "Bearer"})
+        if p.role not in VIEWERS:
+            raise ApiError(403, "forbidden", f"role {p.role.value} may not view the dashboard")
+        return p
 
     Auth = Depends(authenticate)
     r = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -98,21 +118,30 @@ def build_router(node: Any) -> APIRouter:
     @r.get("")
     @r.get("/")
     async def index() -> Response:
+        if page is None:
+            raise _missing("index.html")
         return Response(page, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
     @r.get("/static/{name}")
     async def static(name: str) -> Response:
-        if name not in assets:
+        if name not in STATIC_FILES:
             raise ApiError(404, "not_found", f"no dashboard file {name!r}")
-        return Response(assets[name], media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
+        content = assets[name]
+        if content is None:
+            raise _missing(name)
+        return Response(content, media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
 
     @r.get("/api/info")
     async def info() -> dict[str, Any]:
         return {
             "node_id": settings.node_id,
-            "auth_required": bool(settings.api_token),
+            "auth_required": tokens.enabled,
             "push_interval_s": PUSH_INTERVAL_S,
         }
+
+    @r.get("/api/whoami")
+    async def whoami(p: Principal = Auth) -> dict[str, Any]:
+        return {"role": p.role.value, "fingerprint": p.fingerprint, "admin": p.role is Role.ADMIN}
 
     @r.get("/api/snapshot", dependencies=[Auth])
     async def snapshot() -> dict[str, Any]:

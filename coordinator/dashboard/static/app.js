@@ -23,18 +23,26 @@
   const DETAIL_REFRESH_MS = 1500; // an open transaction page is re-read this often
   const RATE_WINDOW_S = 60; // the cards' rates cover this many seconds
   const ABORT_BUCKET_S = 10; // the abort-rate chart's bars
-  const CHART_BUCKET_S = 5; // the other charts average this many seconds per point
+  const CHART_POINTS = 120; // the charts average seconds into about this many points
+  const CHART_TICKS_S = { 60: 15, 300: 60, 600: 120 }; // x-axis labels for each window
+  const CHART_SPAN_KEY = "txc.dashboard.chartSpanS";
   const SERIES_SPAN_S = 600; // the server keeps ten minutes of seconds
   const MAX_TIMELINE_ROWS = 500; // a transaction page lists at most this many timeline rows
   const TOAST_MS = 7000;
   const ERROR_PREVIEW = 220; // characters of an error shown in a table cell
   const LAG_WARN_ENTRIES = 100; // a follower this far behind the leader is shown lagging
   const PREFIX_SEARCH_MIN = 6; // a search this long that matches nothing offers "open by id"
+  const ACTION_BANNER_MS = 15000; // a refused action's banner stays this long
+  const AUDIT_REFRESH_MS = 5000; // the audit tab is re-read this often while open
+  const AUDIT_ROWS = 100;
 
   const state = {
     token: sessionStorage.getItem(TOKEN_KEY) || "",
     authRequired: null,
-    authProblem: null, // {status, message}
+    authProblem: null, // {status, message}: the stream itself is refused
+    actionProblem: null, // {status, message, until}: an action was refused
+    role: null, // the signed-in token's role ("admin" may act)
+    audit: { items: null, error: null, timer: null },
     snap: null,
     skewMs: 0, // browser clock minus the node's
     lastEventAt: 0,
@@ -48,7 +56,8 @@
     streamCtrl: null,
     filters: { q: "", state: "", stuckOnly: false },
     stuckAfterS: clampThreshold(Number(localStorage.getItem(STUCK_AFTER_KEY)) || DEFAULT_STUCK_AFTER_S),
-    detail: { txid: null, tx: null, timeline: null, error: null, timer: null, busy: false, version: 0, shown: -1 },
+    detail: { txid: null, tx: null, timeline: null, error: null, timer: null, busy: false, version: 0, shown: null },
+    chartSpanS: CHART_TICKS_S[Number(localStorage.getItem(CHART_SPAN_KEY))] ? Number(localStorage.getItem(CHART_SPAN_KEY)) : SERIES_SPAN_S,
     renderQueued: false,
     holding: false, // a pointer is pressed: rebuilding now could swallow the click
     keys: {}, // what each table was last built from: unchanged data is not rebuilt
@@ -154,7 +163,7 @@
     } catch (_e) {
       data = null;
     }
-    if (r.status === 401 || r.status === 403) noteAuthProblem(r.status, data);
+    if (r.status === 401) noteAuthProblem(r.status, data);
     if (!r.ok) {
       const err = (data && data.error) || {};
       throw new ApiFailure(r.status, err.code || "http_" + r.status, err.message || r.statusText || "request failed");
@@ -165,7 +174,8 @@
   function noteAuthProblem(status, data) {
     const msg = data && data.error && data.error.message;
     state.authProblem = { status, message: msg || (status === 401 ? "missing bearer token" : "token refused") };
-    renderChrome();
+    scheduleRender();
+    if (!state.token) $("token-input").focus();
   }
 
   // -- the event stream -------------------------------------------------------------------
@@ -199,6 +209,7 @@
         if (!r.ok || !r.body) throw new Error("HTTP " + r.status);
         if (state.authProblem && state.authProblem.status) state.authProblem = null;
         setStream(true, null);
+        if (state.role === null) loadRole();
         await readEvents(r.body.getReader());
         delay = RECONNECT_MIN_MS; // a stream that ended normally: reconnect at once
         continue;
@@ -264,7 +275,23 @@
   }
 
   // -- login ------------------------------------------------------------------------------
+  async function loadRole() {
+    try {
+      const me = await api("GET", "/dashboard/api/whoami");
+      state.role = me.role;
+      state.fingerprint = me.fingerprint;
+    } catch (_e) {
+      state.role = null;
+    }
+    state.keys = {};
+    scheduleRender();
+  }
+
+  const isAdmin = () => state.role === "admin";
+
   function setToken(token) {
+    state.role = null;
+    state.keys = {};
     state.token = token;
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
     else sessionStorage.removeItem(TOKEN_KEY);
@@ -336,12 +363,13 @@
     renderCards();
     const route = currentRoute();
     for (const t of document.querySelectorAll("#tabs a")) t.classList.toggle("active", t.dataset.tab === route.tab);
-    for (const v of ["transactions", "tx", "cluster", "participants", "activity"]) $("view-" + v).hidden = route.view !== v;
+    for (const v of ["transactions", "tx", "cluster", "participants", "activity", "audit"]) $("view-" + v).hidden = route.view !== v;
     if (route.view === "transactions") renderTransactions();
     else if (route.view === "tx") renderDetail();
     else if (route.view === "cluster") renderCluster();
     else if (route.view === "participants") renderParticipants();
     else if (route.view === "activity") renderActivity();
+    else if (route.view === "audit") renderAudit();
   }
 
   function renderChrome() {
@@ -381,7 +409,11 @@
     $("token-input").hidden = signedIn;
     $("sign-in").hidden = signedIn;
     $("sign-out").hidden = !signedIn;
-    $("auth-state").textContent = signedIn ? "signed in" : state.authRequired === false ? "no token required" : "";
+    let who = "";
+    if (state.authRequired === false) who = "open access (no tokens configured)";
+    else if (state.role) who = "signed in · " + state.role + (state.role === "admin" ? "" : " (view only)");
+    else if (signedIn) who = "signed in";
+    $("auth-state").textContent = who;
     renderBanners();
   }
 
@@ -390,11 +422,20 @@
     box.replaceChildren();
     const p = state.authProblem;
     if (p) {
-      const what =
-        p.status === 401
-          ? "This node requires an API token. Enter it above and sign in."
-          : "The token was refused (" + p.message + "). Sign out and sign in with a valid token.";
-      box.append(h("div", { class: "banner error", id: "auth-banner", role: "alert" }, h("b", {}, p.status === 401 ? "401 · Not signed in" : "403 · Forbidden"), h("span", {}, what)));
+      let title = "403 · Forbidden";
+      let what = "This token may not view the dashboard (" + p.message + "). Sign out and sign in with a read or admin token.";
+      if (p.status === 401 && !state.token) {
+        title = "401 · Not signed in";
+        what = "This node requires an API token. Enter it above and sign in.";
+      } else if (p.status === 401) {
+        title = "401 · Token refused";
+        what = "This node does not know the token (" + p.message + "). Sign out and sign in with a valid token.";
+      }
+      box.append(h("div", { class: "banner error", id: "auth-banner", role: "alert" }, h("b", {}, title), h("span", {}, what)));
+    }
+    const ap = state.actionProblem;
+    if (ap && ap.until > Date.now()) {
+      box.append(h("div", { class: "banner error", id: "action-banner", role: "alert" }, h("b", {}, ap.status + " · Action refused"), h("span", {}, ap.message)));
     }
     if (state.streamError && !state.streamUp && !p) {
       box.append(h("div", { class: "banner error" }, h("b", {}, "Disconnected"), h("span", {}, "The live stream from this node broke (" + state.streamError + "); reconnecting. What you see may be out of date.")));
@@ -651,13 +692,16 @@
     return [h("div", { class: wide ? "wide" : null }, h("dt", {}, label), h("dd", {}, value === null || value === undefined || value === "" ? "–" : value))];
   }
 
+  const ADMIN_ONLY = "admin only: sign in with an admin token";
+
   function renderDetail() {
     const d = state.detail;
-    if (d.shown === d.version || (d.shown >= 0 && selecting())) {
+    const key = d.version + "|" + state.role;
+    if (d.shown === key || (d.shown !== null && selecting())) {
       updateAges();
       return;
     }
-    d.shown = d.version;
+    d.shown = key;
     const box = $("tx-content");
     if (d.error) {
       const e = d.error;
@@ -676,6 +720,7 @@
     const undecided = t.outcome === null;
     const inPhase2 = t.state === "committing" || t.state === "aborting";
     const heurOpen = Boolean(t.heuristic) && !t.heuristic_acknowledged;
+    const admin = isAdmin();
     const head = h(
       "div",
       { class: "tx-head" },
@@ -700,10 +745,10 @@
     const actions = h(
       "div",
       { class: "actions" },
-      h("button", { class: "btn danger", id: "act-abort", disabled: !undecided, title: undecided ? "Decide ABORT now" : "Already decided: " + t.outcome, onclick: () => runAction("abort", t) }, "Abort transaction"),
-      h("button", { class: "btn warn", id: "act-retry", disabled: !inPhase2, title: inPhase2 ? "Send the outcome to waiting participants now" : "Nothing to retry", onclick: () => runAction("retry", t) }, "Retry phase 2 now"),
-      h("button", { class: "btn ghost", id: "act-ack", disabled: !heurOpen, title: heurOpen ? "Record that an operator has dealt with it" : "No open heuristic report", onclick: () => runAction("ack", t) }, "Acknowledge heuristic"),
-      h("span", { class: "hint" }, "There is no “force commit”: COMMIT needs every participant's YES (rule 2)."),
+      h("button", { class: "btn danger", id: "act-abort", disabled: !undecided || !admin, title: !admin ? ADMIN_ONLY : undecided ? "Decide ABORT now" : "Already decided: " + t.outcome, onclick: () => runAction("abort", t) }, "Abort transaction"),
+      h("button", { class: "btn warn", id: "act-retry", disabled: !inPhase2 || !admin, title: !admin ? ADMIN_ONLY : inPhase2 ? "Send the outcome to waiting participants now" : "Nothing to retry", onclick: () => runAction("retry", t) }, "Retry phase 2 now"),
+      h("button", { class: "btn ghost", id: "act-ack", disabled: !heurOpen || !admin, title: !admin ? ADMIN_ONLY : heurOpen ? "Record that an operator has dealt with it" : "No open heuristic report", onclick: () => runAction("ack", t) }, "Acknowledge heuristic"),
+      h("span", { class: "hint" }, (admin ? "" : "Actions need an admin token. ") + "There is no “force commit”: COMMIT needs every participant's YES (rule 2)."),
     );
     const reason = t.decision_reason ? h("div", { class: "reason " + (t.outcome === "abort" ? "abort" : "") }, h("b", {}, "Decision reason: "), t.decision_reason) : null;
     const parts = h(
@@ -815,7 +860,7 @@
       const r = await api("POST", a.path(t.txid));
       toast(a.done(r));
     } catch (e) {
-      toast(a.button + " failed: HTTP " + e.status + " " + e.code + " – " + e.message, true);
+      actionFailed(a.button, e);
     }
     loadDetail();
   }
@@ -832,7 +877,15 @@
       await api("POST", "/dashboard/api/transfer-leadership", { to: member.id });
       toast("Leadership transfer to " + (member.node_id || member.id) + " requested.");
     } catch (e) {
-      toast("Transfer failed: HTTP " + e.status + " " + e.code + " – " + e.message, true);
+      actionFailed("Transfer leadership", e);
+    }
+  }
+
+  function actionFailed(what, e) {
+    toast(what + " failed: HTTP " + e.status + " " + e.code + " – " + e.message, true);
+    if (e.status === 401 || e.status === 403) {
+      state.actionProblem = { status: e.status, message: what + ": " + e.message, until: Date.now() + ACTION_BANNER_MS };
+      renderBanners();
     }
   }
 
@@ -875,7 +928,7 @@
     const viewOf = (id) => (String(id) === String(selfId) ? { ok: true, status: st } : views[String(id)]);
     const leaderView = st.role === "leader" || st.mode === "single-node" ? st : (viewOf(st.leader_id) || {}).status;
     const viewKey = Object.entries(views).map(([k, v]) => [k, v.ok, v.error, v.status && [v.status.role, v.status.term, v.status.commit_index, v.status.applied_index, v.status.members]]);
-    if (!changed("cluster", JSON.stringify([st, viewKey]))) return;
+    if (!changed("cluster", JSON.stringify([st, viewKey, state.role]))) return;
     const leaderMembers = {};
     for (const m of (leaderView && leaderView.members) || []) leaderMembers[String(m.id)] = m;
     $("cluster-summary").replaceChildren(
@@ -897,7 +950,7 @@
         else if (lm.healthy === false) healthPills.push(pill("warn", "not heard by leader"));
         else if (lag !== null && lag !== undefined && lag > LAG_WARN_ENTRIES) healthPills.push(pill("warn", "lagging"));
         else healthPills.push(pill("ok", "healthy"));
-        const canLead = st.mode === "raft" && m.voter && !isLeader && v.ok;
+        const canLead = st.mode === "raft" && m.voter && !isLeader && v.ok && isAdmin();
         return h(
           "tr",
           { "data-member": m.node_id || m.id, class: v.ok ? null : "stuck" },
@@ -991,16 +1044,54 @@
     return span;
   }
 
+  // -- audit trail ------------------------------------------------------------------------
+  async function loadAudit() {
+    try {
+      const r = await api("GET", "/v1/audit?limit=" + AUDIT_ROWS);
+      state.audit.items = r.items;
+      state.audit.error = null;
+    } catch (e) {
+      state.audit.error = e;
+    }
+    scheduleRender();
+  }
+
+  function renderAudit() {
+    const a = state.audit;
+    const items = a.items || [];
+    if (!changed("audit", JSON.stringify([items, a.error && a.error.message]))) return;
+    $("audit-body").replaceChildren(
+      ...items.map((it) =>
+        h(
+          "tr",
+          {},
+          h("td", { class: "age", title: it.at }, fmtClock(it.at, true)),
+          h("td", { class: "mono" }, it.actor),
+          h("td", {}, h("b", {}, String(it.action).replace(/_/g, " "))),
+          h("td", {}, it.txid ? txLink(it.txid) : h("span", { class: "muted" }, "–")),
+          h("td", { class: "mono muted" }, describe(it.detail)),
+        ),
+      ),
+    );
+    const empty = $("audit-empty");
+    empty.hidden = items.length > 0;
+    empty.textContent = a.error ? "Could not read the audit trail: HTTP " + a.error.status + " " + a.error.message : a.items === null ? "Loading…" : "No operator action recorded.";
+  }
+
   // -- charts -----------------------------------------------------------------------------
   function renderActivity() {
-    const pts = state.series.points;
+    const span = state.chartSpanS;
+    for (const b of document.querySelectorAll("#span-buttons button")) b.classList.toggle("active", Number(b.dataset.span) === span);
+    const all = state.series.points;
     const src = state.series.nodeId || "the leader";
+    const size = Math.max(1, Math.round(span / CHART_POINTS));
     $("activity-note").textContent =
-      "Last " + Math.round((pts.length || 600) / 60) + " minutes, one point per second, as counted by " + src + " (only the leader runs 2PC; a new leader starts its own count)." + (state.series.error ? " ⚠ " + state.series.error : "");
-    if (!pts.length) return;
-    const t1 = pts[pts.length - 1].t;
-    const tMin = t1 - SERIES_SPAN_S;
-    const b = bucketed(pts, CHART_BUCKET_S);
+      "As counted by " + src + ", " + size + " s a point (only the leader runs 2PC; a new leader starts its own count)." + (state.series.error ? " ⚠ " + state.series.error : "");
+    if (!all.length) return;
+    const t1 = all[all.length - 1].t;
+    const tMin = t1 - span;
+    const pts = all.filter((p) => p.t > tMin);
+    const b = bucketed(pts, size);
     const rate = (key) => b.map((g) => [g.t, sum(g.pts, key) / g.pts.length]);
     drawChart($("chart-throughput"), tMin, t1, [
       { name: "committed/s", color: "#3fb950", area: true, pts: rate("committed"), legend: "avg" },
@@ -1017,13 +1108,11 @@
       { name: "p95", color: "#f0883e", pts: latency.map((p) => [p.t, p.p95]) },
       { name: "average", color: "#58a6ff", pts: latency.map((p) => [p.t, p.avg]) },
     ], fmtLatency);
-    const buckets = [];
-    for (let i = 0; i < pts.length; i += ABORT_BUCKET_S) {
-      const chunk = pts.slice(i, i + ABORT_BUCKET_S);
-      const c = sum(chunk, "committed");
-      const a = sum(chunk, "aborted");
-      buckets.push([chunk[0].t, c + a ? a / (c + a) : null]);
-    }
+    const buckets = bucketed(pts, ABORT_BUCKET_S).map((g) => {
+      const c = sum(g.pts, "committed");
+      const a = sum(g.pts, "aborted");
+      return [g.t, c + a ? a / (c + a) : null];
+    });
     drawChart($("chart-abort"), tMin, t1, [{ name: "aborted %", color: "#f85149", bars: ABORT_BUCKET_S, pts: buckets }], (v) => (v * 100).toFixed(0) + "%", 1);
     drawChart($("chart-retries"), tMin, t1, [
       { name: "phase-2 retries/s", color: "#d29922", pts: rate("retries"), legend: "avg" },
@@ -1075,15 +1164,20 @@
       svg.append(s("line", { class: "gridline", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
       svg.append(s("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, fmtY(v)));
     }
-    for (const back of [600, 450, 300, 150, 0]) {
-      const t = tMax - back;
-      if (t < tMin) continue;
-      svg.append(s("text", { x: x(t), y: H - 6, "text-anchor": back === 0 ? "end" : "middle" }, back === 0 ? "now" : "−" + back / 60 + " min"));
+    const tick = CHART_TICKS_S[tMax - tMin] || (tMax - tMin) / 4;
+    for (let back = tMax - tMin; back >= 0; back -= tick) {
+      const label = back === 0 ? "now" : back % 60 === 0 ? "−" + back / 60 + " min" : "−" + back + " s";
+      const anchor = back === 0 ? "end" : back === tMax - tMin ? "start" : "middle";
+      svg.append(s("text", { x: x(tMax - back), y: H - 6, "text-anchor": anchor }, label));
     }
     for (const sr of series) {
       if (sr.bars) {
-        const w = Math.max(1, x(tMin + sr.bars) - x(tMin) - 1);
-        for (const [t, v] of sr.pts) if (v !== null) svg.append(s("rect", { x: x(t), y: y(v), width: w, height: Math.max(0, y(0) - y(v)), fill: sr.color, opacity: 0.8 }));
+        for (const [t, v] of sr.pts) {
+          if (v === null) continue;
+          const x0 = x(Math.max(t, tMin));
+          const w = Math.max(1, x(Math.min(t + sr.bars, tMax)) - x0 - 1);
+          svg.append(s("rect", { x: x0, y: y(v), width: w, height: Math.max(0, y(0) - y(v)), fill: sr.color, opacity: 0.8 }));
+        }
         continue;
       }
       let d = "";
@@ -1131,7 +1225,7 @@
   function currentRoute() {
     const hash = location.hash.replace(/^#\/?/, "");
     if (hash.startsWith("tx/")) return { view: "tx", tab: "transactions", txid: decodeURIComponent(hash.slice(3)) };
-    const tab = ["cluster", "participants", "activity"].includes(hash) ? hash : "transactions";
+    const tab = ["cluster", "participants", "activity", "audit"].includes(hash) ? hash : "transactions";
     return { view: tab, tab };
   }
 
@@ -1139,6 +1233,14 @@
     const route = currentRoute();
     if (route.view === "tx") openDetail(route.txid);
     else closeDetail();
+    const a = state.audit;
+    if (route.view === "audit" && !a.timer) {
+      loadAudit();
+      a.timer = setInterval(loadAudit, AUDIT_REFRESH_MS);
+    } else if (route.view !== "audit" && a.timer) {
+      clearInterval(a.timer);
+      a.timer = null;
+    }
     render();
   }
 
@@ -1173,7 +1275,17 @@
       thr.value = String(state.stuckAfterS);
       scheduleRender();
     });
-    window.addEventListener("hashchange", onRoute);
+    window.addEventListener("hashchange", () => {
+      $("toasts").replaceChildren(); // a toast belongs to the page it was raised on
+      onRoute();
+    });
+    for (const b of document.querySelectorAll("#span-buttons button")) {
+      b.addEventListener("click", () => {
+        state.chartSpanS = Number(b.dataset.span);
+        localStorage.setItem(CHART_SPAN_KEY, String(state.chartSpanS));
+        scheduleRender();
+      });
+    }
     document.addEventListener("pointerdown", () => {
       state.holding = true;
     });
