@@ -64,6 +64,11 @@ class Decide(Command):
     kind: ClassVar[str] = "decide"
     outcome: Outcome = Outcome.ABORT
     reason: str | None = None
+    # A COMMIT proposed on the strength of the votes the proposer saw: if they turn out not
+    # to be unanimous YES when applied, nothing is decided (instead of ABORT) and the
+    # proposer runs phase 1 for the missing votes. Lets an all-prepared transaction commit
+    # in one log round.
+    only_if_unanimous: bool = False
 
 
 @dataclass(frozen=True)

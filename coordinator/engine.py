@@ -149,11 +149,9 @@ class Engine:
     async def commit(self, txid: str) -> Transaction:
         """Run 2PC (or join the run already going for this transaction) and return the
         transaction once decided; waits a little for phase 2 so the answer is usually final."""
-        t = await self.get(txid)
-        if t is None:
-            raise EngineError(Status.NOT_FOUND, f"transaction {txid} not found")
-        if t.outcome is None:
-            t = await asyncio.shield(self._commit_task(txid))
+        # No read barrier: the flow's first command goes through the log, and its result is
+        # the transaction's state at that point (linearizable by construction).
+        t = await asyncio.shield(self._commit_task(txid))
         return await self._wait_phase2(t)
 
     def _commit_task(self, txid: str) -> asyncio.Task[Transaction]:
@@ -215,7 +213,32 @@ class Engine:
     async def _commit_flow(self, txid: str) -> Transaction:
         txid_var.set(txid)
         started = self.clock()
-        r = await self._propose_one(StartPrepare(txid=txid, at=started))
+        known = self.store.inflight.get(txid)
+        if (
+            known is not None
+            and known.outcome is None
+            and known.participants
+            and all(p.vote in (Vote.YES, Vote.READ_ONLY) for p in known.participants)
+        ):
+            # Every participant prepared before enlisting (the SDK's way): close enlistment
+            # and decide in one log round. If a vote turns out to be missing when applied,
+            # the conditional decision is a no-op and phase 1 runs below as usual.
+            first, decided = await self.log.propose(
+                [
+                    StartPrepare(txid=txid, at=started),
+                    Decide(txid=txid, at=started, outcome=Outcome.COMMIT, only_if_unanimous=True),
+                ]
+            )
+            if first.txn is None:
+                raise EngineError(first.status, first.message)
+            if decided.txn is not None and decided.txn.outcome is not None:
+                if decided.changed:
+                    self.metrics.observe_decision(decided.txn, self.clock() - started)
+                    self._after_decision(decided.txn)
+                return decided.txn
+            r = first
+        else:
+            r = await self._propose_one(StartPrepare(txid=txid, at=started))
         if r.txn is None:
             raise EngineError(r.status, r.message)
         t = r.txn

@@ -191,6 +191,8 @@ def _decide(txn: Transaction | None, cmd: Decide) -> Result:
     outcome, reason = cmd.outcome, cmd.reason
     if outcome is Outcome.COMMIT:
         missing = [p.name for p in t.participants if p.vote not in (Vote.YES, Vote.READ_ONLY)]
+        if missing and cmd.only_if_unanimous and cmd.at < t.expires_at:
+            return Result(Status.CONFLICT, txn, message=f"votes missing: {', '.join(missing)}")
         if cmd.at >= t.expires_at:
             outcome, reason = Outcome.ABORT, "transaction expired before the decision"
         elif missing:

@@ -296,3 +296,17 @@ def test_racing_decisions_have_one_outcome(order: list[int]) -> None:
     first = racers[order[0]]
     outcomes = {m.apply(racers[i]).txn.outcome for i in order}  # type: ignore[union-attr]
     assert outcomes == {first.outcome}
+
+
+def test_conditional_commit_decides_nothing_when_votes_are_missing() -> None:
+    m = machine_with("a", "b", votes={"a": Vote.YES})
+    r = m.apply(Decide(txid=T, at=1, outcome=Outcome.COMMIT, only_if_unanimous=True))
+    assert r.status is Status.CONFLICT and not r.changed and "b" in r.message
+    assert m.transactions[T].outcome is None
+    m.apply(RecordVote(txid=T, at=2, name="b", vote=Vote.YES))
+    t = m.apply(Decide(txid=T, at=3, outcome=Outcome.COMMIT, only_if_unanimous=True)).txn
+    assert t is not None and t.outcome is Outcome.COMMIT
+    # Expired: still an abort, conditional or not (rule 2).
+    m2 = machine_with("a", timeout=5, votes={})
+    t2 = m2.apply(Decide(txid=T, at=6, outcome=Outcome.COMMIT, only_if_unanimous=True)).txn
+    assert t2 is not None and t2.outcome is Outcome.ABORT
