@@ -148,6 +148,7 @@ def up(args: argparse.Namespace) -> int:
             if c.name.startswith("node"):
                 print(f"  {c.name:<14} {c.url}")
         print(f"  API            {coordinator_url}/v1/transactions (any node)")
+        print(f"  dashboard      {coordinator_url}/dashboard")
         print(f"  OpenAPI docs   {coordinator_url}/docs")
         print(f"  cluster        {coordinator_url}/v1/cluster")
         print(f"  metrics        {coordinator_url}/metrics")
@@ -160,6 +161,7 @@ def up(args: argparse.Namespace) -> int:
                 f"--to-bank {bank_urls[1]} --to-account bob --amount 10"
             )
         print(f"  credentials    source {data_dir / 'credentials.env'}   (development tokens)")
+        print(f"  admin token    {creds['admin']}   (dashboard sign-in, txc CLI)")
         print(f"  logs           {log_dir}")
         print(f"  data           {data_dir} (remove it to start afresh)")
         print("Ctrl-C stops everything.", flush=True)
