@@ -10,6 +10,8 @@ Exit codes a script can use:
 | 3 | transaction not found |
 | 4 | state conflict (e.g. `commit` of an aborted transaction) |
 | 5 | coordinator unreachable or without a leader |
+| 6 | a dry run would change something; an audit or a consistency check found problems |
+| 7 | `recover` left work prepared because its transaction is still undecided |
 """
 
 from __future__ import annotations
@@ -349,6 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     failover.add_arguments(fo)
     fo.set_defaults(func=failover.main)
+    tr_bench = bench_sub.add_parser(
+        "transfers",
+        help="throughput and latency of transfers: baseline (no coordinator), txc 1 and 3 nodes",
+    )
+    from coordinator.bench import transfer
+
+    transfer.add_arguments(tr_bench)
+    tr_bench.set_defaults(func=transfer.main)
+    raft_bench = bench_sub.add_parser(
+        "raft", help="replicated commands/s for 1, 3 and 5 nodes by batch size"
+    )
+    from coordinator.bench import raftbench
+
+    raftbench.add_arguments(raft_bench)
+    raft_bench.set_defaults(func=raftbench.main)
 
     from coordinator.ops import cli as ops_cli
 

@@ -128,10 +128,9 @@ def up(args: argparse.Namespace) -> int:
                             ",".join(c.url for c in nodes_started),
                             "--port",
                             str(port),
-                            "--token",
-                            creds["participant"],
-                            "--participant-token",
-                            creds["participant_secret"],
+                            # One argument each: a token may begin with "-".
+                            f"--token={creds['participant']}",
+                            f"--participant-token={creds['participant_secret']}",
                         ],
                         {},
                         port,

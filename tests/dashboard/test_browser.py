@@ -2,7 +2,7 @@
 system: three `txc serve` processes on real PostgreSQL, participants served over HTTP, one
 of them down. The page is opened on a follower, as an operator might. Each test checks what
 the page shows against the API, and the actions' effects through the API; screenshots go to
-docs/screenshots/.
+docs/screenshots/ (with TXC_UPDATE_SCREENSHOTS=1).
 
 Needs the `playwright` package (the dev extra) and a Chromium (Debian's `chromium`; `.ci/run`
 installs it). Without them these tests skip, except under CI (`CI` set), where they fail.
@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,13 @@ from tests.conftest import PgServer
 from tests.helpers import ScriptedParticipant, free_port, serve
 from tests.processes import Cluster, start_cluster
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# Screenshots go to a temporary folder unless TXC_UPDATE_SCREENSHOTS=1 asks to refresh the
+# ones kept in the repository (docs/screenshots/), so a test run leaves the tree unchanged.
+SCREENSHOTS = (
+    Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    if os.environ.get("TXC_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "txc-screenshots"
+)
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 # Playwright adds --headless and its own fresh --user-data-dir; these are the rest of what
 # Chromium needs as root in a container.

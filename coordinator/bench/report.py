@@ -1,0 +1,226 @@
+"""The benchmarks' reports: terminal tables, ratios, the issue's targets, and PNG charts
+(matplotlib, an optional extra: `pip install 'txc[bench]'`; without it the PNG is skipped
+with a message)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGET_RATIO = 0.5  # txc 3 nodes / baseline throughput at concurrency 32
+TARGET_RATIO_CONCURRENCY = 32
+TARGET_P99_MS = 25.0  # txc 3 nodes commit latency p99 at concurrency 8
+TARGET_P99_CONCURRENCY = 8
+TARGET_FAILOVER_MS = 2000.0
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def one_line(name: str, s: dict[str, Any]) -> str:
+    lat = s["latency_ms"]
+    return (
+        f"{name:<8} c={s['concurrency']:<3} {s['throughput_tps']:>8.1f} transfers/s  "
+        f"p50 {_ms(lat['p50'])} p95 {_ms(lat['p95'])} p99 {_ms(lat['p99'])} ms  "
+        f"errors {s['errors']}"
+    )
+
+
+def failover_line(f: dict[str, Any]) -> str:
+    return (
+        f"killed {f.get('killed')}: first commit after {f.get('first_commit_after_kill_ms')} ms, "
+        f"longest gap without commits {f.get('no_commit_window_ms')} ms, "
+        f"failed transfers {f.get('whole_run', {}).get('errors')}"
+    )
+
+
+def _level(scenarios: list[dict[str, Any]], name: str, c: int) -> dict[str, Any] | None:
+    for s in scenarios:
+        if s["name"] == name:
+            for lv in s["levels"]:
+                if lv["concurrency"] == c:
+                    return lv  # type: ignore[no-any-return]
+    return None
+
+
+def ratios(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """txc / baseline, per txc scenario and concurrency level: throughput, p50, p99."""
+    out = []
+    for s in scenarios:
+        if s["nodes"] == 0:
+            continue
+        for lv in s["levels"]:
+            base = _level(scenarios, "baseline", lv["concurrency"])
+            if base is None or not base["throughput_tps"]:
+                continue
+            row: dict[str, Any] = {
+                "scenario": s["name"],
+                "concurrency": lv["concurrency"],
+                "throughput": round(lv["throughput_tps"] / base["throughput_tps"], 3),
+            }
+            for q in ("p50", "p99"):
+                a, b = lv["latency_ms"][q], base["latency_ms"][q]
+                row[f"latency_{q}"] = round(a / b, 2) if a is not None and b else None
+            out.append(row)
+    return out
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, measured (a report: nothing here fails anything)."""
+    rows: list[dict[str, Any]] = []
+    ratio = next(
+        (
+            r["throughput"]
+            for r in result.get("ratios", [])
+            if r["scenario"] == "txc-3" and r["concurrency"] == TARGET_RATIO_CONCURRENCY
+        ),
+        None,
+    )
+    rows.append(
+        {
+            "target": f"throughput txc-3 / baseline >= {TARGET_RATIO} "
+            f"at c={TARGET_RATIO_CONCURRENCY}",
+            "measured": ratio,
+            "met": None if ratio is None else ratio >= TARGET_RATIO,
+        }
+    )
+    lv = _level(result["scenarios"], "txc-3", TARGET_P99_CONCURRENCY)
+    p99 = lv["latency_ms"]["p99"] if lv else None
+    rows.append(
+        {
+            "target": f"transfer latency p99 <= {TARGET_P99_MS:.0f} ms, txc-3 at "
+            f"c={TARGET_P99_CONCURRENCY}",
+            "measured": p99,
+            "met": None if p99 is None else p99 <= TARGET_P99_MS,
+        }
+    )
+    fo = result.get("failover") or {}
+    gap = fo.get("no_commit_window_ms")
+    rows.append(
+        {
+            "target": f"failover window without commits <= {TARGET_FAILOVER_MS:.0f} ms",
+            "measured": gap,
+            "met": None if gap is None else gap <= TARGET_FAILOVER_MS,
+        }
+    )
+    return rows
+
+
+def table(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores, PostgreSQL {m['postgresql']}, "
+        f"Python {m['python']}",
+        f"command: {result['command']}",
+        "",
+        f"{'scenario':<10}{'conc':>5}{'transfers/s':>13}{'p50 ms':>9}{'p95 ms':>9}"
+        f"{'p99 ms':>9}{'commit p99':>12}{'errors':>8}{'x baseline':>12}",
+    ]
+    rat = {(r["scenario"], r["concurrency"]): r["throughput"] for r in result.get("ratios", [])}
+    for s in result["scenarios"]:
+        for lv in s["levels"]:
+            lat = lv["latency_ms"]
+            commit = (lv.get("commit_latency_ms") or {}).get("p99")
+            r = rat.get((s["name"], lv["concurrency"]))
+            lines.append(
+                f"{s['name']:<10}{lv['concurrency']:>5}{lv['throughput_tps']:>13.1f}"
+                f"{_ms(lat['p50']):>9}{_ms(lat['p95']):>9}{_ms(lat['p99']):>9}"
+                f"{_ms(commit):>12}{lv['errors']:>8}{'' if r is None else f'{r:.2f}':>12}"
+            )
+    lines.append("")
+    lines.append("latency: one whole transfer (begin, debit, credit, commit with phase 2)")
+    lines.append("cores used while measuring (2.0 = both cores of a 2-core machine busy):")
+    for s in result["scenarios"]:
+        for lv in s["levels"]:
+            cpu = lv.get("cpu_cores") or {}
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+            lines.append(f"  {s['name']:<8} c={lv['concurrency']:<3} {parts}")
+    for s in result["scenarios"]:
+        state = "conserved" if s["conserved"] else "NOT conserved"
+        lines.append(
+            f"money {s['name']}: {state} (total {s['total_before']} -> {s['total_after']}, "
+            f"prepared left {s['prepared_left']})"
+        )
+    fo = result.get("failover")
+    if fo:
+        lines.append("")
+        lines.append(f"failover: {failover_line(fo)}")
+        ak = fo.get("around_kill", {})
+        lat = ak.get("latency_ms", {})
+        lines.append(
+            f"  transfers started around the kill: {ak.get('transfers')} "
+            f"({ak.get('failed')} failed), p50 {_ms(lat.get('p50'))} p99 {_ms(lat.get('p99'))} "
+            f"max {_ms(lat.get('max'))} ms; before the kill p99 "
+            f"{_ms(fo.get('before_kill_latency_ms', {}).get('p99'))} ms; money "
+            f"{'conserved' if fo.get('conserved') else 'NOT conserved'}"
+        )
+    lines.append("")
+    for t in result.get("targets", []):
+        met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        lines.append(f"target: {t['target']}: measured {t['measured']} ({met})")
+    return "\n".join(lines)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+NO_MATPLOTLIB = "matplotlib is not installed (pip install 'txc[bench]')"
+
+
+def chart(result: dict[str, Any], path: Path) -> Path | str:
+    """Throughput and latency per scenario and concurrency, and the failover timeline."""
+    plt = _pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
+    scenarios = result["scenarios"]
+    levels = sorted({lv["concurrency"] for s in scenarios for lv in s["levels"]})
+    fo = result.get("failover")
+    with_failover = bool(fo and fo.get("timeline"))
+    ncols = (2 if scenarios else 0) + (1 if with_failover else 0)
+    if ncols == 0:
+        return "nothing to chart"
+    fig, axes_ = plt.subplots(1, ncols, figsize=(6 * ncols, 4.5), squeeze=False)
+    axes = list(axes_[0])
+    if scenarios:
+        width = 0.8 / len(scenarios)
+        for i, s in enumerate(scenarios):
+            by_c = {lv["concurrency"]: lv for lv in s["levels"]}
+            xs = [j + i * width for j in range(len(levels))]
+            tps = [by_c[c]["throughput_tps"] if c in by_c else 0 for c in levels]
+            axes[0].bar(xs, tps, width, label=s["name"])
+            p50 = [by_c[c]["latency_ms"]["p50"] or 0 if c in by_c else 0 for c in levels]
+            p99 = [by_c[c]["latency_ms"]["p99"] or 0 if c in by_c else 0 for c in levels]
+            axes[1].bar(xs, p99, width, alpha=0.35, color=f"C{i}")
+            axes[1].bar(xs, p50, width, label=s["name"], color=f"C{i}")
+        centre = [j + width * (len(scenarios) - 1) / 2 for j in range(len(levels))]
+        for ax, title, unit in (
+            (axes[0], "throughput", "transfers/s"),
+            (axes[1], "transfer latency p50 (solid), p99 (light)", "ms (log)"),
+        ):
+            ax.set_xticks(centre, [f"c={c}" for c in levels])
+            ax.set_title(title)
+            ax.set_ylabel(unit)
+            ax.legend()
+        axes[1].set_yscale("log")
+    if with_failover and fo:
+        ax = axes[-1]
+        ax.step([t for t, _ in fo["timeline"]], [n for _, n in fo["timeline"]], where="post")
+        ax.axvline(0, color="red", linestyle="--", label=f"SIGKILL {fo.get('killed')}")
+        ax.set_title(f"failover: commits per 0.1 s (gap {fo.get('no_commit_window_ms')} ms)")
+        ax.set_xlabel("s from the kill")
+        ax.legend()
+    m = result["machine"]
+    fig.suptitle(f"txc bench transfers: {m['cores']} cores, {m['cpu'][:60]}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,85 @@
+"""Smoke test of `txc bench transfers`: a short run of every scenario, checking the report's
+structure and that the banks' money was conserved. Timings never fail it (DESIGN §8): no
+figure is compared with anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.cli import build_parser
+
+pytestmark = pytest.mark.e2e
+
+LATENCY_KEYS = {"p50", "p95", "p99", "max", "mean"}
+
+
+def _run(tmp_path: Path, *extra: str) -> dict[str, Any]:
+    argv = ["bench", "transfers", "--out-dir", str(tmp_path), "--accounts", "50", *extra]
+    args = build_parser().parse_args(argv)
+    assert args.func(args) == 0
+    report: dict[str, Any] = json.loads((tmp_path / "transfers.json").read_text())
+    png = tmp_path / "transfers.png"
+    assert png.exists() == (importlib.util.find_spec("matplotlib") is not None)
+    return report
+
+
+def _money_conserved(s: dict[str, Any]) -> None:
+    assert s["total_before"] == s["total_after"], s
+    assert s["prepared_left"] == 0, s
+    assert s["conserved"] is True
+
+
+def test_transfers_report_and_conservation(tmp_path: Path) -> None:
+    report = _run(
+        tmp_path, "--concurrency", "2", "--duration", "2", "--warmup", "0.5", "--no-failover"
+    )
+    assert report["benchmark"] == "transfers"
+    assert {"cpu", "cores", "postgresql"} <= report["machine"].keys()
+    assert [s["name"] for s in report["scenarios"]] == ["baseline", "txc-1", "txc-3"]
+    for s in report["scenarios"]:
+        _money_conserved(s)
+        [level] = s["levels"]
+        assert level["concurrency"] == 2
+        assert level["transfers"] > 0
+        assert set(level["latency_ms"]) == LATENCY_KEYS
+        assert isinstance(level["throughput_tps"], float)
+        if s["nodes"]:
+            assert set(level["commit_latency_ms"]) == LATENCY_KEYS
+            # Atomicity: a committed transfer wrote one ledger row in each bank, an aborted
+            # one none; the rows added come in pairs.
+            assert s["ledger_rows_added"] % 2 == 0
+            assert s["ledger_rows_added"] >= 2 * level["transfers"]
+        else:
+            assert level["commit_latency_ms"] is None
+    assert {(r["scenario"], r["concurrency"]) for r in report["ratios"]} == {
+        ("txc-1", 2),
+        ("txc-3", 2),
+    }
+    assert len(report["targets"]) == 3
+    assert "failover" not in report
+
+
+def test_failover_report_and_conservation(tmp_path: Path) -> None:
+    report = _run(
+        tmp_path,
+        "--scenarios",
+        "",
+        "--concurrency",
+        "4",
+        "--warmup",
+        "0.5",
+        "--failover-duration",
+        "4",
+    )
+    fo = report["failover"]
+    _money_conserved(fo)
+    assert fo["killed"]
+    assert fo["whole_run"]["transfers"] > 0
+    assert fo["ledger_rows_added"] % 2 == 0
+    for key in ("first_commit_after_kill_ms", "no_commit_window_ms", "around_kill", "timeline"):
+        assert key in fo
