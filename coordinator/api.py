@@ -225,6 +225,38 @@ class BodyLimit:
         await resp(scope, receive, send)
 
 
+class ForwardToLeader:
+    """A follower sends `/v1` requests (except `/v1/cluster*`, which each node answers
+    itself) to the leader and relays the answer; or answers 503 with `Txc-Leader` when it
+    cannot (no leader known, or the request was already forwarded once). A plain ASGI
+    middleware: every request, Raft messages included, passes through it."""
+
+    def __init__(self, app: ASGIApp, node: Any) -> None:
+        self.app = app
+        self.node = node
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        node = self.node
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if (
+            node.raft is None
+            or not path.startswith("/v1/")
+            or path.startswith("/v1/cluster")
+            or node.log.is_leader()
+        ):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        leader = node.log.leader_url()
+        if request.headers.get("txc-forwarded") or leader is None:
+            headers = {"Txc-Leader": leader} if leader else None
+            msg = "no leader elected yet" if leader is None else "not the leader"
+            response: Response = error_response(503, "not_leader", msg, headers)
+        else:
+            response = await node.forward(request, leader)
+        await response(scope, receive, send)
+
+
 class RequestContext:
     """Puts the request's transaction id and W3C `traceparent` into the logging context
     (coordinator.logs); tasks started while serving the request inherit them."""
@@ -583,23 +615,6 @@ def create_app(node: Any) -> FastAPI:
         node.raft.deliver(msgs)
         return Response(status_code=204)
 
-    @app.middleware("http")
-    async def forward_to_leader(request: Request, call_next: Any) -> Response:
-        path = request.url.path
-        if (
-            node.raft is None
-            or not path.startswith("/v1/")
-            or path.startswith("/v1/cluster")
-            or node.log.is_leader()
-        ):
-            return await call_next(request)  # type: ignore[no-any-return]
-        leader = node.log.leader_url()
-        if request.headers.get("txc-forwarded") or leader is None:
-            headers = {"Txc-Leader": leader} if leader else None
-            msg = "no leader elected yet" if leader is None else "not the leader"
-            return error_response(503, "not_leader", msg, headers)
-        return await node.forward(request, leader)
-
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -618,6 +633,7 @@ def create_app(node: Any) -> FastAPI:
         )
 
     app.include_router(dashboard.router(node))
+    app.add_middleware(ForwardToLeader, node=node)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)
     return app

@@ -6,7 +6,7 @@ so every node that applies the same log holds the same records.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -138,4 +138,10 @@ class Transaction:
         return cls(**d)
 
     def copy(self) -> Transaction:
-        return Transaction.from_dict(self.to_dict())
+        """A deep copy (the state machine never changes its input). Field by field: this is
+        on the apply path of every command, and `asdict` round trips cost several times more."""
+        return replace(
+            self,
+            labels=dict(self.labels),
+            participants=[replace(p) for p in self.participants],
+        )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, true
+from sqlalchemy import and_, bindparam, func, or_, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -24,6 +24,23 @@ from coordinator.model import Transaction, TxState
 from coordinator.statemachine import Result, Status, apply
 
 MAX_BATCH_LOOKUP = 1000  # txids fetched in one query when a batch touches cold transactions
+
+
+def _transaction_upsert() -> Any:
+    stmt = pg_insert(schema.transactions)
+    columns = ("state", "outcome", "updated_at", "expires_at", "heuristic", "labels", "doc")
+    return stmt.on_conflict_do_update(
+        index_elements=["txid"], set_={c: stmt.excluded[c] for c in columns}
+    )
+
+
+# Built once: these run for every batch the log applies.
+TRANSACTION_UPSERT = _transaction_upsert()
+HISTORY_INSERT = pg_insert(schema.history).on_conflict_do_nothing()
+AUDIT_INSERT = pg_insert(schema.audit).on_conflict_do_nothing()
+LOOKUP_DOCS = select(schema.transactions.c.doc).where(
+    schema.transactions.c.txid.in_(bindparam("txids", expanding=True))
+)
 
 
 @dataclass(frozen=True)
@@ -135,9 +152,7 @@ class Store:
             found[txid] = self.inflight[txid]
         for i in range(0, len(cold), MAX_BATCH_LOOKUP):
             chunk = cold[i : i + MAX_BATCH_LOOKUP]
-            rows = await conn.execute(
-                select(schema.transactions.c.doc).where(schema.transactions.c.txid.in_(chunk))
-            )
+            rows = await conn.execute(LOOKUP_DOCS, {"txids": chunk})
             for (doc,) in rows.fetchall():
                 t = Transaction.from_dict(doc)
                 found[t.txid] = t
@@ -181,27 +196,10 @@ class Store:
                     }
                 )
         if audit_rows:
-            await conn.execute(pg_insert(schema.audit).on_conflict_do_nothing(), audit_rows)
+            await conn.execute(AUDIT_INSERT, audit_rows)
         if changed:
-            stmt = pg_insert(schema.transactions)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["txid"],
-                set_={
-                    c: stmt.excluded[c]
-                    for c in (
-                        "state",
-                        "outcome",
-                        "updated_at",
-                        "expires_at",
-                        "heuristic",
-                        "labels",
-                        "doc",
-                    )
-                },
-            )
-            await conn.execute(stmt, [_row(t) for t in changed.values()])
-            hist = pg_insert(schema.history).on_conflict_do_nothing()
-            await conn.execute(hist, history_rows)
+            await conn.execute(TRANSACTION_UPSERT, [_row(t) for t in changed.values()])
+            await conn.execute(HISTORY_INSERT, history_rows)
         return results, changed
 
     def publish(self, changed: dict[str, Transaction]) -> None:

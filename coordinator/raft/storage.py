@@ -10,8 +10,9 @@ of the stored log; and nothing is ever applied twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -20,6 +21,24 @@ from coordinator.raft.messages import ConfState, Entry, EntryKind, HardState, Sn
 from coordinator.raft.ready import PersistentState
 
 MAX_ROWS_PER_INSERT = 1000
+
+
+def _upsert_one_row(table: Any, columns: list[str]) -> Any:
+    """INSERT ... ON CONFLICT (id) DO UPDATE for a one-row table, built once: statements on
+    the hot path are constants, so SQLAlchemy compiles each a single time."""
+    stmt = pg_insert(table)
+    return stmt.on_conflict_do_update(
+        index_elements=["id"], set_={c: stmt.excluded[c] for c in columns}
+    )
+
+
+HARD_STATE_UPSERT = _upsert_one_row(schema.hard_state, ["term", "vote", "commit_index"])
+APPLIED_UPSERT = _upsert_one_row(schema.applied_state, ["last_applied", "last_applied_term"])
+SNAPSHOT_UPSERT = _upsert_one_row(schema.snapshot_meta, ["index", "term", "config", "data"])
+LOG_INSERT = schema.log_entries.insert()
+LOG_TRUNCATE_FROM = delete(schema.log_entries).where(
+    schema.log_entries.c.index >= bindparam("first")
+)
 
 
 class StorageMismatch(RuntimeError):
@@ -100,45 +119,32 @@ async def save(
         # A received snapshot replaces the whole log.
         await conn.execute(delete(schema.log_entries))
     if entries:
-        first = entries[0].index
-        await conn.execute(delete(schema.log_entries).where(schema.log_entries.c.index >= first))
+        await conn.execute(LOG_TRUNCATE_FROM, {"first": entries[0].index})
         rows = [
             {"index": e.index, "term": e.term, "kind": e.kind.value, "data": e.data}
             for e in entries
         ]
         for i in range(0, len(rows), MAX_ROWS_PER_INSERT):
-            await conn.execute(schema.log_entries.insert(), rows[i : i + MAX_ROWS_PER_INSERT])
+            await conn.execute(LOG_INSERT, rows[i : i + MAX_ROWS_PER_INSERT])
     if hard_state is not None:
-        stmt = pg_insert(schema.hard_state).values(
-            id=1, term=hard_state.term, vote=str(hard_state.vote), commit_index=hard_state.commit
-        )
+        hs = hard_state
         await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["id"],
-                set_={
-                    "term": stmt.excluded.term,
-                    "vote": stmt.excluded.vote,
-                    "commit_index": stmt.excluded.commit_index,
-                },
-            )
+            HARD_STATE_UPSERT,
+            {"id": 1, "term": hs.term, "vote": str(hs.vote), "commit_index": hs.commit},
         )
 
 
 async def save_snapshot(conn: AsyncConnection, snapshot: Snapshot) -> None:
     m = snapshot.meta
-    stmt = pg_insert(schema.snapshot_meta).values(
-        id=1, index=m.index, term=m.term, config=m.conf.to_dict(), data=snapshot.data
-    )
     await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["id"],
-            set_={
-                "index": stmt.excluded.index,
-                "term": stmt.excluded.term,
-                "config": stmt.excluded.config,
-                "data": stmt.excluded.data,
-            },
-        )
+        SNAPSHOT_UPSERT,
+        {
+            "id": 1,
+            "index": m.index,
+            "term": m.term,
+            "config": m.conf.to_dict(),
+            "data": snapshot.data,
+        },
     )
 
 
@@ -151,16 +157,7 @@ async def compact(conn: AsyncConnection, snapshot: Snapshot) -> None:
 
 
 async def set_applied(conn: AsyncConnection, index: int, term: int) -> None:
-    stmt = pg_insert(schema.applied_state).values(id=1, last_applied=index, last_applied_term=term)
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["id"],
-            set_={
-                "last_applied": stmt.excluded.last_applied,
-                "last_applied_term": stmt.excluded.last_applied_term,
-            },
-        )
-    )
+    await conn.execute(APPLIED_UPSERT, {"id": 1, "last_applied": index, "last_applied_term": term})
 
 
 async def load_members(engine: AsyncEngine) -> dict[int, str]:
