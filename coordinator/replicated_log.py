@@ -51,7 +51,11 @@ from coordinator.store import LogEntry, Store
 log = logging.getLogger("txc.raft")
 
 MAX_INBOX = 10_000  # events waiting for the Raft task before callers get 503
-MAX_EVENTS_PER_ROUND = 1_000  # events fed to the core before it drains a Ready
+MAX_EVENTS_PER_ROUND = 256  # events fed to the core before it drains a Ready
+# Committed entries applied in one database transaction. An entry can carry a whole batch of
+# commands, so this is kept small: one Ready must not hold the event loop for longer than a
+# fraction of an election timeout, or heartbeats wait and leadership is lost under load.
+MAX_COMMITTED_PER_READY = 64
 PROMOTE_CHECK_TICKS = 10  # how often the leader looks for learners ready to vote
 READ_TIMEOUT_S = 5.0  # a linearizable read the leader cannot confirm in this time fails
 PROPOSE_TIMEOUT_S = 10.0  # a proposal not committed in this time fails (it may still commit)
@@ -87,7 +91,10 @@ class RaftLog:
         self.urls = dict(peer_urls)
         self.tick_s = tick_s
         self.cfg = RaftConfig(
-            id=raft_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks
+            id=raft_id,
+            election_ticks=election_ticks,
+            heartbeat_ticks=heartbeat_ticks,
+            max_committed_per_ready=MAX_COMMITTED_PER_READY,
         )
         self.snapshot_entries = snapshot_entries
         self.transport = Transport(raft_id, secret, lambda: self.urls, ssl_context)
