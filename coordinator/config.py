@@ -52,6 +52,7 @@ class Settings:
     snapshot_entries: int = 20_000  # log entries kept before a snapshot compacts them
     forward_timeout_s: float = 30.0  # a follower's forwarded request to the leader
 
+    otel: str = ""  # OpenTelemetry: "", "console", "otlp" or "global" (coordinator.tracing)
     default_timeout_s: float = 60.0  # a transaction's lifetime when begin gives none
     prepare_timeout_s: float = 10.0  # one prepare request, bounded also by the expiry
     phase2_request_timeout_s: float = 10.0  # one commit/abort request to a participant

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from coordinator import tracing
 from coordinator.commands import (
     Ack,
     AcknowledgeHeuristic,
@@ -211,6 +212,13 @@ class Engine:
     # -- phase 1 ----------------------------------------------------------------------------
 
     async def _commit_flow(self, txid: str) -> Transaction:
+        with tracing.span("txc.commit", **{"txc.txid": txid}) as span:
+            t = await self._commit_flow_traced(txid)
+            if span is not None and t.outcome is not None:
+                span.set_attribute("txc.outcome", t.outcome.value)
+            return t
+
+    async def _commit_flow_traced(self, txid: str) -> Transaction:
         txid_var.set(txid)
         started = self.clock()
         known = self.store.inflight.get(txid)

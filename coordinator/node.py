@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from coordinator import migrate
+from coordinator import migrate, tracing
 from coordinator.api import create_app
 from coordinator.auth import Principal
 from coordinator.commands import AuditNote
@@ -34,6 +34,7 @@ RELAYED_HEADERS = {"content-type", "txc-leader", "retry-after", "www-authenticat
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.validate()
+        tracing.configure(settings.otel)
         self.db = make_engine(settings.database_url)
         self.store = Store(self.db)
         self.metrics = Metrics()

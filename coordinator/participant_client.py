@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from coordinator import tracing
 from coordinator.logs import traceparent_var
 from participant_sdk.signing import signed_headers
 
@@ -82,6 +83,18 @@ class ParticipantClient:
         self, base_url: str, action: str, txid: str, participant: str, timeout_s: float
     ) -> Reply:
         """One protocol request. Never raises for network trouble: that is a Reply too."""
+        assert self._session is not None, "client not started"
+        with tracing.span(
+            f"txc.participant.{action}", **{"txc.txid": txid, "txc.participant": participant}
+        ) as span:
+            reply = await self._call(base_url, action, txid, participant, timeout_s)
+            if span is not None:
+                span.set_attribute("http.status_code", reply.status or 0)
+            return reply
+
+    async def _call(
+        self, base_url: str, action: str, txid: str, participant: str, timeout_s: float
+    ) -> Reply:
         assert self._session is not None, "client not started"
         payload = json.dumps({"txid": txid, "participant": participant}).encode()
         url = action_url(base_url, action)
