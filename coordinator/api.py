@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coordinator import dashboard, logs, model
-from coordinator.auth import ANONYMOUS, Principal, Role, TokenTable, parse_tokens
+from coordinator.auth import ANONYMOUS, AuthFailed, Principal, Role, TokenTable, parse_tokens
 from coordinator.engine import EngineError
 from coordinator.log import LogUnavailable, NotLeader
 from coordinator.model import Outcome, Transaction, TxState, Vote
@@ -257,6 +257,14 @@ class ForwardToLeader:
         await response(scope, receive, send)
 
 
+def authenticated(tokens: TokenTable, request: Request) -> Principal:
+    """The caller's principal, or a 401 in the API's error shape."""
+    try:
+        return tokens.principal(request.headers.get("authorization"))
+    except AuthFailed as e:
+        raise ApiError(401, "unauthenticated", str(e), {"WWW-Authenticate": "Bearer"}) from None
+
+
 class RequestContext:
     """Puts the request's transaction id and W3C `traceparent` into the logging context
     (coordinator.logs); tasks started while serving the request inherit them."""
@@ -347,18 +355,7 @@ def create_app(node: Any) -> FastAPI:
     tokens = TokenTable(parse_tokens(settings.api_tokens, settings.api_token))
 
     def principal(request: Request) -> Principal:
-        if not tokens.enabled:
-            return ANONYMOUS
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(
-                401, "unauthenticated", "missing bearer token", {"WWW-Authenticate": "Bearer"}
-            )
-        p = tokens.lookup(token.strip())
-        if p is None:
-            raise ApiError(401, "unauthenticated", "unknown token", {"WWW-Authenticate": "Bearer"})
-        return p
+        return authenticated(tokens, request)
 
     def require(*roles: Role) -> Any:
         """A dependency admitting `roles` (and admin, who may do everything)."""

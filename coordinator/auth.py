@@ -74,6 +74,10 @@ def parse_tokens(api_tokens: str, admin_token: str = "") -> dict[str, Role]:
     return out
 
 
+class AuthFailed(Exception):
+    """401: no bearer token, or one that is not configured."""
+
+
 class TokenTable:
     def __init__(self, tokens: dict[str, Role]) -> None:
         self._tokens = [(t.encode(), r, fingerprint(t)) for t, r in tokens.items()]
@@ -81,6 +85,19 @@ class TokenTable:
     @property
     def enabled(self) -> bool:
         return bool(self._tokens)
+
+    def principal(self, authorization: str | None) -> Principal:
+        """Who sends this `Authorization` header. Open (ANONYMOUS admin) when no token is
+        configured; raises AuthFailed for a missing or unknown bearer token."""
+        if not self.enabled:
+            return ANONYMOUS
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthFailed("missing bearer token")
+        p = self.lookup(token.strip())
+        if p is None:
+            raise AuthFailed("unknown token")
+        return p
 
     def lookup(self, token: str) -> Principal | None:
         """Constant-time in the token's content: every configured token is compared."""

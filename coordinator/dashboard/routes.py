@@ -31,8 +31,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.api import ApiError
-from coordinator.auth import ANONYMOUS, Principal, Role, TokenTable, parse_tokens
+from coordinator.api import ApiError, authenticated
+from coordinator.auth import Principal, Role, TokenTable, parse_tokens
 from coordinator.dashboard.feed import Feed
 
 PUSH_INTERVAL_S = 1.0  # a stream sends a snapshot and the new seconds of activity this often
@@ -98,16 +98,7 @@ def build_router(node: Any) -> APIRouter:
     def authenticate(request: Request) -> Principal:
         """The rule of `/v1`'s reads: no tokens configured, open; else a known token of a
         role that may read (401 for a missing or unknown token, 403 for another role)."""
-        if not tokens.enabled:
-            return ANONYMOUS
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(
-                401, "unauthenticated", "missing bearer token", {"WWW-Authenticate": "Bearer"}
-            )
-        p = tokens.lookup(token.strip())
-        if p is None:
-            raise ApiError(401, "unauthenticated", "unknown token", {"WWW-Authenticate": "Bearer"})
+        p = authenticated(tokens, request)
         if p.role not in VIEWERS:
             raise ApiError(403, "forbidden", f"role {p.role.value} may not view the dashboard")
         return p
