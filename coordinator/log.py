@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,6 +26,13 @@ from coordinator.store import LogEntry, Store
 log = logging.getLogger("txc.log")
 
 SINGLE_NODE_TERM = 1
+
+# Built once: they run for every batch.
+LOG_INSERT = schema.log_entries.insert()
+SET_COMMIT_INDEX = update(schema.hard_state).values(commit_index=bindparam("index"))
+SET_APPLIED = update(schema.applied_state).values(
+    last_applied=bindparam("index"), last_applied_term=bindparam("term")
+)
 
 
 class NotLeader(Exception):
@@ -215,19 +222,15 @@ class SingleNodeLog:
                 entries.append(LogEntry(index, SINGLE_NODE_TERM, c))
         async with self.engine.begin() as conn:
             await conn.execute(
-                schema.log_entries.insert(),
+                LOG_INSERT,
                 [
                     {"index": e.index, "term": e.term, "kind": "normal", "data": encode(e.command)}
                     for e in entries
                 ],
             )
             results, changed = await self.store.apply_batch(conn, entries)
-            await conn.execute(update(schema.hard_state).values(commit_index=index))
-            await conn.execute(
-                update(schema.applied_state).values(
-                    last_applied=index, last_applied_term=SINGLE_NODE_TERM
-                )
-            )
+            await conn.execute(SET_COMMIT_INDEX, {"index": index})
+            await conn.execute(SET_APPLIED, {"index": index, "term": SINGLE_NODE_TERM})
         self.last_index = self.last_applied = index
         self.store.publish(changed)
         out: list[list[Result]] = []

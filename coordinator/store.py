@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, true
+from sqlalchemy import and_, bindparam, or_, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -253,12 +253,6 @@ class Store:
                 {"index": r._mapping["index"], "at": r.at, "kind": r.kind, "detail": r.detail}
                 for r in rows.fetchall()
             ]
-
-    async def counts(self) -> dict[str, int]:
-        t = schema.transactions.c
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(t.state, func.count()).group_by(t.state))
-            return {r[0]: int(r[1]) for r in rows.fetchall()}
 
     async def dump(self, conn: AsyncConnection, extra: dict[str, Any] | None = None) -> bytes:
         """The whole applied state, as a snapshot's data (Raft log compaction)."""
