@@ -40,6 +40,7 @@ from coordinator.raft.messages import (
     Entry,
     EntryKind,
     Message,
+    MsgType,
     Snapshot,
     SnapshotMeta,
 )
@@ -56,6 +57,8 @@ MAX_EVENTS_PER_ROUND = 256  # events fed to the core before it drains a Ready
 # commands, so this is kept small: one Ready must not hold the event loop for longer than a
 # fraction of an election timeout, or heartbeats wait and leadership is lost under load.
 MAX_COMMITTED_PER_READY = 64
+# What a leader may send before its own write is durable (see `_process`).
+EARLY_LEADER_MESSAGES = frozenset({MsgType.APPEND, MsgType.HEARTBEAT})
 PROMOTE_CHECK_TICKS = 10  # how often the leader looks for learners ready to vote
 READ_TIMEOUT_S = 5.0  # a linearizable read the leader cannot confirm in this time fails
 PROPOSE_TIMEOUT_S = 10.0  # a proposal not committed in this time fails (it may still commit)
@@ -413,6 +416,16 @@ class RaftLog:
         needs_write = (
             rd.snapshot is not None or rd.entries or rd.hard_state is not None or rd.committed
         )
+        later = rd.messages
+        if self._may_send_early(rd):
+            # A leader's appends may leave before its own write (Raft thesis §10.2.1): the
+            # leader counts its own log toward commitment only once it is durable (after
+            # `advance`), so an entry still commits only when a majority has it on disk; and
+            # the term these messages carry was made durable when this node campaigned. The
+            # followers' fsyncs then overlap the leader's.
+            early = [m for m in rd.messages if m.type in EARLY_LEADER_MESSAGES]
+            later = [m for m in rd.messages if m.type not in EARLY_LEADER_MESSAGES]
+            self.transport.send(early)
         if needs_write:
             async with self.engine.begin() as conn:
                 await storage.save(conn, rd.snapshot, rd.entries, rd.hard_state)
@@ -433,7 +446,8 @@ class RaftLog:
                 await storage.save_members(conn, new_members)
         # Durable: now messages may go out and the applied state may be seen.
         self.urls.update(new_members)
-        self.transport.send(rd.messages)
+        if later:
+            self.transport.send(later)
         if rd.hard_state is not None:
             self.term = rd.hard_state.term
         if restored is not None and rd.snapshot is not None:
@@ -469,6 +483,13 @@ class RaftLog:
                 else:
                     still.append((index, w))
             self.read_index_waiters = still
+
+    def _may_send_early(self, rd: Ready) -> bool:
+        return (
+            self.role is Role.LEADER
+            and rd.snapshot is None
+            and (rd.hard_state is None or rd.hard_state.term == self.term)
+        )
 
     def _on_soft_state(self, role: Role, leader: int) -> None:
         was_leader = self.role is Role.LEADER

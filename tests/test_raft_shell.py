@@ -120,3 +120,25 @@ async def test_commit_index_persisted_ahead_of_log_is_refused_at_start(node_db: 
         await rl.start()
     await rl.stop()
     await engine.dispose()
+
+
+async def test_a_leader_sends_appends_before_its_own_write_but_never_a_new_term(
+    node_db: str,
+) -> None:
+    """Raft thesis §10.2.1: the leader's own write may overlap its followers'. Only appends
+    and heartbeats of a term already durable go early; everything else waits."""
+    from coordinator.raft.ready import Role
+
+    rl, sent = await make_log(node_db)
+    rl.role, rl.term = Role.LEADER, 3
+    append = Message(MsgType.APPEND, 1, 2, term=3, index=0, entries=(Entry(1, 3, EntryKind.EMPTY),))
+    await rl._process(ready(entries=[Entry(1, 3, EntryKind.EMPTY)], messages=[append]))
+    [(msgs, (_, idx))] = sent
+    assert msgs == [append] and idx == []  # sent before the entry was stored
+    sent.clear()
+    # A Ready that changes the term: nothing leaves before it is durable.
+    newer = Message(MsgType.APPEND, 1, 2, term=4)
+    await rl._process(ready(hard_state=HardState(4, 1, 0), messages=[newer]))
+    [(msgs, (hs, _))] = sent
+    assert msgs == [newer] and hs == (4, "1")
+    await rl.engine.dispose()
