@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.commands import Command, decode_batch, encode_batch
 from coordinator.log import LogUnavailable, NotLeader
-from coordinator.model import Transaction
 from coordinator.raft import storage
 from coordinator.raft.config import RaftConfig
 from coordinator.raft.core import RaftNode
@@ -59,6 +58,8 @@ MAX_EVENTS_PER_ROUND = 256  # events fed to the core before it drains a Ready
 MAX_COMMITTED_PER_READY = 64
 # What a leader may send before its own write is durable (see `_process`).
 EARLY_LEADER_MESSAGES = frozenset({MsgType.APPEND, MsgType.HEARTBEAT})
+MAX_APPLY_QUEUE = 1024  # Readys' committed lists waiting to be applied (back-pressure beyond)
+MAX_APPLY_BATCH = 256  # committed entries applied in one database transaction
 PROMOTE_CHECK_TICKS = 10  # how often the leader looks for learners ready to vote
 READ_TIMEOUT_S = 5.0  # a linearizable read the leader cannot confirm in this time fails
 PROPOSE_TIMEOUT_S = 10.0  # a proposal not committed in this time fails (it may still commit)
@@ -122,6 +123,9 @@ class RaftLog:
         self.founders = frozenset(peer_urls)
         self.removed = False  # this node was removed from the group
         self._ticks = 0
+        # Committed entries wait here for the applier task: applying (the heavy part) does
+        # not hold up the Raft loop, so heartbeats and appends keep flowing under load.
+        self.apply_queue: asyncio.Queue[list[Entry]] = asyncio.Queue(maxsize=MAX_APPLY_QUEUE)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -141,6 +145,7 @@ class RaftLog:
         self._tasks = [
             asyncio.create_task(self._run(), name="raft-loop"),
             asyncio.create_task(self._ticker(), name="raft-ticker"),
+            asyncio.create_task(self._apply_loop(), name="raft-apply"),
         ]
         log.info(
             "raft node %s starting: term %s, applied %s, %s entries after snapshot %s",
@@ -335,7 +340,6 @@ class RaftLog:
                     raise
                 self.core.advance(rd)
             self._check_removed()
-            await self._maybe_snapshot()
 
     def _handle(self, kind: str, payload: Any) -> None:
         core = self.core
@@ -374,6 +378,10 @@ class RaftLog:
                 fut.set_result(None)
             except (CoreNotLeader, ConfChangeRefused) as e:
                 fut.set_exception(e)
+        elif kind == "compact":
+            index, data = payload
+            if index > core.log.snap_index:
+                core.compact(index, data)
         elif kind == "conf":
             change, fut = payload
             try:
@@ -407,15 +415,11 @@ class RaftLog:
                 return
 
     async def _process(self, rd: Ready) -> None:
+        """Persist what `rd` asks (then send), and queue its committed entries for the
+        applier. A received snapshot is the exception: it replaces the applied state in the
+        same transaction as its metadata, after the applier has caught up."""
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
-        results: dict[int, list[Result]] = {}
-        changed: dict[str, Transaction] = {}
-        restored = None
-        new_members: dict[int, str] = {}
-        needs_write = (
-            rd.snapshot is not None or rd.entries or rd.hard_state is not None or rd.committed
-        )
         later = rd.messages
         if self._may_send_early(rd):
             # A leader's appends may leave before its own write (Raft thesis §10.2.1): the
@@ -426,54 +430,96 @@ class RaftLog:
             early = [m for m in rd.messages if m.type in EARLY_LEADER_MESSAGES]
             later = [m for m in rd.messages if m.type not in EARLY_LEADER_MESSAGES]
             self.transport.send(early)
-        if needs_write:
+        if rd.snapshot is not None:
+            await self.apply_queue.join()
+            await self._install_snapshot(rd)
+        elif rd.entries or rd.hard_state is not None:
             async with self.engine.begin() as conn:
-                await storage.save(conn, rd.snapshot, rd.entries, rd.hard_state)
-                if rd.snapshot is not None and rd.snapshot.meta.index > self.applied:
-                    restored = await self.store.restore(conn, rd.snapshot.data)
-                    new_members |= snapshot_members(rd.snapshot.data)
-                    await storage.set_applied(conn, rd.snapshot.meta.index, rd.snapshot.meta.term)
-                if rd.committed:
-                    entries = [e for e in rd.committed if e.index > self.applied]
-                    new_members |= _members_in(entries)
-                    log_entries = _unpack(entries)
-                    res, changed = await self.store.apply_batch(conn, log_entries)
-                    for le, r in zip(log_entries, res, strict=True):
-                        results.setdefault(le.index, []).append(r)
-                    for e in entries:
-                        results.setdefault(e.index, [])
-                    await storage.set_applied(conn, rd.committed[-1].index, rd.committed[-1].term)
-                await storage.save_members(conn, new_members)
-        # Durable: now messages may go out and the applied state may be seen.
-        self.urls.update(new_members)
+                await storage.save(conn, None, rd.entries, rd.hard_state)
+        # Durable: now messages may go out.
         if later:
             self.transport.send(later)
         if rd.hard_state is not None:
             self.term = rd.hard_state.term
-        if restored is not None and rd.snapshot is not None:
-            self.store.reset_inflight(restored)
-            self.applied = rd.snapshot.meta.index
-            self.snapshot_index = rd.snapshot.meta.index
         if rd.committed:
-            self.store.publish(changed)
-            for e in rd.committed:
-                if e.index <= self.applied:
-                    continue
-                self.applied = e.index
-                p = self.pending.pop(e.index, None)
-                if p is not None and not p.future.done():
-                    if p.term == e.term:
-                        p.future.set_result(results.get(e.index, []))
-                    else:
-                        p.future.set_exception(NotLeader(self.leader_url()))
-            if self._leader_ready_index is not None and self.applied >= self._leader_ready_index:
-                self._leader_ready_index = None
-                self._epoch += 1
-                log.info("node %s leads term %s (applied %s)", self.id, self.term, self.applied)
+            await self.apply_queue.put(list(rd.committed))
         for rs in rd.read_states:
             fut = self.reads.get(rs.ctx)
             if fut is not None and not fut.done():
                 fut.set_result(rs.index)
+
+    async def _install_snapshot(self, rd: Ready) -> None:
+        assert rd.snapshot is not None
+        snap = rd.snapshot
+        restored = None
+        members: dict[int, str] = {}
+        async with self.engine.begin() as conn:
+            await storage.save(conn, snap, rd.entries, rd.hard_state)
+            if snap.meta.index > self.applied:
+                restored = await self.store.restore(conn, snap.data)
+                members = snapshot_members(snap.data)
+                await storage.set_applied(conn, snap.meta.index, snap.meta.term)
+                await storage.save_members(conn, members)
+        if restored is not None:
+            self.urls.update(members)
+            self.store.reset_inflight(restored)
+            self.applied = snap.meta.index
+            self.snapshot_index = snap.meta.index
+            self._after_applied()
+
+    async def _apply_loop(self) -> None:
+        """Apply committed entries in log order: each batch, its results and `last_applied`
+        in one synchronous transaction; then answer the proposals and reads waiting on it."""
+        while True:
+            batch = await self.apply_queue.get()
+            taken = 1
+            while len(batch) < MAX_APPLY_BATCH and not self.apply_queue.empty():
+                batch += self.apply_queue.get_nowait()
+                taken += 1
+            try:
+                await self._apply(batch)
+                await self._maybe_snapshot()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.critical("applying committed entries failed; stopping this node", exc_info=True)
+                self._fail_pending(LogUnavailable("storage failure"))
+                self.on_fatal()
+                raise
+            finally:
+                for _ in range(taken):
+                    self.apply_queue.task_done()
+
+    async def _apply(self, committed: list[Entry]) -> None:
+        entries = [e for e in committed if e.index > self.applied]
+        if not entries:
+            return
+        results: dict[int, list[Result]] = {e.index: [] for e in entries}
+        members = _members_in(entries)
+        log_entries = _unpack(entries)
+        async with self.engine.begin() as conn:
+            res, changed = await self.store.apply_batch(conn, log_entries)
+            await storage.set_applied(conn, entries[-1].index, entries[-1].term)
+            await storage.save_members(conn, members)
+        for le, r in zip(log_entries, res, strict=True):
+            results[le.index].append(r)
+        self.urls.update(members)
+        self.store.publish(changed)
+        for e in entries:
+            self.applied = e.index
+            p = self.pending.pop(e.index, None)
+            if p is not None and not p.future.done():
+                if p.term == e.term:
+                    p.future.set_result(results[e.index])
+                else:
+                    p.future.set_exception(NotLeader(self.leader_url()))
+        self._after_applied()
+
+    def _after_applied(self) -> None:
+        if self._leader_ready_index is not None and self.applied >= self._leader_ready_index:
+            self._leader_ready_index = None
+            self._epoch += 1
+            log.info("node %s leads term %s (applied %s)", self.id, self.term, self.applied)
         if self.read_index_waiters:
             still = []
             for index, w in self.read_index_waiters:
@@ -533,7 +579,8 @@ class RaftLog:
             data = await self.store.dump(conn, {"members": members})
             snap = Snapshot(SnapshotMeta(index, term, core.log.conf_at(index)), data)
             await storage.compact(conn, snap)
-        core.compact(index, data)
+        # The core is the Raft loop's: it drops its log prefix there, between two Readys.
+        self._put("compact", (index, data))
         self.snapshot_index = index
         log.info(
             "node %s compacted its log up to %s (term %s, last %s)",
