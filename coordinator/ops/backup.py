@@ -63,11 +63,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, func, select, text
-from sqlalchemy.exc import DBAPIError, ProgrammingError
+from sqlalchemy.exc import DBAPIError
 
 from coordinator import migrate, schema
 from coordinator.model import Transaction
-from coordinator.ops.common import OpsError, iso, make_engine, redact, sync_url
+from coordinator.ops.common import OpsError, iso, make_engine, read_node, redact, sync_url
 from coordinator.raft.messages import ConfState
 from coordinator.store import _row as transaction_row
 
@@ -95,56 +95,45 @@ def _digest(content: dict[str, Any]) -> str:
 
 
 def take_backup(database_url: str) -> dict[str, Any]:
-    engine = make_engine(database_url)
     h = schema.history.c
-    try:
-        with engine.connect() as conn, conn.begin():
-            conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-            if conn.execute(text("SELECT to_regclass('txc_transactions')")).scalar() is None:
-                raise OpsError(3, "no txc_transactions table: not a coordinator node's database")
-            hs = conn.execute(select(schema.hard_state)).first()
-            ap = conn.execute(select(schema.applied_state)).first()
-            sn = conn.execute(
-                select(
-                    schema.snapshot_meta.c.index,
-                    schema.snapshot_meta.c.term,
-                    schema.snapshot_meta.c.config,
+    with read_node(database_url, check_table="txc_transactions") as conn:
+        hs = conn.execute(select(schema.hard_state)).first()
+        ap = conn.execute(select(schema.applied_state)).first()
+        sn = conn.execute(
+            select(
+                schema.snapshot_meta.c.index,
+                schema.snapshot_meta.c.term,
+                schema.snapshot_meta.c.config,
+            )
+        ).first()
+        last_log = conn.execute(select(func.max(schema.log_entries.c.index))).scalar()
+        members = [
+            {"id": int(r[0]), "url": str(r[1])}
+            for r in conn.execute(
+                select(schema.members.c.id, schema.members.c.url).order_by(schema.members.c.id)
+            ).all()
+        ]
+        txns = [
+            r[0]
+            for r in conn.execute(
+                select(schema.transactions.c.doc).order_by(schema.transactions.c.txid)
+            ).all()
+        ]
+        history = [
+            {
+                "txid": r.txid,
+                "index": r._mapping["index"],
+                "seq": r.seq,
+                "at": r.at,
+                "kind": r.kind,
+                "detail": r.detail,
+            }
+            for r in conn.execute(
+                select(h.txid, h.index, h.seq, h.at, h.kind, h.detail).order_by(
+                    h.index, h.seq, h.txid
                 )
-            ).first()
-            last_log = conn.execute(select(func.max(schema.log_entries.c.index))).scalar()
-            members = [
-                {"id": int(r[0]), "url": str(r[1])}
-                for r in conn.execute(
-                    select(schema.members.c.id, schema.members.c.url).order_by(schema.members.c.id)
-                ).all()
-            ]
-            txns = [
-                r[0]
-                for r in conn.execute(
-                    select(schema.transactions.c.doc).order_by(schema.transactions.c.txid)
-                ).all()
-            ]
-            history = [
-                {
-                    "txid": r.txid,
-                    "index": r._mapping["index"],
-                    "seq": r.seq,
-                    "at": r.at,
-                    "kind": r.kind,
-                    "detail": r.detail,
-                }
-                for r in conn.execute(
-                    select(h.txid, h.index, h.seq, h.at, h.kind, h.detail).order_by(
-                        h.index, h.seq, h.txid
-                    )
-                ).all()
-            ]
-    except DBAPIError as e:
-        if isinstance(e, ProgrammingError):
-            raise OpsError(3, f"not a coordinator node's database: {e.orig}") from None
-        raise OpsError(5, f"cannot read the node's database: {e.orig}") from None
-    finally:
-        engine.dispose()
+            ).all()
+        ]
     vote = hs.vote if hs is not None else None
     mode = "standalone" if vote is not None and not str(vote).isdigit() else "raft"
     content = {"transactions": txns, "history": history, "members": members}

@@ -3,13 +3,15 @@ of the coordinator's HTTP API, and time formatting."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from coordinator.db import normalise_url
 
@@ -48,6 +50,26 @@ def make_engine(url: str, *, read_only: bool = True) -> Engine:
         pool_pre_ping=True,
         connect_args={"options": options, "connect_timeout": 10},
     )
+
+
+@contextlib.contextmanager
+def read_node(database_url: str, check_table: str = "txc_log") -> Iterator[Connection]:
+    """One consistent, read-only look at a coordinator node's database: a REPEATABLE READ
+    READ ONLY transaction, refused with exit 3 when it is not a node's database (no
+    `check_table`) and exit 5 when the database cannot be read."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn, conn.begin():
+            conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+            if conn.execute(text(f"SELECT to_regclass('{check_table}')")).scalar() is None:
+                raise OpsError(3, f"no {check_table} table: not a coordinator node's database")
+            yield conn
+    except DBAPIError as e:
+        if isinstance(e, ProgrammingError):
+            raise OpsError(3, f"not a coordinator node's database: {e.orig}") from None
+        raise OpsError(5, f"cannot read the node's database: {e.orig}") from None
+    finally:
+        engine.dispose()
 
 
 def redact(url: str) -> str:

@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text
-from sqlalchemy.exc import DBAPIError, ProgrammingError
+from sqlalchemy import func, select
 
 from coordinator import schema
 from coordinator.commands import command_from_dict, decode_batch
-from coordinator.ops.common import EXIT_ATTENTION, OpsError, make_engine, redact
+from coordinator.ops.common import EXIT_ATTENTION, OpsError, read_node, redact
 from coordinator.raft.messages import ConfChange
 
 DEFAULT_LIMIT = 50
@@ -92,42 +91,23 @@ def decode_entry(index: int, term: int, kind: str, data: bytes) -> dict[str, Any
     return out
 
 
-def _begin(conn: Connection) -> None:
-    conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-
-
-def _check_node_db(conn: Connection) -> None:
-    if conn.execute(text("SELECT to_regclass('txc_log')")).scalar() is None:
-        raise OpsError(3, "no txc_log table: this is not a coordinator node's database")
-
-
 def read_log(database_url: str, start: int | None, limit: int) -> dict[str, Any]:
     """Entries from index `start` on (or the last `limit` entries when `start` is None)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise OpsError(2, f"--limit must be between 1 and {MAX_LIMIT}")
-    engine = make_engine(database_url)
     t = schema.log_entries.c
-    try:
-        with engine.connect() as conn, conn.begin():
-            _begin(conn)
-            _check_node_db(conn)
-            first, last, count = conn.execute(
-                select(func.min(t.index), func.max(t.index), func.count())
-            ).one()
-            q = select(t.index, t.term, t.kind, t.data)
-            if start is None:
-                q = q.order_by(t.index.desc()).limit(limit)
-                rows = list(reversed(conn.execute(q).all()))
-            else:
-                q = q.where(t.index >= start).order_by(t.index).limit(limit)
-                rows = list(conn.execute(q).all())
-            snap = conn.execute(select(schema.snapshot_meta.c.index)).scalar()
-    except DBAPIError as e:
-        if isinstance(e, ProgrammingError):
-            raise OpsError(3, f"not a coordinator node's database: {e.orig}") from None
-        raise OpsError(5, f"cannot read the node's database: {e.orig}") from None
-    finally:
-        engine.dispose()
+    with read_node(database_url) as conn:
+        first, last, count = conn.execute(
+            select(func.min(t.index), func.max(t.index), func.count())
+        ).one()
+        q = select(t.index, t.term, t.kind, t.data)
+        if start is None:
+            q = q.order_by(t.index.desc()).limit(limit)
+            rows = list(reversed(conn.execute(q).all()))
+        else:
+            q = q.where(t.index >= start).order_by(t.index).limit(limit)
+            rows = list(conn.execute(q).all())
+        snap = conn.execute(select(schema.snapshot_meta.c.index)).scalar()
     return {
         "database": redact(database_url),
         "first_index": first,
@@ -141,50 +121,40 @@ def read_log(database_url: str, start: int | None, limit: int) -> dict[str, Any]
 def read_state(database_url: str) -> dict[str, Any]:
     """Hard state, applied index, snapshot metadata, log bounds, members, transaction counts,
     and the consistency checks the node's own start-up relies on."""
-    engine = make_engine(database_url)
     lt = schema.log_entries.c
-    try:
-        with engine.connect() as conn, conn.begin():
-            _begin(conn)
-            _check_node_db(conn)
-            hs = conn.execute(select(schema.hard_state)).first()
-            ap = conn.execute(select(schema.applied_state)).first()
-            sn = conn.execute(
-                select(
-                    schema.snapshot_meta.c.index,
-                    schema.snapshot_meta.c.term,
-                    schema.snapshot_meta.c.config,
-                    func.length(schema.snapshot_meta.c.data),
-                )
-            ).first()
-            first, last, count = conn.execute(
-                select(func.min(lt.index), func.max(lt.index), func.count())
-            ).one()
-            last_term = (
-                conn.execute(select(lt.term).where(lt.index == last)).scalar()
-                if last is not None
-                else None
+    with read_node(database_url) as conn:
+        hs = conn.execute(select(schema.hard_state)).first()
+        ap = conn.execute(select(schema.applied_state)).first()
+        sn = conn.execute(
+            select(
+                schema.snapshot_meta.c.index,
+                schema.snapshot_meta.c.term,
+                schema.snapshot_meta.c.config,
+                func.length(schema.snapshot_meta.c.data),
             )
-            members = {
-                int(r[0]): str(r[1])
-                for r in conn.execute(select(schema.members.c.id, schema.members.c.url)).all()
-            }
-            counts = {
-                str(r[0]): int(r[1])
-                for r in conn.execute(
-                    select(schema.transactions.c.state, func.count()).group_by(
-                        schema.transactions.c.state
-                    )
-                ).all()
-            }
-            history_rows = conn.execute(select(func.count()).select_from(schema.history)).scalar()
-            max_history = conn.execute(select(func.max(schema.history.c.index))).scalar()
-    except DBAPIError as e:
-        if isinstance(e, ProgrammingError):
-            raise OpsError(3, f"not a coordinator node's database: {e.orig}") from None
-        raise OpsError(5, f"cannot read the node's database: {e.orig}") from None
-    finally:
-        engine.dispose()
+        ).first()
+        first, last, count = conn.execute(
+            select(func.min(lt.index), func.max(lt.index), func.count())
+        ).one()
+        last_term = (
+            conn.execute(select(lt.term).where(lt.index == last)).scalar()
+            if last is not None
+            else None
+        )
+        members = {
+            int(r[0]): str(r[1])
+            for r in conn.execute(select(schema.members.c.id, schema.members.c.url)).all()
+        }
+        counts = {
+            str(r[0]): int(r[1])
+            for r in conn.execute(
+                select(schema.transactions.c.state, func.count()).group_by(
+                    schema.transactions.c.state
+                )
+            ).all()
+        }
+        history_rows = conn.execute(select(func.count()).select_from(schema.history)).scalar()
+        max_history = conn.execute(select(func.max(schema.history.c.index))).scalar()
 
     vote = hs.vote if hs is not None else None
     if hs is None and sn is None and last is None:
