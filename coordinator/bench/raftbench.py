@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import secrets
-import shutil
 import sys
 import tempfile
 import time
@@ -208,11 +207,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["elapsed_s"] = round(time.time() - started, 1)
         return result
     finally:
-        pg.stop()
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        stack.cleanup(pg, root, keep=args.keep)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import platform
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,15 @@ class Credentials:
 def dsn(url: str) -> str:
     """A psycopg DSN from a SQLAlchemy URL."""
     return normalise_url(url).replace("postgresql+psycopg://", "postgresql://")
+
+
+def cleanup(pg: EmbeddedPostgres, root: Path, *, keep: bool) -> None:
+    """Stop the run's PostgreSQL; remove its folder unless `--keep` asked to look at it."""
+    pg.stop()
+    if keep:
+        print(f"kept {root} (logs and PostgreSQL data)")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def fresh_database(pg: EmbeddedPostgres, name: str) -> str:

@@ -34,7 +34,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -530,11 +529,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out["elapsed_s"] = round(time.time() - started, 1)
         return out
     finally:
-        pg.stop()
-        if args.keep:
-            print(f"kept {root} (logs and PostgreSQL data)")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        stack.cleanup(pg, root, keep=args.keep)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
