@@ -25,16 +25,8 @@ from coordinator.auth import ANONYMOUS, AuthFailed, Principal, Role, TokenTable,
 from coordinator.engine import EngineError
 from coordinator.log import LogUnavailable, NotLeader
 from coordinator.model import Outcome, Transaction, TxState, Vote
-from coordinator.raft.transport import (
-    HEADER_FROM,
-    HEADER_SIG,
-    HEADER_TIME,
-    MAX_BODY_BYTES,
-    RAFT_PATH,
-    AuthError,
-    decode_batch,
-    verify,
-)
+from coordinator.raft.transport import RAFT_PATH
+from coordinator.raft_endpoint import RaftEndpoint
 from coordinator.statemachine import Status
 from coordinator.store import ListFilter
 
@@ -583,35 +575,6 @@ def create_app(node: Any) -> FastAPI:
         await node.audit(who(request), "remove_member", "", id=member_id)
         return {"id": member_id, "removed": True}
 
-    @app.post(RAFT_PATH, include_in_schema=False)
-    async def raft_messages(request: Request) -> Response:
-        if node.raft is None:
-            raise ApiError(404, "not_found", "this node runs standalone, without Raft")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, "body_too_large", "raft batch too large")
-        peers = set(node.raft.urls)
-        try:
-            sender = verify(
-                settings.cluster_secret,
-                peers,
-                request.headers.get(HEADER_FROM),
-                request.headers.get(HEADER_TIME),
-                request.headers.get(HEADER_SIG),
-                body,
-                time.time(),
-            )
-        except AuthError as e:
-            client = request.client.host if request.client else "?"
-            node.refused_peer(client, str(e))
-            raise ApiError(401, "unauthenticated", "cluster authentication failed") from None
-        try:
-            msgs = decode_batch(body, sender, node.raft.id)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ApiError(400, "malformed_raft_messages", str(e)[:200]) from None
-        node.raft.deliver(msgs)
-        return Response(status_code=204)
-
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -633,4 +596,6 @@ def create_app(node: Any) -> FastAPI:
     app.add_middleware(ForwardToLeader, node=node)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)
+    # Outermost: Raft messages skip the API's stack (coordinator/raft_endpoint.py).
+    app.add_middleware(RaftEndpoint, node=node, secret=settings.cluster_secret)
     return app

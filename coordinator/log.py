@@ -14,25 +14,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import schema
+from coordinator import batch_sql, schema
 from coordinator.commands import Command, encode
+from coordinator.pgconn import HotConnection
 from coordinator.statemachine import Result
 from coordinator.store import LogEntry, Store
 
 log = logging.getLogger("txc.log")
 
 SINGLE_NODE_TERM = 1
-
-# Built once: they run for every batch.
-LOG_INSERT = schema.log_entries.insert()
-SET_COMMIT_INDEX = update(schema.hard_state).values(commit_index=bindparam("index"))
-SET_APPLIED = update(schema.applied_state).values(
-    last_applied=bindparam("index"), last_applied_term=bindparam("term")
-)
 
 
 class NotLeader(Exception):
@@ -76,7 +70,7 @@ class SingleNodeLog:
     """A log of one node: an entry is committed when its PostgreSQL transaction commits.
 
     Group commit: a single writer task drains the queue and writes up to `batch_max` commands
-    (log rows, their application and `last_applied`) in one synchronous transaction."""
+    (log rows, their application and `last_applied`) in one synchronous statement."""
 
     def __init__(
         self,
@@ -90,6 +84,8 @@ class SingleNodeLog:
     ) -> None:
         assert batch_max > 0 and queue_max > 0
         self.engine = engine
+        # The writer's statement (entries, their application, commit index) runs here.
+        self.db = HotConnection(engine.url.render_as_string(hide_password=False))
         self.store = store
         self.node_id = node_id
         self.advertise_url = advertise_url
@@ -138,6 +134,7 @@ class SingleNodeLog:
             p = self.queue.get_nowait()
             if not p.future.done():
                 p.future.set_exception(LogUnavailable("node stopping"))
+        await self.db.close()
 
     async def propose(self, commands: Sequence[Command]) -> list[Result]:
         if not commands:
@@ -220,17 +217,15 @@ class SingleNodeLog:
             for c in p.commands:
                 index += 1
                 entries.append(LogEntry(index, SINGLE_NODE_TERM, c))
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                LOG_INSERT,
-                [
-                    {"index": e.index, "term": e.term, "kind": "normal", "data": encode(e.command)}
-                    for e in entries
-                ],
-            )
-            results, changed = await self.store.apply_batch(conn, entries)
-            await conn.execute(SET_COMMIT_INDEX, {"index": index})
-            await conn.execute(SET_APPLIED, {"index": index, "term": SINGLE_NODE_TERM})
+        results, changed, rows = await self.store.apply_batch(self.db, entries)
+        params = batch_sql.apply_params(rows, index, SINGLE_NODE_TERM, {})
+        params |= {
+            "idx": [e.index for e in entries],
+            "terms": [e.term for e in entries],
+            "kinds": ["normal"] * len(entries),
+            "datas": [encode(e.command) for e in entries],
+        }
+        await self.db.execute(batch_sql.SINGLE_NODE_WRITE, params)
         self.last_index = self.last_applied = index
         self.store.publish(changed)
         out: list[list[Result]] = []

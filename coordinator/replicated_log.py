@@ -2,10 +2,12 @@
 
 One task owns the core. It takes events (ticks, peer messages, proposals, reads) from a
 bounded inbox, feeds them in, then drains each Ready in the order its contract requires:
-persist the log, hard state and snapshot and apply the committed entries in one synchronous
-PostgreSQL transaction, then send the messages, then answer proposals and reads.
-Events that arrive while a Ready is being written wait in the inbox and go into the next
-one: that is group commit, and one database commit serves many proposals.
+persist the log and hard state (one statement, coordinator/batch_sql.py, on a connection of
+its own: coordinator/pgconn.py), then send the messages, then hand the committed entries to
+the applier task, which applies them with `last_applied` in one statement of its own, and
+answers proposals and reads. Events that arrive while a Ready is being written wait in the
+inbox and go into the next one: that is group commit, and one database commit serves many
+proposals.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator import batch_sql
 from coordinator.commands import Command, decode_batch, encode_batch
 from coordinator.log import LogUnavailable, NotLeader
+from coordinator.pgconn import HotConnection
 from coordinator.raft import storage
 from coordinator.raft.config import RaftConfig
 from coordinator.raft.core import RaftNode
@@ -90,6 +94,10 @@ class RaftLog:
     ) -> None:
         assert raft_id in peer_urls
         self.engine = engine
+        # The hot path's statements: one connection for the Raft loop, one for the applier.
+        url = engine.url.render_as_string(hide_password=False)
+        self.persist_db = HotConnection(url)
+        self.apply_db = HotConnection(url)
         self.store = store
         self.id = raft_id
         self.urls = dict(peer_urls)
@@ -123,6 +131,7 @@ class RaftLog:
         self.founders = frozenset(peer_urls)
         self.removed = False  # this node was removed from the group
         self._ticks = 0
+        self._durable_vote = (0, NONE)  # (term, vote) as last written to the database
         # Committed entries wait here for the applier task: applying (the heavy part) does
         # not hold up the Raft loop, so heartbeats and appends keep flowing under load.
         self.apply_queue: asyncio.Queue[list[Entry]] = asyncio.Queue(maxsize=MAX_APPLY_QUEUE)
@@ -140,6 +149,7 @@ class RaftLog:
         self.applied = state.applied
         self.snapshot_index = state.snapshot.meta.index
         self.term = state.hard_state.term
+        self._durable_vote = (state.hard_state.term, state.hard_state.vote)
         await self.store.load_inflight()
         await self.transport.start()
         self._tasks = [
@@ -164,6 +174,8 @@ class RaftLog:
                 await t
         self._fail_pending(LogUnavailable("node stopping"))
         await self.transport.stop()
+        await self.persist_db.close()
+        await self.apply_db.close()
 
     # -- CommandLog -----------------------------------------------------------------------------
 
@@ -433,9 +445,22 @@ class RaftLog:
         if rd.snapshot is not None:
             await self.apply_queue.join()
             await self._install_snapshot(rd)
-        elif rd.entries or rd.hard_state is not None:
-            async with self.engine.begin() as conn:
-                await storage.save(conn, None, rd.entries, rd.hard_state)
+            if rd.hard_state is not None:
+                self._durable_vote = (rd.hard_state.term, rd.hard_state.vote)
+        else:
+            hs = rd.hard_state
+            if hs is not None and not rd.entries and (hs.term, hs.vote) == self._durable_vote:
+                # Only the commit index moved. It need not be durable (Raft's commit index is
+                # volatile; a restarted node learns it again), and what was applied is known
+                # committed: the stored commit index is read as at least `last_applied`
+                # (raft/storage.py). So no write: most Readys of a follower are these.
+                hs = None
+            if rd.entries or hs is not None:
+                await self.persist_db.execute(
+                    batch_sql.RAFT_PERSIST, batch_sql.raft_persist_params(rd.entries, hs)
+                )
+                if hs is not None:
+                    self._durable_vote = (hs.term, hs.vote)
         # Durable: now messages may go out.
         if later:
             self.transport.send(later)
@@ -497,10 +522,11 @@ class RaftLog:
         results: dict[int, list[Result]] = {e.index: [] for e in entries}
         members = _members_in(entries)
         log_entries = _unpack(entries)
-        async with self.engine.begin() as conn:
-            res, changed = await self.store.apply_batch(conn, log_entries)
-            await storage.set_applied(conn, entries[-1].index, entries[-1].term)
-            await storage.save_members(conn, members)
+        res, changed, rows = await self.store.apply_batch(self.apply_db, log_entries)
+        await self.apply_db.execute(
+            batch_sql.APPLY,
+            batch_sql.apply_params(rows, entries[-1].index, entries[-1].term, members),
+        )
         for le, r in zip(log_entries, res, strict=True):
             results[le.index].append(r)
         self.urls.update(members)

@@ -1,46 +1,36 @@
 """The applied state in PostgreSQL, and the apply step that turns committed commands into it.
 
-`apply_batch` runs inside the caller's database transaction, the same one that advances
-`last_applied`, so a crash leaves either the whole batch applied or none of it (DESIGN §7).
+`apply_batch` is the pure step plus the reads it needs: it returns the rows a batch writes,
+and the caller writes them in one statement with `last_applied` (coordinator/batch_sql.py),
+so a crash leaves either the whole batch applied or none of it (DESIGN §7).
 The in-memory `inflight` map mirrors the rows of unfinished transactions: the engine scans
-it for work without querying, and it is only updated after the database commit.
+it for work without querying. `recent` keeps the newest finished ones for reads. Both are
+only updated after the database commit (`publish`).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, true
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import and_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator import schema
+from coordinator import batch_sql, schema
+from coordinator.batch_sql import ApplyRows
 from coordinator.commands import AuditNote, Command
 from coordinator.model import Transaction, TxState
+from coordinator.pgconn import HotConnection
 from coordinator.statemachine import Result, Status, apply
 
 MAX_BATCH_LOOKUP = 1000  # txids fetched in one query when a batch touches cold transactions
-
-
-def _transaction_upsert() -> Any:
-    stmt = pg_insert(schema.transactions)
-    columns = ("state", "outcome", "updated_at", "expires_at", "heuristic", "labels", "doc")
-    return stmt.on_conflict_do_update(
-        index_elements=["txid"], set_={c: stmt.excluded[c] for c in columns}
-    )
-
-
-# Built once: these run for every batch the log applies.
-TRANSACTION_UPSERT = _transaction_upsert()
-HISTORY_INSERT = pg_insert(schema.history).on_conflict_do_nothing()
-AUDIT_INSERT = pg_insert(schema.audit).on_conflict_do_nothing()
-LOOKUP_DOCS = select(schema.transactions.c.doc).where(
-    schema.transactions.c.txid.in_(bindparam("txids", expanding=True))
-)
+# Finished transactions kept in memory (newest): a commit's answer, a client's or participant's
+# read just after the end, and a repeated message are served without a query.
+MAX_RECENT_FINISHED = 10_000
 
 
 @dataclass(frozen=True)
@@ -118,6 +108,15 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.inflight: dict[str, Transaction] = {}
+        # Committed, finished transactions, oldest first; at most MAX_RECENT_FINISHED.
+        self.recent: OrderedDict[str, Transaction] = OrderedDict()
+
+    def _remember(self, t: Transaction) -> None:
+        assert t.state.terminal
+        self.recent[t.txid] = t
+        self.recent.move_to_end(t.txid)
+        while len(self.recent) > MAX_RECENT_FINISHED:
+            self.recent.popitem(last=False)
 
     async def load_inflight(self) -> None:
         """Fill the in-memory map of unfinished transactions (on start and after a snapshot)."""
@@ -132,9 +131,10 @@ class Store:
             self.inflight = {
                 t.txid: t for t in (Transaction.from_dict(r[0]) for r in rows.fetchall())
             }
+        self.recent.clear()
 
     async def get(self, txid: str) -> Transaction | None:
-        t = self.inflight.get(txid)
+        t = self.inflight.get(txid) or self.recent.get(txid)
         if t is not None:
             return t
         async with self.engine.connect() as conn:
@@ -145,38 +145,43 @@ class Store:
             ).first()
         return Transaction.from_dict(row[0]) if row else None
 
-    async def _load(self, conn: AsyncConnection, txids: set[str]) -> dict[str, Transaction]:
+    async def _load(self, db: HotConnection, txids: set[str]) -> dict[str, Transaction]:
         found: dict[str, Transaction] = {}
-        cold = [t for t in txids if t not in self.inflight]
-        for txid in txids - set(cold):
-            found[txid] = self.inflight[txid]
+        cold: list[str] = []
+        for txid in txids:
+            t = self.inflight.get(txid) or self.recent.get(txid)
+            if t is None:
+                cold.append(txid)
+            else:
+                found[txid] = t
         for i in range(0, len(cold), MAX_BATCH_LOOKUP):
             chunk = cold[i : i + MAX_BATCH_LOOKUP]
-            rows = await conn.execute(LOOKUP_DOCS, {"txids": chunk})
-            for (doc,) in rows.fetchall():
+            rows = await db.fetchall(batch_sql.LOOKUP_DOCS, {"txids": chunk})
+            for (doc,) in rows:
                 t = Transaction.from_dict(doc)
                 found[t.txid] = t
         return found
 
     async def apply_batch(
-        self, conn: AsyncConnection, entries: Sequence[LogEntry]
-    ) -> tuple[list[Result], dict[str, Transaction]]:
-        """Apply committed commands in log order inside `conn`'s transaction.
+        self, db: HotConnection, entries: Sequence[LogEntry]
+    ) -> tuple[list[Result], dict[str, Transaction], ApplyRows]:
+        """Apply committed commands in log order (the pure state machine), reading the
+        transactions they touch that are not in memory from `db`.
 
-        Returns each command's result and the transactions it changed; the caller commits,
-        then calls `publish` with the latter."""
+        Returns each command's result, the transactions it changed and the rows to write;
+        the caller writes the rows in one statement with `last_applied`
+        (coordinator/batch_sql.py), then calls `publish` with the changed transactions."""
+        rows = ApplyRows()
         if not entries:
-            return [], {}
+            return [], {}, rows
         current = await self._load(
-            conn, {e.command.txid for e in entries if not isinstance(e.command, AuditNote)}
+            db, {e.command.txid for e in entries if not isinstance(e.command, AuditNote)}
         )
         changed: dict[str, Transaction] = {}
         results: list[Result] = []
-        history_rows: list[dict[str, Any]] = []
-        audit_rows: list[dict[str, Any]] = []
         for e in entries:
             if isinstance(e.command, AuditNote):
-                audit_rows.append(_audit_row(e, e.command))
+                rows.audit.append(_audit_row(e, e.command))
                 results.append(Result(Status.OK, None))
                 continue
             result = apply(current.get(e.command.txid), e.command)
@@ -185,7 +190,7 @@ class Store:
                 assert result.txn is not None
                 current[e.command.txid] = result.txn
                 changed[e.command.txid] = result.txn
-                history_rows.append(
+                rows.history.append(
                     {
                         "txid": e.command.txid,
                         "index": e.index,
@@ -195,18 +200,15 @@ class Store:
                         "detail": _history_detail(e.command, result),
                     }
                 )
-        if audit_rows:
-            await conn.execute(AUDIT_INSERT, audit_rows)
-        if changed:
-            await conn.execute(TRANSACTION_UPSERT, [_row(t) for t in changed.values()])
-            await conn.execute(HISTORY_INSERT, history_rows)
-        return results, changed
+        rows.transactions = [_row(t) for t in changed.values()]
+        return results, changed, rows
 
     def publish(self, changed: dict[str, Transaction]) -> None:
         """Make committed changes visible to the engine (after the database commit)."""
         for txid, t in changed.items():
             if t.state.terminal:
                 self.inflight.pop(txid, None)
+                self._remember(t)
             else:
                 self.inflight[txid] = t
 
@@ -275,6 +277,7 @@ class Store:
 
     def reset_inflight(self, txns: dict[str, Transaction]) -> None:
         self.inflight = {k: t for k, t in txns.items() if not t.state.terminal}
+        self.recent.clear()
 
     async def audit_trail(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
         """Newest first; `before` is an index to page back from."""

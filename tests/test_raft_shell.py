@@ -69,13 +69,19 @@ async def make_log(db_url: str) -> tuple[RaftLog, list[tuple[list[Message], Any]
     return rl, sent
 
 
+async def close(rl: RaftLog) -> None:
+    await rl.persist_db.close()
+    await rl.apply_db.close()
+    await rl.engine.dispose()
+
+
 async def test_vote_or_term_not_durable_before_reply(node_db: str) -> None:
     rl, sent = await make_log(node_db)
     vote_resp = Message(MsgType.VOTE_RESP, 1, 2, term=5)
     await rl._process(ready(hard_state=HardState(term=5, vote=2, commit=0), messages=[vote_resp]))
     [(msgs, (hs, _))] = sent
     assert msgs == [vote_resp] and hs == (5, "2"), "the vote left before it was durable"
-    await rl.engine.dispose()
+    await close(rl)
 
 
 async def test_log_acknowledged_before_fsync(node_db: str) -> None:
@@ -85,7 +91,7 @@ async def test_log_acknowledged_before_fsync(node_db: str) -> None:
     await rl._process(ready(entries=entries, hard_state=HardState(1, 2, 0), messages=[ack]))
     [(_, (_, idx))] = sent
     assert idx == [1, 2], "the append was acknowledged before the entries were stored"
-    await rl.engine.dispose()
+    await close(rl)
 
 
 async def test_a_failed_write_sends_nothing(node_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,7 +100,7 @@ async def test_a_failed_write_sends_nothing(node_db: str, monkeypatch: pytest.Mo
     async def broken(*_a: Any, **_k: Any) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr("coordinator.raft.storage.save", broken)
+    monkeypatch.setattr(rl.persist_db, "execute", broken)
     with pytest.raises(OSError):
         await rl._process(
             ready(
@@ -102,7 +108,7 @@ async def test_a_failed_write_sends_nothing(node_db: str, monkeypatch: pytest.Mo
             )
         )
     assert sent == []
-    await rl.engine.dispose()
+    await close(rl)
 
 
 async def test_commit_index_persisted_ahead_of_log_is_refused_at_start(node_db: str) -> None:
@@ -141,4 +147,27 @@ async def test_a_leader_sends_appends_before_its_own_write_but_never_a_new_term(
     await rl._process(ready(hard_state=HardState(4, 1, 0), messages=[newer]))
     [(msgs, (hs, _))] = sent
     assert msgs == [newer] and hs == (4, "1")
-    await rl.engine.dispose()
+    await close(rl)
+
+
+async def test_a_commit_index_that_moved_alone_is_not_written_but_survives_a_restart(
+    node_db: str,
+) -> None:
+    """Most follower Readys only move the commit index: the shell skips that write (Raft's
+    commit index may be volatile), and a restarted node reads it as at least `last_applied`."""
+    rl, _ = await make_log(node_db)
+    entries = [Entry(1, 1, EntryKind.EMPTY), Entry(2, 1, EntryKind.EMPTY)]
+    await rl._process(ready(entries=entries, hard_state=HardState(1, 2, 0)))
+    await rl._process(ready(hard_state=HardState(1, 2, 2), committed=entries))
+    with psycopg.connect(_dsn(node_db)) as c:
+        row = c.execute("SELECT term, vote, commit_index FROM txc_hard_state").fetchone()
+    assert row == (1, "2", 0), "a commit-only hard state was written"
+    await rl._apply(list(entries))
+    state = await load(rl.engine, frozenset(PEERS))
+    assert state.applied == 2 and state.hard_state == HardState(1, 2, 2)
+    # A new vote is written at once, whatever else moved.
+    await rl._process(ready(hard_state=HardState(2, 3, 2)))
+    with psycopg.connect(_dsn(node_db)) as c:
+        row = c.execute("SELECT term, vote, commit_index FROM txc_hard_state").fetchone()
+    assert row == (2, "3", 2)
+    await close(rl)

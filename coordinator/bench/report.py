@@ -136,6 +136,15 @@ def table(result: dict[str, Any]) -> str:
             cpu = lv.get("cpu_cores") or {}
             parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
             lines.append(f"  {s['name']:<8} c={lv['concurrency']:<3} {parts}")
+    lines.append("per transfer: CPU ms by process group; PostgreSQL transactions by database group")
+    for s in result["scenarios"]:
+        for lv in s["levels"]:
+            per = lv.get("cpu_ms_per_transfer") or {}
+            cpu = ", ".join(f"{k} {v:.1f}" for k, v in per.items())
+            db = ", ".join(
+                f"{k} {v:.1f}" for k, v in (lv.get("db_transactions_per_transfer") or {}).items()
+            )
+            lines.append(f"  {s['name']:<8} c={lv['concurrency']:<3} CPU ms: {cpu}; db xacts: {db}")
     for s in result["scenarios"]:
         state = "conserved" if s["conserved"] else "NOT conserved"
         lines.append(

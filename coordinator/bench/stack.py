@@ -171,6 +171,23 @@ def bank_state(url: str) -> BankState:
     return BankState(int(total), int(n), int(prepared), int(ledger))
 
 
+STATS_FLUSH_S = 1.5  # PostgreSQL's statistics reach pg_stat_database within about 1 s
+
+
+def database_transactions(pg: EmbeddedPostgres) -> dict[str, int]:
+    """Transactions (committed and rolled back) so far, by group: the coordinator nodes'
+    databases and the banks'."""
+    groups = {"coordinator nodes": 0, "banks": 0}
+    with psycopg.connect(dsn(pg.url())) as c:
+        rows = c.execute(
+            "SELECT datname, xact_commit + xact_rollback FROM pg_stat_database "
+            "WHERE datname LIKE 'bench%'"
+        ).fetchall()
+    for name, n in rows:
+        groups["coordinator nodes" if "_node" in name else "banks"] += int(n)
+    return groups
+
+
 def vacuum_and_checkpoint(pg: EmbeddedPostgres, databases: list[str]) -> None:
     """Level the field between scenarios: no dead tuples left by the previous one, and no
     checkpoint owed that would land in the middle of the next measurement."""

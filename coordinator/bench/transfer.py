@@ -273,6 +273,7 @@ async def _measure(
 
     async def side(run: Run) -> None:
         holder["cpu0"] = (time.monotonic(), profiling.cpu_snapshot(_cpu_groups(sc, pg)))
+        holder["xacts0"] = await asyncio.to_thread(stack.database_transactions, pg)
         if during is not None:
             await during(run)
 
@@ -282,9 +283,25 @@ async def _measure(
     summary = loadgen.summarise(run)
     t0, cpu0 = holder.get("cpu0", (run.window[0], {}))
     # Sampled after the drain: a slight overestimate of the window's CPU, the same for all.
+    wall = time.monotonic() - t0
     summary["cpu_cores"] = profiling.cpu_share(
-        cpu0, profiling.cpu_snapshot(_cpu_groups(sc, pg)), time.monotonic() - t0
+        cpu0, profiling.cpu_snapshot(_cpu_groups(sc, pg)), wall
     )
+    # Per transfer (CPU and database transactions): figures a busy machine barely moves.
+    ended = sum(1 for s in run.samples if s.ok and t0 <= s.ended)
+    if ended:
+        # PostgreSQL publishes its counters within about a second of a transaction's end.
+        await asyncio.sleep(stack.STATS_FLUSH_S)
+        xacts = await asyncio.to_thread(stack.database_transactions, pg)
+        summary["cpu_ms_per_transfer"] = {
+            k: round(v * wall * 1000 / ended, 1)
+            for k, v in summary["cpu_cores"].items()
+            if k in ("coordinator nodes", "banks", "postgres", "load generator")
+        }
+        before = holder.get("xacts0", {})
+        summary["db_transactions_per_transfer"] = {
+            group: round((n - before.get(group, 0)) / ended, 1) for group, n in xacts.items()
+        }
     others = summary["cpu_cores"].get("others", 0.0)
     if others > CONTENDED_CORES:
         print(
@@ -355,7 +372,8 @@ async def _profile(
     args: argparse.Namespace,
     concurrency: int,
 ) -> dict[str, Any]:
-    """One more run under load while py-spy samples the leader, a bank and this process.
+    """One more run under load while py-spy samples the leader, a follower, a bank and this
+    process.
     Not part of the measured figures (sampling costs a little CPU on a 2-core machine)."""
     exe = profiling.py_spy()
     if exe is None:
@@ -364,6 +382,9 @@ async def _profile(
     leader = await stack.find_leader(session, sc.node_procs, _read_headers(creds))
     bank_a = next(p for p in sc.procs if p.name == "bank-a")
     targets = {"leader": leader, "bank-a": bank_a}
+    followers = [p for p in sc.node_procs if p is not leader]
+    if followers:
+        targets["follower"] = followers[0]
     out_dir = Path(args.out_dir)
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     recs: list[profiling.Recording] = []
@@ -570,7 +591,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="after the measured runs, py-spy the leader, a bank and the load generator",
+        help="after the measured runs, py-spy the leader, a follower, a bank and the load "
+        "generator",
     )
     p.add_argument("--profile-scenario", default="txc-3", choices=tuple(SCENARIOS)[1:])
     p.add_argument(

@@ -166,8 +166,17 @@ def read_state(database_url: str) -> dict[str, Any]:
     state: dict[str, Any] = {
         "database": redact(database_url),
         "mode": mode,
+        # commit_index: as the node reads it on start (at least last_applied: a commit
+        # index that moved alone is not written); stored_commit_index: the row's value.
         "hard_state": (
-            {"term": hs.term, "vote": hs.vote, "commit_index": hs.commit_index} if hs else None
+            {
+                "term": hs.term,
+                "vote": hs.vote,
+                "commit_index": max(hs.commit_index, ap.last_applied if ap else 0),
+                "stored_commit_index": hs.commit_index,
+            }
+            if hs
+            else None
         ),
         "applied": (
             {"last_applied": ap.last_applied, "last_applied_term": ap.last_applied_term}
@@ -203,12 +212,15 @@ def check(state: dict[str, Any], max_history: int | None) -> list[str]:
                 "(the node refuses to start)"
             )
     elif state["mode"] == "raft":
-        if hs and hs["commit_index"] > durable_end:
+        if hs and hs["stored_commit_index"] > durable_end:
             problems.append(
-                f"commit index {hs['commit_index']} is ahead of the stored log ({durable_end})"
+                f"commit index {hs['stored_commit_index']} is ahead of the stored log "
+                f"({durable_end})"
             )
-        if hs and applied > hs["commit_index"] and applied > snap_index:
-            problems.append(f"applied {applied} is ahead of the commit index {hs['commit_index']}")
+        # `applied` ahead of the stored commit index is normal: a commit index that moved
+        # alone is not written, and the node reads it as at least last_applied.
+        if applied > durable_end:
+            problems.append(f"applied {applied} is ahead of the stored log ({durable_end})")
         if lg["first_index"] is not None and lg["first_index"] > snap_index + 1:
             problems.append(
                 f"gap: the log starts at {lg['first_index']} but the snapshot ends at {snap_index}"

@@ -1,10 +1,12 @@
 """Raft storage in PostgreSQL: the log, the hard state and the snapshot of one node.
 
-Everything a Ready asks to persist is written in one transaction with
-`synchronous_commit=on` (the engine's connections set it), and the committed entries it
-hands out are applied in that same transaction, with `last_applied`. So after a crash the
-node finds either all of a Ready or none of it; the stored commit index can never be ahead
-of the stored log; and nothing is ever applied twice.
+On the hot path (coordinator/replicated_log.py) a Ready's entries and hard state are
+written in one statement (coordinator/batch_sql.py) and committed entries are applied with
+`last_applied` in another, each one synchronous transaction. So after a crash the node finds
+either all of a Ready or none of it, the stored commit index can never be ahead of the stored
+log, and nothing is ever applied twice. A commit index that moved alone is not written: on
+load the commit index is at least `last_applied`. This module keeps the load, the bootstrap,
+snapshots and membership.
 """
 
 from __future__ import annotations
@@ -101,10 +103,12 @@ async def _load(engine: AsyncEngine, voters: frozenset[int]) -> PersistentState 
             Entry(r._mapping["index"], r.term, EntryKind(r.kind), bytes(r.data))
             for r in rows.fetchall()
         )
-        applied = applied_row.last_applied if applied_row is not None else 0
-        return PersistentState(
-            hard_state=hs, snapshot=snap, entries=entries, applied=max(applied, snap.meta.index)
-        )
+        applied = max(applied_row.last_applied if applied_row is not None else 0, snap.meta.index)
+        if hs.commit < applied <= max(snap.meta.index, entries[-1].index if entries else 0):
+            # The shell does not write a commit index that moved alone (replicated_log.py):
+            # whatever was applied was committed.
+            hs = HardState(hs.term, hs.vote, applied)
+        return PersistentState(hard_state=hs, snapshot=snap, entries=entries, applied=applied)
 
 
 async def save(
