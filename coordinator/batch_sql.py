@@ -13,10 +13,11 @@ makes the combination safe.)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from coordinator.raft.messages import Entry, HardState
 
@@ -134,7 +135,9 @@ class ApplyRows:
 
 
 def _json(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, separators=(",", ":"))
+    # orjson: several times the standard library's speed on these documents (a transaction's
+    # whole record per changed transaction, every batch, every node).
+    return orjson.dumps(rows).decode()
 
 
 def apply_params(

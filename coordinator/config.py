@@ -48,7 +48,7 @@ class Settings:
     tls_ca_file: str = ""
     raft_tick_s: float = 0.05  # one Raft tick; election timeout = election_ticks..2x ticks
     election_ticks: int = 10
-    heartbeat_ticks: int = 1
+    heartbeat_ticks: int = 2  # a heartbeat every 100 ms: 5 per shortest election timeout
     snapshot_entries: int = 20_000  # log entries kept before a snapshot compacts them
     forward_timeout_s: float = 30.0  # a follower's forwarded request to the leader
 

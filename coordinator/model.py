@@ -6,7 +6,7 @@ so every node that applies the same log holds the same records.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -88,7 +88,9 @@ class Participant:
     heuristic: str | None = None  # what the participant reported instead: commit/abort/unknown
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Field by field rather than `asdict` (a recursive deep copy): this runs for every
+        # participant of every transaction a log batch changes, on every node.
+        return {name: getattr(self, name) for name in _PARTICIPANT_FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Participant:
@@ -124,7 +126,8 @@ class Transaction:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {name: getattr(self, name) for name in _TRANSACTION_FIELDS}
+        d["labels"] = dict(self.labels)
         d["participants"] = [p.to_dict() for p in self.participants]
         return d
 
@@ -145,3 +148,7 @@ class Transaction:
             labels=dict(self.labels),
             participants=[replace(p) for p in self.participants],
         )
+
+
+_PARTICIPANT_FIELDS = tuple(f.name for f in fields(Participant))
+_TRANSACTION_FIELDS = tuple(f.name for f in fields(Transaction))

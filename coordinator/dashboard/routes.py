@@ -95,7 +95,7 @@ def build_router(node: Any) -> APIRouter:
     assets = {name: _asset(name) for name in STATIC_FILES}
     streams = 0
 
-    def authenticate(request: Request) -> Principal:
+    async def authenticate(request: Request) -> Principal:
         """The rule of `/v1`'s reads: no tokens configured, open; else a known token of a
         role that may read (401 for a missing or unknown token, 403 for another role)."""
         p = authenticated(tokens, request)

@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import ssl
 import time
 from collections.abc import Callable
 
 import aiohttp
+import orjson
 
 from coordinator.raft.messages import Message
 
@@ -77,7 +77,7 @@ def verify(
 
 
 def decode_batch(body: bytes, sender: int, me: int) -> list[Message]:
-    data = json.loads(body)
+    data = orjson.loads(body)
     if not isinstance(data, list):
         raise ValueError("expected a list of messages")
     msgs = [Message.from_dict(d) for d in data]
@@ -143,7 +143,7 @@ class Transport:
             if url is None:
                 self.dropped += len(batch)
                 continue
-            body = json.dumps([m.to_dict() for m in batch], separators=(",", ":")).encode()
+            body = orjson.dumps([m.to_dict() for m in batch])
             ts = f"{time.time():.3f}"
             headers = {
                 "Content-Type": "application/json",

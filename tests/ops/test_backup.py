@@ -21,9 +21,12 @@ from tests.test_node import begin, enlist, running_node, wait_for
 async def snapshot_of(c: httpx.AsyncClient, txids: list[str]) -> dict[str, Any]:
     out = {}
     for txid in txids:
-        t = (await c.get(f"/v1/transactions/{txid}")).json()
-        tl = (await c.get(f"/v1/transactions/{txid}/timeline")).json()["events"]
-        out[txid] = {"transaction": t, "timeline": tl}
+        r = await c.get(f"/v1/transactions/{txid}")
+        assert r.status_code == 200, r.text
+        t = r.json()
+        r = await c.get(f"/v1/transactions/{txid}/timeline")
+        assert r.status_code == 200, r.text
+        out[txid] = {"transaction": t, "timeline": r.json()["events"]}
     return out
 
 
