@@ -127,6 +127,15 @@ class Cluster:
             self.deliver(allow)
         raise AssertionError("cluster did not quiesce")
 
+    def settle(self, allow: Filter | None = None) -> None:
+        """Pump, then let the leader's heartbeat carry its commit index to the followers (a
+        commit alone sends no message: it rides on the next append or heartbeat), and pump."""
+        self.pump(allow)
+        leader = self.leader()
+        if leader is not None:
+            self.tick(leader.id, leader.cfg.heartbeat_ticks)
+            self.pump(allow)
+
     def tick(self, i: int, n: int = 1) -> None:
         for _ in range(n):
             self.nodes[i].tick()

@@ -29,6 +29,7 @@ def elected(n: int = 3, leader: int = 1, **cfg: int | bool) -> Cluster:
     c = Cluster(n, **cfg)  # type: ignore[arg-type]  # cfg holds only RaftConfig fields
     c.campaign(leader)
     assert c.nodes[leader].role is Role.LEADER
+    c.settle()  # the followers learn that the leader's empty entry committed
     return c
 
 
@@ -139,7 +140,7 @@ def test_proposals_replicate_and_commit_in_order() -> None:
     c = elected()
     for k in range(10):
         c.nodes[1].propose(f"cmd{k}".encode())
-    c.pump()
+    c.settle()
     for i in c.ids:
         data = [e.data for e in c.stores[i].applied if e.kind is EntryKind.NORMAL]
         assert data == [f"cmd{k}".encode() for k in range(10)]
@@ -192,7 +193,7 @@ def test_batching_bounds_entries_per_message_and_inflight() -> None:
     )
     assert leader.progress[2].state is ProgressState.REPLICATE
     assert leader.progress[2].is_paused()
-    c.pump()
+    c.settle()
     assert all(n.log.commit == 22 for n in c.nodes.values())
 
 
@@ -204,14 +205,14 @@ def test_batching_bounds_bytes_per_message() -> None:
     c.process(1)
     appends = [m for m in c.outbox if m.type is MsgType.APPEND and m.entries]
     assert appends and all(sum(e.size() for e in m.entries) <= 300 for m in appends)
-    c.pump()
+    c.settle()
     assert all(n.log.commit == 12 for n in c.nodes.values())
 
 
 def test_a_single_entry_larger_than_the_byte_bound_still_goes() -> None:
     c = elected(max_bytes_per_msg=10)
     c.nodes[1].propose(bytes(1000))
-    c.pump()
+    c.settle()
     assert all(n.log.commit == 3 for n in c.nodes.values())
 
 
@@ -223,7 +224,7 @@ def test_duplicate_messages_are_harmless() -> None:
     c.outbox.extend(msgs)  # every message twice
     c.pump()
     c.outbox.extend(msgs)  # and again, late
-    c.pump()
+    c.settle()
     for i in c.ids:
         assert [e.data for e in c.stores[i].applied if e.kind is EntryKind.NORMAL] == [b"x"]
         assert [e.index for e in c.stores[i].applied] == [1, 2, 3]
@@ -431,7 +432,7 @@ def test_follower_behind_compaction_gets_install_snapshot() -> None:
     assert len(snaps) == 1 and snaps[0].data == b"state@12"
     assert c.nodes[1].progress[3].state is ProgressState.REPLICATE
     c.nodes[1].propose(b"after")
-    c.pump()
+    c.settle()
     assert c.stores[3].applied[-1].data == b"after"
 
 
@@ -439,7 +440,7 @@ def test_stale_snapshot_is_ignored() -> None:
     c = elected()
     for k in range(5):
         c.nodes[1].propose(f"x{k}".encode())
-    c.pump()
+    c.settle()
     _compact(c, 1)
     snap = c.nodes[1].log.snapshot
     f = c.nodes[2]
@@ -463,7 +464,7 @@ def test_restart_restores_log_and_hard_state() -> None:
     c = elected()
     for k in range(3):
         c.nodes[1].propose(f"x{k}".encode())
-    c.pump()
+    c.settle()
     node = c.restart(2)
     assert node.term == 2 and node.vote == 1 and node.log.last_index() == 5
     assert node.log.commit == 5 and node.role is Role.FOLLOWER
