@@ -9,27 +9,47 @@ recovery resolves it). The price: a request's row locks are held until phase 2 a
 one participant can do the work of one txid in one request only (a second request for the
 same txid is refused with 409 `already_prepared`).
 
-Per-request sequence (`work()`):
-1. refuse at once if the record already knows the txid (aborted, or already prepared);
-2. BEGIN on a dedicated connection; the application does its work;
-3. under the txid lock: PREPARE TRANSACTION 'txc:<name>:<txid>', check it is really
-   prepared, insert the 'prepared' record (if an 'aborted' record won the race: ROLLBACK
-   PREPARED and refuse);
-4. enlist with the coordinator (vote yes). Refused (4xx) -> record 'aborted', ROLLBACK
-   PREPARED, 409. Unknown (network/5xx) -> keep it prepared (in doubt) and answer 503.
+Per-request sequence (`work()`), two PostgreSQL transactions (`pg_fastpath` has the SQL):
+1. the work transaction's first statement reads the record: a txid aborted (or already done)
+   here is refused before the application runs;
+2. the application does its work on that transaction;
+3. still inside it: take the txid lock (a session advisory lock: it outlives the PREPARE),
+   PREPARE TRANSACTION 'txc:<name>:<txid>' (its command status says whether it prepared);
+4. one statement inserts the 'prepared' record and releases the lock. If a record appeared
+   meanwhile (an abort won the race, or another request of this txid finished first), the
+   lock stays held until our PREPARE is rolled back, and the request is refused;
+5. enlist with the coordinator (vote yes). Refused (4xx) -> abort (record 'aborted',
+   ROLLBACK PREPARED), 409. Unknown (network/5xx) -> keep it prepared (in doubt), 503.
+
+Why the lock spans 3-4: the gid of a refused second request equals the first one's, so while
+it is prepared nobody else may act on that gid; every other step that acts on a prepared
+transaction holds the same lock, except the phase-2 commit below.
+
+Phase 2 commit, two PostgreSQL transactions: the record moves 'prepared' -> 'committed' in
+one conditional update (the decision: an abort moves it to 'aborted' first, so exactly one
+wins), then COMMIT PREPARED. A crash in between leaves 'committed' + prepared, which a
+repeated commit or recovery finishes. Anything but a plain 'prepared' record (a repeat, a
+conflict, nothing known) takes the careful path under the txid lock. The rules behind all of
+this: a prepared transaction is rolled back only after its record says 'aborted' and
+committed only after it says 'committed' (or, for records written by older versions, with
+'prepared' and nothing prepared meaning committed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import RootTransaction
-from sqlalchemy.exc import DBAPIError
 
+from participant_sdk import pg_fastpath as fast
 from participant_sdk import record
 from participant_sdk.client import TxcClient
 from participant_sdk.errors import (
@@ -44,9 +64,11 @@ from participant_sdk.recovery import MAX_IN_DOUBT_PER_PASS, RECOVERY_INTERVAL_S,
 
 log = logging.getLogger("txc.sdk.pg")
 
-MAX_RACE_RECHECKS = 3  # re-reads when a prepared transaction vanishes under our feet
-SQLSTATE_UNDEFINED_OBJECT = "42704"  # "prepared transaction ... does not exist"
-SQLSTATE_DUPLICATE_OBJECT = "42710"  # "transaction identifier ... is already in use"
+MAX_RACE_RECHECKS = 3  # re-reads when the record or the prepared transaction changed meanwhile
+# While another session finishes a prepared transaction (e.g. a concurrent repeated commit),
+# COMMIT PREPARED answers "busy"; that lasts as long as one commit record's fsync.
+MAX_BUSY_WAITS = 100
+BUSY_WAIT_S = 0.01
 SQLSTATE_PREREQUISITE = "55000"  # e.g. prepared transactions are disabled
 
 _PREPARED_SQL = text(
@@ -57,11 +79,6 @@ _OWNED_SQL = text(
     "WHERE database = current_database() AND left(gid, length(:prefix)) = :prefix "
     "ORDER BY prepared LIMIT :limit"
 )
-
-
-def _sqlstate(e: DBAPIError) -> str | None:
-    orig = e.orig
-    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
 
 
 @dataclass(frozen=True)
@@ -93,8 +110,11 @@ class PgResourceManager(ParticipantBase):
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
         participant_token: str | None = None,
     ) -> None:
-        if engine.dialect.name != "postgresql":
-            raise ValueError("PgResourceManager needs a PostgreSQL engine")
+        if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+            raise ValueError(
+                "PgResourceManager needs a PostgreSQL engine on psycopg 3 "
+                "(postgresql+psycopg://...)"
+            )
         super().__init__(
             name,
             public_url=public_url,
@@ -125,11 +145,17 @@ class PgResourceManager(ParticipantBase):
         # Stored so that recovery knows whom to ask when no coordinator is configured.
         stored_url = None if self.coordinator_url else coordinator_url
         with self.engine.connect() as conn:
-            existing = record.get(conn, self.name, txid)
-            conn.rollback()
-            if existing is not None:
-                raise self._refusal(existing.state)
             trans = conn.begin()
+            driver = fast.driver_of(conn.connection.dbapi_connection)
+            try:
+                # The work transaction's first statement (no transaction of its own).
+                existing = fast.record_state(driver, self.name, txid)
+            except BaseException:
+                trans.rollback()
+                raise
+            if existing is not None:
+                trans.rollback()
+                raise self._refusal(existing)
             try:
                 yield PgWork(txid, self.name, gid, conn)
             except BaseException:
@@ -140,7 +166,7 @@ class PgResourceManager(ParticipantBase):
                 raise WorkRefused(
                     "the application ended the SDK's transaction", code="transaction_ended"
                 )
-            self._prepare(conn, trans, txid, gid, stored_url)
+            self._prepare(conn, driver, trans, txid, gid, stored_url)
         # The connection is back in the pool: nothing is held across the network call.
         try:
             self.enlist(txid, coordinator_url, "yes")
@@ -163,33 +189,47 @@ class PgResourceManager(ParticipantBase):
     def _prepare(
         self,
         conn: Connection,
+        driver: fast.Driver,
         trans: RootTransaction,
         txid: str,
         gid: str,
         coordinator_url: str | None,
     ) -> None:
-        # A session-level lock even though taken inside the transaction: it survives the
-        # PREPARE and is released explicitly below.
-        try:
-            record.acquire(conn, self.name, txid)
-        except DBAPIError as e:  # typically: the application swallowed a failed statement
+        status = driver.info.transaction_status
+        if status != TransactionStatus.INTRANS:
             trans.rollback()
+            if status == TransactionStatus.IDLE:  # committed behind the SDK's back
+                raise WorkRefused(
+                    "the application ended the SDK's transaction", code="transaction_ended"
+                )
+            # Typically: the application swallowed a failed statement.
             raise WorkRefused(
-                f"the work's transaction had failed; nothing was prepared ({e.orig})",
+                "the work's transaction had failed; nothing was prepared", code="work_failed"
+            )
+        try:
+            existing = fast.lock_and_state(driver, self.name, txid)
+        except psycopg.Error as e:
+            # E.g. a statement timeout while waiting: drop the session, and any lock with it.
+            conn.invalidate()
+            raise WorkRefused(
+                f"could not take the transaction's lock; nothing was prepared ({e})",
                 code="work_failed",
             ) from e
+        locked = True
         try:
-            try:
-                conn.exec_driver_sql(f"PREPARE TRANSACTION '{gid}'")
-            except DBAPIError as e:
+            if existing is not None:
                 trans.rollback()
-                state = _sqlstate(e)
-                if state == SQLSTATE_DUPLICATE_OBJECT:
+                raise self._refusal(existing)
+            try:
+                prepared = fast.prepare_transaction(driver, gid)
+            except psycopg.Error as e:
+                trans.rollback()
+                if isinstance(e, pg_errors.DuplicateObject):
                     raise WorkRefused(
                         f"transaction {txid} is already prepared here by another request",
                         code="already_prepared",
                     ) from e
-                if state == SQLSTATE_PREREQUISITE:
+                if e.sqlstate == SQLSTATE_PREREQUISITE:
                     raise ParticipantError(
                         f"PREPARE TRANSACTION failed (is max_prepared_transactions > 0?): {e}",
                         code="prepare_unavailable",
@@ -200,21 +240,27 @@ class PgResourceManager(ParticipantBase):
             # (the driver sends nothing when the server is idle).
             trans.commit()
             conn.execution_options(isolation_level="AUTOCOMMIT")
-            if not self._is_prepared(conn, gid):
+            if not prepared:
                 # PREPARE on a transaction that had already failed is a plain ROLLBACK.
                 raise WorkRefused(
                     "the work's transaction had failed; nothing was prepared", code="work_failed"
                 )
-            if not record.insert_if_absent(conn, self.name, txid, "prepared", gid, coordinator_url):
-                existing = record.get(conn, self.name, txid)
-                self._rollback_prepared(conn, gid)
-                raise self._refusal(existing.state if existing else "aborted")
+            if fast.record_prepared_and_unlock(driver, self.name, txid, gid, coordinator_url):
+                locked = False
+                return
+            # A record got there first (an abort, or an earlier request of this txid that has
+            # finished): undo our PREPARE while still holding the lock, then refuse.
+            fast.finish_prepared(driver, "ROLLBACK", gid)
+            raise self._refusal(fast.record_state(driver, self.name, txid) or "aborted")
         finally:
-            self._release(conn, txid)
+            if locked:
+                self._release(conn, driver, txid)
 
-    def _release(self, conn: Connection, txid: str) -> None:
+    def _release(self, conn: Connection, driver: fast.Driver, txid: str) -> None:
         try:
-            record.release(conn, self.name, txid)
+            if not driver.autocommit:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            fast.unlock(driver, self.name, txid)
         except Exception:
             log.exception("could not release the txid lock of %s; dropping the connection", txid)
             conn.invalidate()
@@ -237,14 +283,15 @@ class PgResourceManager(ParticipantBase):
 
     @staticmethod
     def _finish(conn: Connection, verb: str, gid: str) -> bool:
-        """COMMIT/ROLLBACK PREPARED; False when it no longer exists (someone finished it)."""
-        try:
-            conn.exec_driver_sql(f"{verb} PREPARED '{gid}'")
-            return True
-        except DBAPIError as e:
-            if _sqlstate(e) == SQLSTATE_UNDEFINED_OBJECT:
-                return False
-            raise
+        """COMMIT/ROLLBACK PREPARED on an autocommit connection; False when it no longer
+        exists (someone finished it). Waits out a concurrent finisher ("busy")."""
+        driver = fast.driver_of(conn.connection.dbapi_connection)
+        for _ in range(MAX_BUSY_WAITS):
+            try:
+                return fast.finish_prepared(driver, verb, gid)
+            except fast.PreparedBusy:
+                time.sleep(BUSY_WAIT_S)
+        raise RuntimeError(f"{verb} PREPARED {gid}: still busy after {MAX_BUSY_WAITS} waits")
 
     def _rollback_prepared(self, conn: Connection, gid: str) -> None:
         self._finish(conn, "ROLLBACK", gid)
@@ -257,69 +304,94 @@ class PgResourceManager(ParticipantBase):
     def prepare(self, txid: str) -> ProtocolReply:
         """Normally skipped (we enlist with vote yes); answers consistently when asked."""
         gid = make_gid(self.name, txid)
-        with record.txid_lock(self.engine, self.name, txid) as conn:
-            rec = record.get(conn, self.name, txid)
-            prepared = self._is_prepared(conn, gid)
-            if rec is not None and rec.state == "aborted":
-                if prepared:
-                    self._rollback_prepared(conn, gid)
-                return ProtocolReply(409, {"vote": "no", "reason": "aborted here"})
-            if rec is None and not prepared:
-                # Voting NO is a local abort: remember it so late work is refused.
-                record.set_state(conn, self.name, txid, "aborted", gid)
-                return ProtocolReply(
-                    409, {"vote": "no", "reason": "no prepared work for this transaction"}
-                )
-            if rec is None:
-                record.insert_if_absent(conn, self.name, txid, "prepared", gid)
-            return ProtocolReply(200, {"vote": "yes"})
+        for _ in range(MAX_RACE_RECHECKS):
+            with record.txid_lock(self.engine, self.name, txid) as conn:
+                rec = record.get(conn, self.name, txid)
+                prepared = self._is_prepared(conn, gid)
+                if rec is not None and rec.state == "aborted":
+                    if prepared:
+                        self._rollback_prepared(conn, gid)
+                    return ProtocolReply(409, {"vote": "no", "reason": "aborted here"})
+                if rec is not None:
+                    return ProtocolReply(200, {"vote": "yes"})
+                if not prepared:
+                    # Voting NO is a local abort: remember it so late work is refused.
+                    if not record.claim_abort(conn, self.name, txid, gid):
+                        continue
+                    return ProtocolReply(
+                        409, {"vote": "no", "reason": "no prepared work for this transaction"}
+                    )
+                # Prepared, not recorded (its request died before recording it): adopt it.
+                if record.insert_if_absent(conn, self.name, txid, "prepared", gid):
+                    return ProtocolReply(200, {"vote": "yes"})
+                # A request's own record landed meanwhile: look again.
+        raise RuntimeError(f"prepare of {gid}: record kept changing")
 
     def commit(self, txid: str) -> ProtocolReply:
+        gid = make_gid(self.name, txid)
+        # The common case, without the txid lock: the record says 'prepared'; decide in it.
+        with fast.autocommit_driver(self.engine) as driver:
+            if fast.claim_commit(driver, self.name, txid):
+                try:
+                    # False: nothing prepared, i.e. committed before a crash (a 'prepared'
+                    # record's transaction is never rolled back without 'aborted' first).
+                    fast.finish_prepared(driver, "COMMIT", gid)
+                except fast.PreparedBusy:
+                    pass  # being committed by a repeat; the record already says committed
+                return self._reply(txid, "committed")
+        return self._commit_carefully(txid, gid)
+
+    def _commit_carefully(self, txid: str, gid: str) -> ProtocolReply:
+        """Commit under the txid lock: a repeat, a commit a crash interrupted, a conflicting
+        decision, or a txid with no record."""
+        for _ in range(MAX_RACE_RECHECKS):
+            with record.txid_lock(self.engine, self.name, txid) as conn:
+                rec = record.get(conn, self.name, txid)
+                prepared = self._is_prepared(conn, gid)
+                if rec is not None and rec.state == "aborted":
+                    if prepared:
+                        self._rollback_prepared(conn, gid)  # finish the abort we decided
+                    return ProtocolReply.error(
+                        409, "heuristic_abort", "this participant rolled back"
+                    )
+                if rec is None and not prepared:
+                    return ProtocolReply.error(
+                        404, "unknown_transaction", "no trace of this transaction here"
+                    )
+                # Decide in the record first (it may be 'committed' already: a repeat, or a
+                # commit that a crash interrupted before COMMIT PREPARED).
+                if not record.claim_commit(conn, self.name, txid, gid):
+                    continue  # an abort was decided meanwhile: look again
+                if prepared:
+                    self._finish(conn, "COMMIT", gid)
+                return self._reply(txid, "committed")
+        raise RuntimeError(f"commit of {gid}: record kept changing")
+
+    def abort(self, txid: str) -> ProtocolReply:
         gid = make_gid(self.name, txid)
         for _ in range(MAX_RACE_RECHECKS):
             with record.txid_lock(self.engine, self.name, txid) as conn:
                 rec = record.get(conn, self.name, txid)
-                if self._is_prepared(conn, gid):
-                    if rec is not None and rec.state == "aborted":
-                        self._rollback_prepared(conn, gid)  # finish the abort we decided
-                        return ProtocolReply.error(
-                            409, "heuristic_abort", "this participant rolled back"
-                        )
-                    if not self._finish(conn, "COMMIT", gid):
-                        continue  # finished by someone else meanwhile: look again
-                    record.set_state(conn, self.name, txid, "committed", gid)
-                    return self._reply(txid, "committed")
-                if rec is None:
-                    return ProtocolReply.error(
-                        404, "unknown_transaction", "no trace of this transaction here"
-                    )
-                if rec.state == "aborted":
-                    return ProtocolReply.error(
-                        409, "heuristic_abort", "this participant rolled back"
-                    )
-                if rec.state == "prepared":
-                    # Committed before a crash (rollbacks always record 'aborted' first).
-                    record.mark(conn, self.name, txid, "committed")
-                return self._reply(txid, "committed")
-        raise RuntimeError(f"commit of {gid}: prepared transaction kept changing")
-
-    def abort(self, txid: str) -> ProtocolReply:
-        gid = make_gid(self.name, txid)
-        with record.txid_lock(self.engine, self.name, txid) as conn:
-            rec = record.get(conn, self.name, txid)
-            prepared = self._is_prepared(conn, gid)
-            if rec is not None and not prepared and rec.state in ("prepared", "committed"):
-                if rec.state == "prepared":
-                    record.mark(conn, self.name, txid, "committed")
-                return ProtocolReply.error(
-                    409, "heuristic_commit", "this participant already committed"
+                prepared = self._is_prepared(conn, gid)
+                committed = rec is not None and (
+                    rec.state == "committed" or (rec.state == "prepared" and not prepared)
                 )
-            # Record first: from here on, late work for this txid is refused, and recovery
-            # never mistakes the missing prepared transaction for a commit.
-            record.set_state(conn, self.name, txid, "aborted", gid)
-            if prepared:
-                self._rollback_prepared(conn, gid)
-            return self._reply(txid, "aborted")
+                if committed:
+                    # Decided (or done) already: finish it if a crash interrupted it.
+                    record.claim_commit(conn, self.name, txid, gid)
+                    if prepared:
+                        self._finish(conn, "COMMIT", gid)
+                    return ProtocolReply.error(
+                        409, "heuristic_commit", "this participant already committed"
+                    )
+                # Record first: from here on, late work for this txid is refused, and recovery
+                # never mistakes the missing prepared transaction for a commit.
+                if not record.claim_abort(conn, self.name, txid, gid):
+                    continue  # a commit was decided meanwhile: look again
+                if prepared:
+                    self._rollback_prepared(conn, gid)
+                return self._reply(txid, "aborted")
+        raise RuntimeError(f"abort of {gid}: record kept changing")
 
     # -- recovery ---------------------------------------------------------------------------------
 
@@ -358,6 +430,8 @@ class PgResourceManager(ParticipantBase):
         with record.txid_lock(self.engine, self.name, txid) as conn:
             if record.get(conn, self.name, txid) is not None or not self._is_prepared(conn, gid):
                 return "changed_meanwhile"  # a live request finished it; next pass looks again
-            record.set_state(conn, self.name, txid, "aborted", gid)
+            # Insert, never overwrite: a request's own record may be landing this instant.
+            if not record.insert_if_absent(conn, self.name, txid, "aborted", gid):
+                return "changed_meanwhile"
             self._rollback_prepared(conn, gid)
             return "rolled_back_orphan"

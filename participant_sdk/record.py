@@ -11,7 +11,13 @@ transaction is only ever rolled back *after* its record says 'aborted'; so 'prep
 prepared transaction left means it was committed.
 
 Concurrency: every state-changing step for one txid runs under `txid_lock` (a PostgreSQL
-session advisory lock, so replicas of one participant sharing a database serialize too).
+session advisory lock, so replicas of one participant sharing a database serialize too),
+except the PostgreSQL participant's phase-2 commit, which needs no lock: its decision is one
+conditional update of the record row ('prepared' -> 'committed', `pg_fastpath`), and every
+conflicting decision is one too (`claim_abort`, `claim_commit`), so PostgreSQL's row lock
+picks exactly one winner. For the same reason a step that read "no record" under the lock
+acts only through a conflict-checked insert or upsert, which waits for (and then sees) a
+record another session is inserting at that moment.
 Works on PostgreSQL and, for `CallbackParticipant`, on SQLite (process-local lock).
 """
 
@@ -160,6 +166,35 @@ def set_state(
     )
     conn.execute(stmt)
     _commit_if_needed(conn)
+
+
+def _claim(
+    conn: Connection, participant: str, txid: str, state: str, loser: str, gid: str | None
+) -> bool:
+    """Upsert the record to `state` unless it is in state `loser`; True when it now says
+    `state` (it was absent, or in any other state, including `state` itself)."""
+    t = participant_record
+    ins = _insert(conn).values(participant=participant, txid=txid, state=state, gid=gid)
+    stmt = ins.on_conflict_do_update(
+        index_elements=["participant", "txid"],
+        set_={"state": state, "updated_at": func.now()},
+        where=t.c.state != loser,
+    ).returning(t.c.txid)
+    claimed = conn.execute(stmt).first() is not None
+    _commit_if_needed(conn)
+    return claimed
+
+
+def claim_abort(conn: Connection, participant: str, txid: str, gid: str | None = None) -> bool:
+    """Decide abort in the record (before any ROLLBACK PREPARED); False when a commit was
+    decided first (the record says 'committed')."""
+    return _claim(conn, participant, txid, "aborted", "committed", gid)
+
+
+def claim_commit(conn: Connection, participant: str, txid: str, gid: str | None = None) -> bool:
+    """Decide commit in the record (before any COMMIT PREPARED); False when an abort was
+    decided first (the record says 'aborted')."""
+    return _claim(conn, participant, txid, "committed", "aborted", gid)
 
 
 def mark(conn: Connection, participant: str, txid: str, state: str) -> None:

@@ -187,6 +187,14 @@ class RecoveryLoop:
             self._stop.wait(self.interval_s)
 
 
+def _psycopg_url(url: str) -> str:
+    """The PostgreSQL participant runs on psycopg 3: accept plain postgres(ql):// URLs too."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m participant_sdk.recovery`: resolve a PostgreSQL participant's in-doubt
     transactions once and print the report as JSON."""
@@ -201,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token", default=None)
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
-    engine = create_engine(args.database_url)
+    engine = create_engine(_psycopg_url(args.database_url))
     rm = PgResourceManager(
         args.name,
         engine,

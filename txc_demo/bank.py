@@ -54,6 +54,13 @@ MAX_ACCOUNT_NAME = 64
 DEFAULT_PORT = 8001
 ACCOUNT_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 SQLSTATE_LOCK_NOT_AVAILABLE = "55P03"
+# Connections kept open: one per request in flight (anyio's default thread pool runs up to 40
+# sync endpoints at once) plus the phase-2 handlers; beyond POOL_SIZE, short-lived extra ones.
+# No pre-ping: a dead pooled connection fails its statement, the request fails (nothing
+# prepared, or the coordinator retries phase 2) and the pool discards the connection.
+POOL_SIZE = 16
+POOL_MAX_OVERFLOW = 24
+POOL_TIMEOUT_S = 10.0  # waiting for a free connection beyond that is an overload: fail
 
 metadata = MetaData()
 
@@ -130,6 +137,17 @@ def _move(work: PgWork, account: str, delta: int) -> int:
     return int(new_balance)
 
 
+def make_engine(database_url: str) -> Engine:
+    """The bank's connection pool (the benchmark's baseline bank uses the same one)."""
+    return create_engine(
+        database_url,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_MAX_OVERFLOW,
+        pool_timeout=POOL_TIMEOUT_S,
+        pool_pre_ping=False,
+    )
+
+
 def create_app(
     name: str,
     database_url: str,
@@ -145,7 +163,7 @@ def create_app(
     endpoints live under `{public_url}/txc`). `token` is the coordinator's API token (sent on
     enlist and /outcome); `participant_token` the one the coordinator must present on
     /txc/* (defaults to `token`)."""
-    engine = create_engine(database_url, pool_pre_ping=True)
+    engine = make_engine(database_url)
     rm = PgResourceManager(
         name,
         engine,

@@ -6,8 +6,8 @@ Why a separate app and not the demo bank itself: `txc_demo.bank` joins with `rm.
 locally. This app runs exactly the bank's own work function (`txc_demo.bank._move`: `SET
 LOCAL lock_timeout`, `UPDATE bank_account ... RETURNING`, `INSERT INTO bank_ledger`) on the
 same tables, with the same framework, server, engine and pool settings (FastAPI sync
-endpoints in the thread pool, uvicorn at log level info, SQLAlchemy's default pool with
-pre-ping), and commits it at once instead of preparing it and enlisting.
+endpoints in the thread pool, uvicorn at log level info, the bank's own pool:
+`bank.make_engine`), and commits it at once instead of preparing it and enlisting.
 
     python -m coordinator.bench.baseline_bank --name bank-a --database-url URL --port 8101
 """
@@ -20,14 +20,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import create_engine
 
 from participant_sdk.pg_resource import PgWork
 from txc_demo import bank
 
 
 def create_app(name: str, database_url: str) -> FastAPI:
-    engine = create_engine(database_url, pool_pre_ping=True)
+    engine = bank.make_engine(database_url)
     app = FastAPI(title=f"txc bench baseline bank {name}")
 
     @app.exception_handler(bank.BankError)
