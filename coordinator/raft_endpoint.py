@@ -1,4 +1,5 @@
-"""The receiving end of the Raft transport: `POST /raft/v1/messages`, in plain ASGI.
+"""The receiving end of the Raft transport: `POST /raft/v1/messages` and the WebSocket
+`/raft/v1/stream`, in plain ASGI.
 
 Every Raft round trip lands here on each follower (appends, heartbeats, their answers on the
 leader), so it sits in front of the FastAPI app: routing, dependency solving and the
@@ -14,6 +15,12 @@ coordinator/raft/transport.py; answers use the API's error shape and status code
 | 404 `not_found` | this node runs standalone, without Raft |
 | 405 `method_not_allowed` | anything but POST |
 | 413 `body_too_large` | the batch is over MAX_BODY_BYTES |
+
+The stream (coordinator/raft/transport.py says why it exists): the handshake is refused
+(HTTP 403) unless it is signed like a POST and its nonce is new; then each frame must carry
+the MAC of the sender, the nonce and the next sequence number, and hold messages from the
+sender to this node. A frame that does not is logged and the connection closed (1008); the
+sender opens a new one. Frames over MAX_FRAME_BYTES close it too (1009).
 """
 
 from __future__ import annotations
@@ -26,16 +33,28 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coordinator.raft.transport import (
     HEADER_FROM,
+    HEADER_NONCE,
     HEADER_SIG,
     HEADER_TIME,
     MAX_BODY_BYTES,
+    MAX_CLOCK_SKEW_S,
+    MAX_FRAME_BYTES,
+    NONCE_BYTES,
     RAFT_PATH,
+    RAFT_STREAM_PATH,
     AuthError,
     decode_batch,
+    open_frame,
+    stream_handshake_body,
     verify,
 )
 
-_WANTED = {h.lower().encode("latin-1") for h in (HEADER_FROM, HEADER_TIME, HEADER_SIG)}
+_WANTED = {
+    h.lower().encode("latin-1") for h in (HEADER_FROM, HEADER_TIME, HEADER_SIG, HEADER_NONCE)
+}
+MAX_NONCES = 100_000  # stream nonces remembered (each for MAX_CLOCK_SKEW_S) against replay
+WS_POLICY_VIOLATION = 1008
+WS_TOO_BIG = 1009
 
 
 class RaftEndpoint:
@@ -46,8 +65,12 @@ class RaftEndpoint:
         self.app = app
         self.node = node
         self.secret = secret
+        self.nonces: dict[str, float] = {}  # nonce -> when it may be forgotten
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope.get("path") == RAFT_STREAM_PATH:
+            await self._stream(scope, receive, send)
+            return
         if scope["type"] != "http" or scope.get("path") != RAFT_PATH:
             await self.app(scope, receive, send)
             return
@@ -93,6 +116,74 @@ class RaftEndpoint:
             return 400, "malformed_raft_messages", str(e)[:200]
         raft.deliver(msgs)
         return 204, "", ""
+
+    def _fresh_nonce(self, nonce: str, now: float) -> bool:
+        if len(nonce) != 2 * NONCE_BYTES or nonce in self.nonces:
+            return False
+        if len(self.nonces) >= MAX_NONCES:
+            self.nonces = {n: t for n, t in self.nonces.items() if t > now}
+            if len(self.nonces) >= MAX_NONCES:
+                return False  # a flood of handshakes: refuse rather than forget too early
+        self.nonces[nonce] = now + 2 * MAX_CLOCK_SKEW_S
+        return True
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        msg = await receive()
+        if msg["type"] != "websocket.connect":
+            return
+        raft = self.node.raft
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED
+        }
+        nonce = headers.get(HEADER_NONCE.lower(), "")
+        client = scope.get("client")
+        peer = client[0] if client else "?"
+        now = time.time()
+        try:
+            if raft is None:
+                raise AuthError("this node runs standalone, without Raft")
+            sender = verify(
+                self.secret,
+                set(raft.urls),
+                headers.get(HEADER_FROM.lower()),
+                headers.get(HEADER_TIME.lower()),
+                headers.get(HEADER_SIG.lower()),
+                stream_handshake_body(nonce),
+                now,
+            )
+            if not self._fresh_nonce(nonce, now):
+                raise AuthError("stream nonce missing, malformed or already used")
+        except AuthError as e:
+            if raft is not None:
+                self.node.refused_peer(peer, str(e))
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION})
+            return
+        await send({"type": "websocket.accept"})
+        seq = 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "websocket.receive":
+                return  # websocket.disconnect
+            frame = msg.get("bytes")
+            if frame is None:
+                code, why = WS_POLICY_VIOLATION, "text frame"
+            elif len(frame) > MAX_FRAME_BYTES + 64:
+                code, why = WS_TOO_BIG, "frame too large"
+            else:
+                try:
+                    body = open_frame(self.secret, sender, nonce, seq, frame)
+                    msgs = decode_batch(body, sender, raft.id)
+                except AuthError as e:
+                    code, why = WS_POLICY_VIOLATION, str(e)
+                except (ValueError, KeyError, TypeError) as e:
+                    code, why = WS_POLICY_VIOLATION, f"malformed raft messages: {str(e)[:200]}"
+                else:
+                    seq += 1
+                    raft.deliver(msgs)
+                    continue
+            self.node.refused_peer(peer, why)
+            await send({"type": "websocket.close", "code": code})
+            return
 
 
 async def _read_body(receive: Receive) -> bytes | None:

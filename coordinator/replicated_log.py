@@ -315,6 +315,9 @@ class RaftLog:
             "snapshot_index": st.snapshot_index,
             "leader_changes": self.leader_changes,
             "messages_dropped": self.transport.dropped,
+            # Batches sent to peers by the stream and by POST (coordinator/raft/transport.py).
+            "batches_streamed": self.transport.streamed,
+            "batches_posted": self.transport.posted,
             "members": members,
         }
 

@@ -1,21 +1,37 @@
 """The Raft receiving endpoint (coordinator/raft_endpoint.py), every row of its status table,
 over real ASGI calls: only an authenticated batch from a member, addressed to this node,
-reaches the Raft task; everything else is answered with the API's error shape."""
+reaches the Raft task; everything else is answered with the API's error shape. The stream
+(WebSocket) likewise, frame by frame; and the sending transport against a real server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
+from coordinator.bench.serving import serve
 from coordinator.raft.messages import Message, MsgType
-from coordinator.raft.transport import HEADER_FROM, HEADER_SIG, HEADER_TIME, RAFT_PATH, sign
+from coordinator.raft.transport import (
+    HEADER_FROM,
+    HEADER_NONCE,
+    HEADER_SIG,
+    HEADER_TIME,
+    RAFT_PATH,
+    RAFT_STREAM_PATH,
+    Transport,
+    frame_mac,
+    sign,
+    stream_handshake_body,
+)
 from coordinator.raft_endpoint import RaftEndpoint
 
 SECRET = "cluster-secret-for-tests"
@@ -41,6 +57,12 @@ class FakeNode:
 
 
 async def _inner(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":  # a real server's start and stop
+        while True:
+            msg = await receive()
+            await send({"type": msg["type"] + ".complete"})
+            if msg["type"] == "lifespan.shutdown":
+                return
     await PlainTextResponse("inner app")(scope, receive, send)
 
 
@@ -58,8 +80,8 @@ def _signed(body: bytes, sender: int = 2, secret: str = SECRET, ts: float | None
     }
 
 
-def _batch(src: int = 2, dst: int = 1) -> bytes:
-    return json.dumps([Message(MsgType.HEARTBEAT, src, dst, term=3).to_dict()]).encode()
+def _batch(src: int = 2, dst: int = 1, term: int = 3) -> bytes:
+    return json.dumps([Message(MsgType.HEARTBEAT, src, dst, term=term).to_dict()]).encode()
 
 
 async def test_an_authenticated_batch_reaches_the_raft_task() -> None:
@@ -142,3 +164,163 @@ async def test_every_other_path_goes_to_the_app() -> None:
     async with _client(FakeNode()) as c:
         r = await c.get("/v1/transactions")
     assert r.status_code == 200 and r.text == "inner app"
+
+
+# -- the stream (WebSocket) -------------------------------------------------------------------
+
+
+def _handshake(nonce: str, sender: int = 2, secret: str = SECRET) -> dict[str, str]:
+    stamp = f"{time.time():.3f}"
+    return {
+        HEADER_FROM: str(sender),
+        HEADER_TIME: stamp,
+        HEADER_NONCE: nonce,
+        HEADER_SIG: sign(secret, sender, stamp, stream_handshake_body(nonce)),
+    }
+
+
+def _frame(nonce: str, seq: int, body: bytes, sender: int = 2) -> bytes:
+    return frame_mac(SECRET, sender, nonce, seq, body) + body
+
+
+async def _ws(url: str, headers: dict[str, str]) -> aiohttp.ClientWebSocketResponse:
+    session = aiohttp.ClientSession()
+    try:
+        ws = await session.ws_connect(url + RAFT_STREAM_PATH, headers=headers)
+    except BaseException:
+        await session.close()
+        raise
+    _SESSIONS.append(session)
+    return ws
+
+
+_SESSIONS: list[aiohttp.ClientSession] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_sessions() -> Any:
+    yield
+    while _SESSIONS:
+        await _SESSIONS.pop().close()
+
+
+async def test_a_signed_stream_delivers_its_frames_in_order() -> None:
+    node = FakeNode()
+    nonce = secrets.token_hex(16)
+    async with serve(RaftEndpoint(_inner, node, SECRET)) as url:
+        ws = await _ws(url, _handshake(nonce))
+        for seq in range(3):
+            await ws.send_bytes(_frame(nonce, seq, _batch(term=seq + 1)))
+        await _deliveries(node, 3)
+        await ws.close()
+    assert node.raft is not None and [m.term for m in node.raft.delivered] == [1, 2, 3]
+    assert node.refused == []
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["unsigned", "wrong secret", "not a member", "short nonce", "replayed nonce"],
+)
+async def test_a_bad_handshake_is_refused(case: str) -> None:
+    node = FakeNode()
+    nonce = secrets.token_hex(16)
+    headers = _handshake(nonce)
+    if case == "unsigned":
+        headers = {HEADER_FROM: "2", HEADER_NONCE: nonce}
+    elif case == "wrong secret":
+        headers = _handshake(nonce, secret="another")
+    elif case == "not a member":
+        headers = _handshake(nonce, sender=9)
+    elif case == "short nonce":
+        headers = _handshake("abc")
+    async with serve(RaftEndpoint(_inner, node, SECRET)) as url:
+        if case == "replayed nonce":
+            await (await _ws(url, headers)).close()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await _ws(url, headers)
+    assert e.value.status == 403
+    assert len(node.refused) == 1 and all(SECRET not in r for r in node.refused)
+
+
+@pytest.mark.parametrize(
+    "case", ["replayed frame", "tampered frame", "addressed elsewhere", "text frame", "garbage"]
+)
+async def test_a_bad_frame_closes_the_stream_and_delivers_nothing_more(case: str) -> None:
+    node = FakeNode()
+    nonce = secrets.token_hex(16)
+    async with serve(RaftEndpoint(_inner, node, SECRET)) as url:
+        ws = await _ws(url, _handshake(nonce))
+        await ws.send_bytes(_frame(nonce, 0, _batch()))  # a good one first
+        if case == "replayed frame":
+            await ws.send_bytes(_frame(nonce, 0, _batch()))
+        elif case == "tampered frame":
+            good = _frame(nonce, 1, _batch())
+            bad = good.replace(b'"term": 3', b'"term": 4')
+            assert bad != good
+            await ws.send_bytes(bad)
+        elif case == "addressed elsewhere":
+            await ws.send_bytes(_frame(nonce, 1, _batch(dst=3)))
+        elif case == "text frame":
+            await ws.send_str("[]")
+        else:
+            await ws.send_bytes(_frame(nonce, 1, b"{not json"))
+        msg = await ws.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1008, (case, msg)
+    assert node.raft is not None and len(node.raft.delivered) == 1
+    assert len(node.refused) == 1
+
+
+async def _refuse_streams(scope: Scope, receive: Receive, send: Send) -> None:
+    """An older node: no stream (the handshake gets HTTP 403), POST only."""
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await RaftEndpoint(_inner, _OLD_NODE, SECRET)(scope, receive, send)
+
+
+_OLD_NODE = FakeNode()
+
+
+async def _deliveries(node: FakeNode, n: int) -> None:
+    assert node.raft is not None
+    for _ in range(500):
+        if len(node.raft.delivered) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"only {len(node.raft.delivered)} of {n} messages arrived")
+
+
+async def test_the_transport_streams_and_posts_what_a_frame_cannot_carry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node = FakeNode()
+    async with serve(RaftEndpoint(_inner, node, SECRET)) as url:
+        t = Transport(2, SECRET, lambda: {1: url})
+        await t.start()
+        try:
+            t.send([Message(MsgType.HEARTBEAT, 2, 1, term=k) for k in range(1, 6)])
+            await _deliveries(node, 5)
+            assert t.streamed >= 1 and t.posted == 0
+            monkeypatch.setattr("coordinator.raft.transport.MAX_FRAME_BYTES", 10)
+            t.send([Message(MsgType.HEARTBEAT, 2, 1, term=7)])
+            await _deliveries(node, 6)
+            assert t.posted == 1
+        finally:
+            await t.stop()
+    assert node.raft is not None
+    assert [m.term for m in node.raft.delivered] == [1, 2, 3, 4, 5, 7]  # in order
+
+
+async def test_a_peer_without_the_stream_gets_posts() -> None:
+    _OLD_NODE.raft = FakeRaft()
+    async with serve(_refuse_streams) as url:
+        t = Transport(2, SECRET, lambda: {1: url})
+        await t.start()
+        try:
+            for k in range(1, 4):
+                t.send([Message(MsgType.HEARTBEAT, 2, 1, term=k)])
+                await _deliveries(_OLD_NODE, k)
+            assert t.streamed == 0 and t.posted == 3
+        finally:
+            await t.stop()
