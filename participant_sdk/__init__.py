@@ -15,6 +15,10 @@ Participant side::
     @app.post("/transfer/debit")
     def debit(body: Debit, work: PgWork = rm.join()) -> dict:
         work.connection.execute(...)
+
+    @app.post("/transfer/credit")  # async: the whole joined unit in one worker-thread call
+    async def credit(body: Credit, join: AsyncJoin[PgWork] = rm.join_async()) -> dict:
+        return await join.run(apply_credit, body)  # apply_credit(work, body): a plain def
 """
 
 from participant_sdk.callbacks import CallbackParticipant, CallbackWork
@@ -45,7 +49,7 @@ from participant_sdk.headers import (
     make_gid,
     propagation_headers,
 )
-from participant_sdk.participant import JoinFailed, ParticipantBase, ProtocolReply
+from participant_sdk.participant import AsyncJoin, JoinFailed, ParticipantBase, ProtocolReply
 from participant_sdk.pg_resource import PgResourceManager, PgWork
 from participant_sdk.record import create_tables
 from participant_sdk.recovery import (
@@ -61,6 +65,7 @@ __all__ = [
     "LEADER_HEADER",
     "RECOVERY_INTERVAL_S",
     "TRANSACTION_HEADER",
+    "AsyncJoin",
     "AsyncTransaction",
     "AsyncTxcClient",
     "AuthenticationFailed",

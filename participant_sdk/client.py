@@ -1,4 +1,4 @@
-"""Coordinator client (sync `TxcClient`, async `AsyncTxcClient`) on httpx.
+"""Coordinator client (sync `TxcClient` on `http_pool`, async `AsyncTxcClient` on httpx).
 
 Why it retries the way it does:
 - Every call it makes is safe to repeat (DESIGN §3 rule 7): commit/abort/enlist/get/outcome
@@ -11,13 +11,21 @@ Why it retries the way it does:
 - Several base URLs may be given (the coordinator group's nodes): a connection error moves
   to the next one, so losing the node we talk to does not lose the client.
 - 4xx answers are never retried: they are decisions (409 aborted, 404 unknown, 401 auth).
+
+Why the sync client has its own HTTP layer (`http_pool.HttpPool`, keep-alive connections on
+`http.client`): participants call it synchronously inside every business request (the
+enlist), where httpx's per-request overhead was a tenth of a demo bank's CPU. httpx is still
+used when the caller passes a `transport`, or when the environment configures an HTTP proxy
+(httpx speaks to proxies; the pool does not).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +55,7 @@ from participant_sdk.headers import (
     validate_base_url,
     validate_txid,
 )
+from participant_sdk.http_pool import HttpAnswer, HttpPool, HttpTransportError
 
 log = logging.getLogger("txc.sdk.client")
 
@@ -144,7 +153,10 @@ class _Call:
     body: dict[str, Any] | None = None
 
 
-def _error_fields(resp: httpx.Response) -> tuple[str | None, str, dict[str, Any]]:
+_Answer = httpx.Response | HttpAnswer
+
+
+def _error_fields(resp: _Answer) -> tuple[str | None, str, dict[str, Any]]:
     try:
         body = resp.json()
     except ValueError:
@@ -160,7 +172,7 @@ def _error_fields(resp: httpx.Response) -> tuple[str | None, str, dict[str, Any]
     return None, str(detail if detail is not None else body)[:MAX_ERROR_MESSAGE], body
 
 
-def _interpret(call: _Call, resp: httpx.Response, endpoints: _Endpoints) -> dict[str, Any]:
+def _interpret(call: _Call, resp: _Answer, endpoints: _Endpoints) -> dict[str, Any]:
     status = resp.status_code
     if 200 <= status < 300:
         try:
@@ -339,8 +351,14 @@ class _ClientBase:
         return _RetryPolicy(self.retries)
 
 
+def _env_proxies() -> bool:
+    """Whether the environment configures an HTTP(S) proxy (HTTP_PROXY, HTTPS_PROXY, ...)."""
+    proxies = urllib.request.getproxies()
+    return any(proxies.get(k) for k in ("http", "https", "all"))
+
+
 class TxcClient(_ClientBase):
-    """Synchronous coordinator client. Thread-safe for concurrent calls (httpx.Client is)."""
+    """Synchronous coordinator client. Thread-safe for concurrent calls (its HTTP pool is)."""
 
     def __init__(
         self,
@@ -352,10 +370,25 @@ class TxcClient(_ClientBase):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(base_url, token, timeout, retries)
-        self._http = httpx.Client(timeout=timeout, transport=transport)
+        self._http: httpx.Client | None = None
+        self._pool: HttpPool | None = None
+        if transport is not None or _env_proxies():
+            self._http = httpx.Client(timeout=timeout, transport=transport)
+        else:
+            self._pool = HttpPool(timeout)
 
     def close(self) -> None:
-        self._http.close()
+        if self._http is not None:
+            self._http.close()
+        if self._pool is not None:
+            self._pool.close()
+
+    def _send(self, call: _Call, url: str) -> _Answer:
+        if self._pool is None:
+            assert self._http is not None
+            return self._http.request(call.method, url, json=call.body, headers=self._headers())
+        body = None if call.body is None else json.dumps(call.body).encode()
+        return self._pool.request(call.method, url, body, self._headers())
 
     def __enter__(self) -> TxcClient:
         return self
@@ -375,10 +408,8 @@ class TxcClient(_ClientBase):
             with attempt:
                 base = self._endpoints.current()
                 try:
-                    resp = self._http.request(
-                        call.method, base + call.path, json=call.body, headers=self._headers()
-                    )
-                except httpx.TransportError as e:
+                    resp = self._send(call, base + call.path)
+                except (httpx.TransportError, HttpTransportError) as e:
                     self._endpoints.failed(base)
                     raise _Retryable(f"{call.op}: {base}: {type(e).__name__}: {e}") from e
                 return _interpret(call, resp, self._endpoints)

@@ -4,7 +4,9 @@ A participant object (`PgResourceManager`, `CallbackParticipant`) gives a servic
 - `router`: the three protocol endpoints (`POST {prefix}/prepare|commit|abort`) the
   coordinator calls, authenticated with the shared bearer token when one is configured;
 - `join()`: a FastAPI dependency that joins the caller's global transaction (read from the
-  `Txc-Transaction` header) for the duration of one business request;
+  `Txc-Transaction` header) for the duration of one business request (`def` endpoints);
+- `join_async()`: the same for `async def` endpoints, whose blocking parts (connection,
+  record check, the application's work, prepare, enlist) run in one worker-thread call;
 - `install(app)`: router + error rendering + the in-doubt recovery loop in the app's lifespan.
 
 Why the join dependency must have `scope="function"`: the participant's end-of-request steps
@@ -12,6 +14,13 @@ Why the join dependency must have `scope="function"`: the participant's end-of-r
 become the response (409/503). FastAPI runs the exit code of function-scoped dependencies
 before sending the response and turns exceptions raised there into error responses; request-
 scoped ones run after the response is already on the wire.
+
+Why `join_async()` exists: with `join()`, FastAPI runs the dependency's entry, the endpoint
+and the dependency's exit in three separate worker-thread calls (plus one more to validate a
+sync endpoint's response), and each hand-off between the event loop and a worker thread
+costs more CPU than the SDK's own SQL statements. `AsyncJoin.run(fn, ...)` does the whole
+joined unit (the same `work()` context as `join()`) in a single `anyio.to_thread.run_sync`
+call, and the async endpoint's response needs no thread at all.
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
@@ -109,6 +119,73 @@ class JoinFailed(HTTPException):
 def _join_failed_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JoinFailed)
     return JSONResponse(status_code=exc.status_code, content={"error": exc.detail})
+
+
+W = TypeVar("W")
+R = TypeVar("R")
+
+
+class AsyncJoin(Generic[W]):
+    """What `join_async()` hands an `async def` endpoint: `await join.run(fn, *args)` calls
+    `fn(work, *args)` inside the joined unit (`PgWork` / `CallbackWork` as with `join()`) and
+    returns its result, all in one worker-thread call: open the work, the application's
+    function, then prepare and enlist (or roll back when `fn` raises). Failures of the unit
+    become `JoinFailed` (rendered 400/409/503 as with `join()`); `fn`'s own exceptions
+    propagate after the rollback.
+
+    One `run` per request (a participant does one unit of work per transaction). An endpoint
+    that never calls `run` takes no part in the transaction: nothing is prepared or enlisted.
+    """
+
+    def __init__(self, txid: str | None, opener: Callable[[], AbstractContextManager[W]]) -> None:
+        self.txid = txid  # None: a local transaction (join_async(required=False), no header)
+        self._opener = opener
+        self._used = False
+
+    async def run(self, fn: Callable[..., R], *args: Any) -> R:
+        if self._used:
+            raise RuntimeError("AsyncJoin.run() may be called once per request")
+        self._used = True
+        # Not cancellable (anyio's default): once the unit starts, it finishes (prepared and
+        # enlisted, or rolled back) even if the caller goes away.
+        return await anyio.to_thread.run_sync(self._unit, fn, args)
+
+    def _unit(self, fn: Callable[..., R], args: tuple[Any, ...]) -> R:
+        try:
+            with self._opener() as work:
+                return fn(work, *args)
+        except ParticipantError as e:
+            raise JoinFailed(e) from e
+
+
+ACCESS_LOGGER = "uvicorn.access"
+# uvicorn's access-log record args: (client address, method, path, HTTP version, status).
+_ACCESS_ARGS = 5
+
+
+class QuietProtocolAccessLog(logging.Filter):
+    """Drops the access-log lines of *successful* protocol requests under `prefix`.
+
+    Why: the coordinator calls every participant once or more per transaction (phase 2), it
+    records each call and its answer itself, and formatting and writing a log line per call
+    is a measurable share of a participant's CPU. Failed protocol requests (non-2xx) and all
+    business requests are still logged."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix + "/"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple) or len(args) != _ACCESS_ARGS:
+            return True
+        path, status = args[2], args[4]
+        return not (
+            isinstance(path, str)
+            and path.startswith(self.prefix)
+            and isinstance(status, int)
+            and 200 <= status < 300
+        )
 
 
 class ParticipantBase(ABC):
@@ -370,6 +447,32 @@ class ParticipantBase(ABC):
                 "participant_sdk's join() needs FastAPI >= 0.121 (Depends(scope='function'))"
             ) from e
 
+    def join_async(self, required: bool = True) -> Any:
+        """FastAPI dependency for `async def` endpoints: an `AsyncJoin` whose `run(fn, ...)`
+        does the joined unit in one worker-thread call (see `AsyncJoin`). Header checks as in
+        `join()`; they run on the event loop and touch no database.
+
+            @app.post("/transfer/debit")
+            async def debit(body: Movement, join: AsyncJoin[PgWork] = rm.join_async()):
+                return await join.run(move, body.account, -body.amount)
+        """
+
+        async def dependency(request: Request) -> AsyncJoin[Any]:
+            # `async def`: FastAPI calls it on the event loop, without a worker thread.
+            txid = request.headers.get(TRANSACTION_HEADER)
+            if not txid:
+                if required:
+                    raise JoinFailed(
+                        MissingTransaction(f"the {TRANSACTION_HEADER} header is required")
+                    )
+                return AsyncJoin(None, self.local_work)
+            if not is_valid_txid(txid):
+                raise JoinFailed(MissingTransaction(f"malformed {TRANSACTION_HEADER}: {txid!r}"))
+            coordinator_url = request.headers.get(COORDINATOR_HEADER)
+            return AsyncJoin(txid, lambda: self.work(txid, coordinator_url))
+
+        return Depends(dependency)
+
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI | None = None) -> AsyncIterator[None]:
         """Runs the recovery loop while the app runs; usable as `FastAPI(lifespan=...)`."""
@@ -378,6 +481,16 @@ class ParticipantBase(ABC):
             yield
         finally:
             self.close()
+
+    def quiet_protocol_access_log(self, logger_name: str = ACCESS_LOGGER) -> None:
+        """Opt-in: stop uvicorn from logging successful protocol requests (see
+        `QuietProtocolAccessLog`). Idempotent."""
+        logger = logging.getLogger(logger_name)
+        if not any(
+            isinstance(f, QuietProtocolAccessLog) and f.prefix == self.prefix + "/"
+            for f in logger.filters
+        ):
+            logger.addFilter(QuietProtocolAccessLog(self.prefix))
 
     def install(self, app: FastAPI, *, recovery: bool = True) -> None:
         """Mount the protocol router, render join failures as `{"error": ...}`, and (unless

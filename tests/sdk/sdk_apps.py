@@ -12,7 +12,7 @@ from sdk_servers import ServerThread, free_port
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from participant_sdk import PgResourceManager, PgWork, TxcClient
+from participant_sdk import AsyncJoin, PgResourceManager, PgWork, TxcClient
 
 FAST_RETRIES = 1  # keep failing-coordinator tests short
 
@@ -43,6 +43,35 @@ def items_app(rm: PgResourceManager, recovery: bool = False) -> FastAPI:
     def local(key: str, work: PgWork = rm.join(required=False)) -> dict:
         work.connection.execute(text("INSERT INTO items (k, v) VALUES (:k, 0)"), {"k": key})
         return {"txid": work.txid}
+
+    def insert(work: PgWork, key: str, value: int, fail: bool) -> dict:
+        work.connection.execute(
+            text("INSERT INTO items (k, v) VALUES (:k, :v)"), {"k": key, "v": value}
+        )
+        if fail:
+            raise HTTPException(422, "business failure")
+        return {"txid": work.txid, "gid": work.gid}
+
+    # The same two endpoints as `async def` with join_async(): one worker-thread call each.
+    @app.post("/async-items/{key}")
+    async def put_async(
+        key: str,
+        value: int = 1,
+        fail: bool = False,
+        twice: bool = False,
+        skip: bool = False,
+        join: AsyncJoin[PgWork] = rm.join_async(),
+    ) -> dict:
+        if skip:  # an endpoint that decides not to do any work
+            return {"txid": join.txid}
+        result = await join.run(insert, key, value, fail)
+        if twice:
+            await join.run(insert, key + "2", value, fail)
+        return result
+
+    @app.post("/async-local/{key}")
+    async def local_async(key: str, join: AsyncJoin[PgWork] = rm.join_async(required=False)):
+        return await join.run(insert, key, 0, False)
 
     return app
 
