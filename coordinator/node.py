@@ -165,6 +165,10 @@ class Node:
                 headers={"Txc-Leader": leader_url},
             )
         out = {k: v for k, v in r.headers.items() if k.lower() in RELAYED_HEADERS}
+        # Tell the client where the leader is, so its next request goes there directly: a
+        # forwarded request costs this node a second HTTP exchange.
+        if not any(k.lower() == "txc-leader" for k in out):
+            out["Txc-Leader"] = leader_url
         return Response(r.content, status_code=r.status_code, headers=out)
 
     def log_unexpected(self, e: BaseException) -> None:

@@ -74,6 +74,9 @@ class AiohttpCoordinator:
                     leader = r.headers.get("Txc-Leader")
                     status = r.status
                 if status != 503 and status < 500:
+                    if leader and leader.rstrip("/") != base:
+                        # A follower forwarded this call: go to the leader directly next time.
+                        self.current = leader.rstrip("/")
                     return status, data
                 if status == 503 and leader and leader != base and hops < MAX_LEADER_HOPS:
                     hops += 1

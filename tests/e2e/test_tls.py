@@ -79,6 +79,11 @@ async def test_a_group_over_tls(pg: PgServer, tmp_path: Path) -> None:
             assert r.status_code == 200 and r.json()["state"] == "committed", r.text
             cluster = (await c.get(nodes[0].url + "/v1/cluster")).json()
             assert all(m["url"].startswith("https://") for m in cluster["members"])
+            # A forwarded answer says where the leader is (clients go there next time).
+            leader_url = cluster["leader_url"]
+            follower = next(n for n in nodes if n.url.rstrip("/") != leader_url.rstrip("/"))
+            r = await c.post(follower.url + "/v1/transactions", json={})
+            assert r.status_code == 201 and r.headers["Txc-Leader"] == leader_url, r.headers
         # Plain HTTP is not served, and a client that does not trust the CA is refused.
         async with httpx.AsyncClient(timeout=2) as plain:
             with pytest.raises(httpx.HTTPError):
