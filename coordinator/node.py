@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
@@ -27,6 +27,7 @@ from coordinator.store import Store
 log = logging.getLogger("txc.node")
 
 STUCK_AFTER_S = 60.0  # an unfinished transaction older than this counts as stuck
+MAX_FORWARD_CONNECTIONS = 100  # open connections from a follower to the leader
 FORWARDED_HEADERS = {"authorization", "content-type", "accept", "traceparent"}
 RELAYED_HEADERS = {"content-type", "txc-leader", "retry-after", "www-authenticate"}
 
@@ -69,12 +70,17 @@ class Node:
                 batch_max=settings.log_batch_max,
                 queue_max=settings.log_queue_max,
             )
-        self.http: httpx.AsyncClient | None = None
+        # Forwarding to the leader: aiohttp, as for participants (DESIGN §9: plain httpx
+        # measured ~20x slower at 32 concurrent requests).
+        self.http: aiohttp.ClientSession | None = None
         self.engine = Engine(settings, self.log, self.store, self.client, self.metrics)
 
     async def start(self) -> None:
-        self.http = httpx.AsyncClient(
-            timeout=self.settings.forward_timeout_s, verify=self.settings.client_ssl()
+        self.http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.forward_timeout_s),
+            connector=aiohttp.TCPConnector(
+                limit=MAX_FORWARD_CONNECTIONS, ssl=self.settings.client_ssl()
+            ),
         )
         await self.client.start()
         await self.log.start()
@@ -86,7 +92,7 @@ class Node:
         await self.log.stop()
         await self.client.close()
         if self.http is not None:
-            await self.http.aclose()
+            await self.http.close()
         await self.db.dispose()
 
     async def readiness_problems(self) -> list[str]:
@@ -146,14 +152,17 @@ class Node:
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
         headers["Txc-Forwarded"] = self.settings.node_id
         try:
-            r = await self.http.request(
+            async with self.http.request(
                 request.method,
                 leader_url + request.url.path,
-                params=request.query_params,
-                content=await request.body(),
+                params=list(request.query_params.multi_items()),
+                data=await request.body(),
                 headers=headers,
-            )
-        except httpx.HTTPError as e:
+            ) as r:
+                content = await r.read()
+                status = r.status
+                out = {k: v for k, v in r.headers.items() if k.lower() in RELAYED_HEADERS}
+        except (aiohttp.ClientError, TimeoutError) as e:
             return JSONResponse(
                 {
                     "error": {
@@ -164,12 +173,11 @@ class Node:
                 status_code=503,
                 headers={"Txc-Leader": leader_url},
             )
-        out = {k: v for k, v in r.headers.items() if k.lower() in RELAYED_HEADERS}
         # Tell the client where the leader is, so its next request goes there directly: a
         # forwarded request costs this node a second HTTP exchange.
         if not any(k.lower() == "txc-leader" for k in out):
             out["Txc-Leader"] = leader_url
-        return Response(r.content, status_code=r.status_code, headers=out)
+        return Response(content, status_code=status, headers=out)
 
     def log_unexpected(self, e: BaseException) -> None:
         log.error("unexpected error: %s", e, exc_info=e)

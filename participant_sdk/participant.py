@@ -26,6 +26,7 @@ call, and the async endpoint's response needs no thread at all.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -145,6 +146,8 @@ class AsyncJoin(Generic[W]):
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
         if self._used:
             raise RuntimeError("AsyncJoin.run() may be called once per request")
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError("AsyncJoin.run() takes a plain function (it runs in a thread)")
         self._used = True
         # Not cancellable (anyio's default): once the unit starts, it finishes (prepared and
         # enlisted, or rolled back) even if the caller goes away.

@@ -18,6 +18,7 @@ What one transfer costs a participant (see `pg_resource.py` for why each step is
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import cast
 
@@ -34,16 +35,20 @@ Driver = psycopg.Connection[TupleRow]
 PREPARED_STATUS = "PREPARE TRANSACTION"  # command status of a PREPARE that prepared
 # A PREPARE of a transaction that had already failed answers "ROLLBACK" and prepares nothing.
 
-_STATE_SQL = sql.SQL("SELECT state FROM {t} WHERE participant = %s AND txid = %s").format(
-    t=sql.Identifier(TABLE_NAME)
-)
+# The statements are plain strings built once: a `sql.Composed` is rendered again on every
+# execute, which costs more than a short statement's own client-side work. The table name is
+# the SDK's constant, checked here to need no quoting.
+if not re.fullmatch(r"[a-z_][a-z0-9_]*", TABLE_NAME):
+    raise RuntimeError(f"the record table's name needs quoting: {TABLE_NAME!r}")
+_T = TABLE_NAME
+_STATE_SQL = f"SELECT state FROM {_T} WHERE participant = %s AND txid = %s"
 # The record check rides along with taking the lock (one round trip). Its snapshot may predate
 # the lock, so it can miss a record another lock holder has just written: that only costs a
 # PREPARE that the record insert below then refuses (and rolls back, still under the lock).
-_LOCK_AND_STATE_SQL = sql.SQL(
+_LOCK_AND_STATE_SQL = (
     "SELECT pg_advisory_lock(%s, hashtext(%s)), "
-    "(SELECT state FROM {t} WHERE participant = %s AND txid = %s)"
-).format(t=sql.Identifier(TABLE_NAME))
+    f"(SELECT state FROM {_T} WHERE participant = %s AND txid = %s)"
+)
 # Insert the 'prepared' record and, only when it was inserted, release the txid lock, in one
 # statement (one transaction). The unlock takes effect just before that transaction commits:
 # a lock holder that comes next may still read "no record" for an instant. Every step that
@@ -51,20 +56,20 @@ _LOCK_AND_STATE_SQL = sql.SQL(
 # (record.claim_abort / claim_commit / insert_if_absent), which waits for this insert and then
 # sees it, so the instant changes no decision. When a record already exists, no row comes
 # back and the lock stays held for the caller to undo its PREPARE first.
-_RECORD_AND_UNLOCK_SQL = sql.SQL(
+_RECORD_AND_UNLOCK_SQL = (
     "WITH ins AS ("
-    "INSERT INTO {t} (participant, txid, state, gid, coordinator_url) "
+    f"INSERT INTO {_T} (participant, txid, state, gid, coordinator_url) "
     "VALUES (%s, %s, 'prepared', %s, %s) "
     "ON CONFLICT (participant, txid) DO NOTHING RETURNING 1) "
     "SELECT pg_advisory_unlock(%s, hashtext(%s)) FROM ins"
-).format(t=sql.Identifier(TABLE_NAME))
-_UNLOCK_SQL = sql.SQL("SELECT pg_advisory_unlock(%s, hashtext(%s))")
+)
+_UNLOCK_SQL = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
 # Phase 2's decision: the record moves 'prepared' -> 'committed' before COMMIT PREPARED, so a
 # concurrent abort (which moves it to 'aborted' first) and this commit cannot both win.
-_CLAIM_COMMIT_SQL = sql.SQL(
-    "UPDATE {t} SET state = 'committed', updated_at = now() "
+_CLAIM_COMMIT_SQL = (
+    f"UPDATE {_T} SET state = 'committed', updated_at = now() "
     "WHERE participant = %s AND txid = %s AND state = 'prepared' RETURNING 1"
-).format(t=sql.Identifier(TABLE_NAME))
+)
 _FINISH = {"COMMIT": sql.SQL("COMMIT PREPARED {}"), "ROLLBACK": sql.SQL("ROLLBACK PREPARED {}")}
 
 
