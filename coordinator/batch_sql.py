@@ -120,6 +120,12 @@ commit_index AS (
   UPDATE txc_hard_state SET commit_index = %(applied_index)s WHERE id = 1
 )"""
 
+# A Ready's log and hard state with the application of its committed entries: one statement
+# when the applier is idle (coordinator/replicated_log.py).
+RAFT_PERSIST_AND_APPLY = (
+    "WITH" + _LOG_UPSERT + "," + _HARD_STATE + "," + _TRANSACTIONS + "\nSELECT 1"
+)
+
 SINGLE_NODE_WRITE = "WITH" + _LOG_APPEND + "," + _TRANSACTIONS + "\nSELECT 1"
 
 LOOKUP_DOCS = "SELECT doc FROM txc_transactions WHERE txid = ANY(%(txids)s::text[])"

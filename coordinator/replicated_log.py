@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator import batch_sql
 from coordinator.commands import Command, decode_batch, encode_batch
 from coordinator.log import LogUnavailable, NotLeader
+from coordinator.model import Transaction
 from coordinator.pgconn import HotConnection
 from coordinator.raft import storage
 from coordinator.raft.config import RaftConfig
@@ -67,6 +68,18 @@ MAX_APPLY_BATCH = 256  # committed entries applied in one database transaction
 PROMOTE_CHECK_TICKS = 10  # how often the leader looks for learners ready to vote
 READ_TIMEOUT_S = 5.0  # a linearizable read the leader cannot confirm in this time fails
 PROPOSE_TIMEOUT_S = 10.0  # a proposal not committed in this time fails (it may still commit)
+
+
+@dataclass
+class _ApplyBatch:
+    """Committed entries run through the state machine, waiting to be written."""
+
+    entries: list[Entry]
+    log_entries: list[LogEntry]
+    results: list[Result]
+    changed: dict[str, Transaction]
+    members: dict[int, str]
+    params: dict[str, Any]
 
 
 @dataclass
@@ -132,6 +145,7 @@ class RaftLog:
         self.removed = False  # this node was removed from the group
         self._ticks = 0
         self._durable_vote = (0, NONE)  # (term, vote) as last written to the database
+        self._applying = False  # the applier task is working on a batch
         # Committed entries wait here for the applier task: applying (the heavy part) does
         # not hold up the Raft loop, so heartbeats and appends keep flowing under load.
         self.apply_queue: asyncio.Queue[list[Entry]] = asyncio.Queue(maxsize=MAX_APPLY_QUEUE)
@@ -458,19 +472,32 @@ class RaftLog:
                 # committed: the stored commit index is read as at least `last_applied`
                 # (raft/storage.py). So no write: most Readys of a follower are these.
                 hs = None
-            if rd.entries or hs is not None:
+            applied = None
+            if rd.committed and self.apply_queue.empty() and not self._applying:
+                # The applier is idle: apply this Ready's committed entries here, in the
+                # same statement as its log and hard state (one transaction instead of two;
+                # at most MAX_COMMITTED_PER_READY entries, so heartbeats do not wait long).
+                applied = await self._compute_apply(self.persist_db, list(rd.committed))
+            params = batch_sql.raft_persist_params(rd.entries, hs)
+            if applied is not None:
                 await self.persist_db.execute(
-                    batch_sql.RAFT_PERSIST, batch_sql.raft_persist_params(rd.entries, hs)
+                    batch_sql.RAFT_PERSIST_AND_APPLY, params | applied.params
                 )
-                if hs is not None:
-                    self._durable_vote = (hs.term, hs.vote)
+            elif rd.entries or hs is not None:
+                await self.persist_db.execute(batch_sql.RAFT_PERSIST, params)
+            if hs is not None:
+                self._durable_vote = (hs.term, hs.vote)
+            if applied is not None:
+                self._finish_apply(applied)
+                if self.applied - self.snapshot_index >= self.snapshot_entries:
+                    self.apply_queue.put_nowait([])  # the applier takes the snapshot
+            elif rd.committed:
+                await self.apply_queue.put(list(rd.committed))
         # Durable: now messages may go out.
         if later:
             self.transport.send(later)
         if rd.hard_state is not None:
             self.term = rd.hard_state.term
-        if rd.committed:
-            await self.apply_queue.put(list(rd.committed))
         for rs in rd.read_states:
             fut = self.reads.get(rs.ctx)
             if fut is not None and not fut.done():
@@ -500,6 +527,7 @@ class RaftLog:
         in one synchronous transaction; then answer the proposals and reads waiting on it."""
         while True:
             batch = await self.apply_queue.get()
+            self._applying = True
             taken = 1
             while len(batch) < MAX_APPLY_BATCH and not self.apply_queue.empty():
                 batch += self.apply_queue.get_nowait()
@@ -515,26 +543,37 @@ class RaftLog:
                 self.on_fatal()
                 raise
             finally:
+                self._applying = False
                 for _ in range(taken):
                     self.apply_queue.task_done()
 
     async def _apply(self, committed: list[Entry]) -> None:
+        batch = await self._compute_apply(self.apply_db, committed)
+        if batch is not None:
+            await self.apply_db.execute(batch_sql.APPLY, batch.params)
+            self._finish_apply(batch)
+
+    async def _compute_apply(self, db: HotConnection, committed: list[Entry]) -> _ApplyBatch | None:
+        """Run the state machine over the entries not applied yet (the pure part, plus reads
+        of transactions not in memory); None when there are none. The caller writes
+        `params` (batch_sql.APPLY's), then calls `_finish_apply`."""
         entries = [e for e in committed if e.index > self.applied]
         if not entries:
-            return
-        results: dict[int, list[Result]] = {e.index: [] for e in entries}
+            return None
         members = _members_in(entries)
         log_entries = _unpack(entries)
-        res, changed, rows = await self.store.apply_batch(self.apply_db, log_entries)
-        await self.apply_db.execute(
-            batch_sql.APPLY,
-            batch_sql.apply_params(rows, entries[-1].index, entries[-1].term, members),
-        )
-        for le, r in zip(log_entries, res, strict=True):
+        res, changed, rows = await self.store.apply_batch(db, log_entries)
+        params = batch_sql.apply_params(rows, entries[-1].index, entries[-1].term, members)
+        return _ApplyBatch(entries, log_entries, res, changed, members, params)
+
+    def _finish_apply(self, b: _ApplyBatch) -> None:
+        """After the batch is durable: publish it, answer the proposals waiting on it."""
+        results: dict[int, list[Result]] = {e.index: [] for e in b.entries}
+        for le, r in zip(b.log_entries, b.results, strict=True):
             results[le.index].append(r)
-        self.urls.update(members)
-        self.store.publish(changed)
-        for e in entries:
+        self.urls.update(b.members)
+        self.store.publish(b.changed)
+        for e in b.entries:
             self.applied = e.index
             p = self.pending.pop(e.index, None)
             if p is not None and not p.future.done():
