@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from coordinator import dashboard, logs, model
 from coordinator.auth import ANONYMOUS, AuthFailed, Principal, Role, TokenTable, parse_tokens
 from coordinator.engine import EngineError
+from coordinator.hot_routes import HotRoute, HotRoutes
 from coordinator.log import LogUnavailable, NotLeader
 from coordinator.model import Outcome, Transaction, TxState, Vote
 from coordinator.raft.transport import RAFT_PATH
@@ -310,9 +311,30 @@ def create_app(node: Any) -> FastAPI:
     settings = node.settings
     engine = node.engine
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_r: Request, e: ApiError) -> JSONResponse:
-        return error_response(e.status, e.code, e.message, e.headers, **e.extra)
+    def answer(e: Exception) -> Response | None:
+        """The API's answer to an exception of its own kinds (also used by hot_routes)."""
+        if isinstance(e, ApiError):
+            return error_response(e.status, e.code, e.message, e.headers, **e.extra)
+        if isinstance(e, NotLeader):
+            headers = {"Txc-Leader": e.leader_url} if e.leader_url else None
+            return error_response(503, "not_leader", str(e), headers)
+        if isinstance(e, LogUnavailable):
+            return error_response(503, "unavailable", str(e), {"Retry-After": "1"})
+        if isinstance(e, EngineError):
+            status = {Status.NOT_FOUND: 404, Status.CONFLICT: 409, Status.INVALID: 422}.get(
+                e.status, 500
+            )
+            extra = {"transaction": txn_json(e.txn)} if e.txn is not None else {}
+            return error_response(status, e.status.value, str(e), **extra)
+        return None
+
+    async def _answer(_r: Request, e: Exception) -> Response:
+        response = answer(e)
+        assert response is not None
+        return response
+
+    for kind in (ApiError, NotLeader, LogUnavailable, EngineError):
+        app.add_exception_handler(kind, _answer)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_r: Request, e: RequestValidationError) -> JSONResponse:
@@ -333,23 +355,6 @@ def create_app(node: Any) -> FastAPI:
     async def _http(_r: Request, e: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return error_response(e.status_code, codes.get(e.status_code, "http_error"), str(e.detail))
-
-    @app.exception_handler(NotLeader)
-    async def _not_leader(_r: Request, e: NotLeader) -> JSONResponse:
-        headers = {"Txc-Leader": e.leader_url} if e.leader_url else None
-        return error_response(503, "not_leader", str(e), headers)
-
-    @app.exception_handler(LogUnavailable)
-    async def _unavailable(_r: Request, e: LogUnavailable) -> JSONResponse:
-        return error_response(503, "unavailable", str(e), {"Retry-After": "1"})
-
-    @app.exception_handler(EngineError)
-    async def _engine(_r: Request, e: EngineError) -> JSONResponse:
-        status = {Status.NOT_FOUND: 404, Status.CONFLICT: 409, Status.INVALID: 422}.get(
-            e.status, 500
-        )
-        extra = {"transaction": txn_json(e.txn)} if e.txn is not None else {}
-        return error_response(status, e.status.value, str(e), **extra)
 
     @app.exception_handler(Exception)
     async def _unexpected(_r: Request, e: Exception) -> JSONResponse:
@@ -398,8 +403,11 @@ def create_app(node: Any) -> FastAPI:
 
     @app.post("/v1/transactions", status_code=201, dependencies=[Clients])
     async def begin(body: BeginRequest) -> dict[str, Any]:
+        return await do_begin(None, body)  # type: ignore[return-value]
+
+    async def do_begin(_txid: str | None, body: BeginRequest) -> Response:
         t, created = await engine.begin(body.timeout_s, body.labels, body.idempotency_key)
-        return FastJSON(txn_json(t), status_code=201 if created else 200)  # type: ignore[return-value]
+        return FastJSON(txn_json(t), status_code=201 if created else 200)
 
     @app.get("/v1/transactions", dependencies=[Readers])
     async def list_transactions(
@@ -440,13 +448,21 @@ def create_app(node: Any) -> FastAPI:
 
     @app.post("/v1/transactions/{txid}/participants", status_code=201, dependencies=[Participants])
     async def enlist(txid: str, body: EnlistRequest) -> dict[str, Any]:
+        return await do_enlist(check_txid(txid), body)  # type: ignore[return-value]
+
+    async def do_enlist(txid: str | None, body: EnlistRequest) -> Response:
+        assert txid is not None
         vote = Vote.YES if body.vote == "yes" else None
-        t = await engine.enlist(check_txid(txid), body.name, body.url, vote)
-        return FastJSON(txn_json(t), status_code=201)  # type: ignore[return-value]
+        t = await engine.enlist(txid, body.name, body.url, vote)
+        return FastJSON(txn_json(t), status_code=201)
 
     @app.post("/v1/transactions/{txid}/commit", dependencies=[Clients])
     async def commit(txid: str) -> Any:
-        t = await engine.commit(check_txid(txid))
+        return await do_commit(check_txid(txid), None)
+
+    async def do_commit(txid: str | None, _body: None) -> Response:
+        assert txid is not None
+        t = await engine.commit(txid)
         if t.outcome is Outcome.ABORT:
             return error_response(
                 409,
@@ -605,6 +621,16 @@ def create_app(node: Any) -> FastAPI:
         )
 
     app.include_router(dashboard.router(node))
+    # Innermost: begin, enlist and commit without FastAPI's machinery (coordinator/hot_routes.py).
+    app.add_middleware(
+        HotRoutes,
+        tokens=tokens,
+        txid_re=TXID_RE,
+        begin=HotRoute({Role.CLIENT}, BeginRequest, do_begin),
+        enlist=HotRoute({Role.PARTICIPANT}, EnlistRequest, do_enlist),
+        commit=HotRoute({Role.CLIENT}, None, do_commit),
+        answers=answer,
+    )
     app.add_middleware(ForwardToLeader, node=node)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)
