@@ -172,8 +172,24 @@ def _error_fields(resp: _Answer) -> tuple[str | None, str, dict[str, Any]]:
     return None, str(detail if detail is not None else body)[:MAX_ERROR_MESSAGE], body
 
 
+def _leader_in(resp: _Answer) -> str | None:
+    leader = resp.headers.get(LEADER_HEADER)
+    if not leader:
+        return None
+    try:
+        return validate_base_url(leader)
+    except ValueError:
+        return None
+
+
 def _interpret(call: _Call, resp: _Answer, endpoints: _Endpoints) -> dict[str, Any]:
     status = resp.status_code
+    if status != 503:
+        # A follower answered by forwarding to the leader and said where it is: go there
+        # directly next time (a forwarded call costs the group a second HTTP exchange).
+        leader_url = _leader_in(resp)
+        if leader_url and leader_url != endpoints.current():
+            endpoints.follow(leader_url)
     if 200 <= status < 300:
         try:
             data = resp.json()
@@ -189,15 +205,10 @@ def _interpret(call: _Call, resp: _Answer, endpoints: _Endpoints) -> dict[str, A
     code, message, body = _error_fields(resp)
     kw: dict[str, Any] = {"code": code, "status": status, "body": body}
     if status == 503:
-        leader = resp.headers.get(LEADER_HEADER)
-        if leader:
-            try:
-                leader_url = validate_base_url(leader)
-            except ValueError:
-                leader_url = None
-            if leader_url and leader_url != endpoints.current():
-                endpoints.follow(leader_url)
-                raise _LeaderRedirect(f"{call.op}: not the leader; following {leader_url}", **kw)
+        leader_url = _leader_in(resp)
+        if leader_url and leader_url != endpoints.current():
+            endpoints.follow(leader_url)
+            raise _LeaderRedirect(f"{call.op}: not the leader; following {leader_url}", **kw)
         raise _Retryable(f"{call.op}: coordinator not ready: {message}", **kw)
     if status >= 500:
         raise _Retryable(f"{call.op}: coordinator error: {message}", **kw)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -85,6 +86,44 @@ def test_follows_txc_leader_on_503(coord) -> None:
         assert client.base_url == coord.url  # sticky: the next call goes to the leader
         client.commit(tx.txid)
         assert follower.count("begin") == 1 and follower.count("commit") == 0
+
+
+def _forwarding_follower(leader_url: str, seen: list[str]) -> Any:
+    """A follower that serves every call by forwarding it, saying where the leader is."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def forward(request: Request) -> Response:
+        seen.append(request.url.path)
+        headers = {
+            k: v for k, v in request.headers.items() if k in ("authorization", "content-type")
+        }
+        async with httpx.AsyncClient() as c:
+            r = await c.request(
+                request.method,
+                leader_url + request.url.path,
+                content=await request.body(),
+                headers=headers,
+            )
+        return Response(
+            r.content,
+            r.status_code,
+            headers={"content-type": "application/json", "Txc-Leader": leader_url},
+        )
+
+    return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
+
+
+def test_follows_txc_leader_announced_on_a_forwarded_answer(coord) -> None:
+    seen: list[str] = []
+    with serve(_forwarding_follower(coord.url, seen)) as f, TxcClient(f.url) as client:
+        tx = client.begin()  # forwarded by the follower, which names the leader
+        assert client.base_url == coord.url
+        client.commit(tx.txid)  # straight to the leader
+    assert seen == ["/v1/transactions"]
+    assert coord.fake.count("begin") == 1 and coord.fake.count("commit") == 1
 
 
 def test_retries_503_without_leader_then_gives_up(coord) -> None:
