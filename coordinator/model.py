@@ -95,7 +95,9 @@ class Participant:
     def to_dict(self) -> dict[str, Any]:
         # Field by field rather than `asdict` (a recursive deep copy): this runs for every
         # participant of every transaction a log batch changes, on every node.
-        return {name: getattr(self, name) for name in _PARTICIPANT_FIELDS}
+        d = dict(self.__dict__)  # exactly the fields, in order (no other attributes are set)
+        assert len(d) == len(_PARTICIPANT_FIELDS)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Participant:
@@ -131,7 +133,8 @@ class Transaction:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {name: getattr(self, name) for name in _TRANSACTION_FIELDS}
+        d = dict(self.__dict__)  # exactly the fields, in order (no other attributes are set)
+        assert len(d) == len(_TRANSACTION_FIELDS)
         d["labels"] = dict(self.labels)
         d["participants"] = [p.to_dict() for p in self.participants]
         return d
