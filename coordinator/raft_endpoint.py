@@ -93,19 +93,8 @@ class RaftEndpoint:
         body = await _read_body(receive)
         if body is None:
             return 413, "body_too_large", "raft batch too large"
-        headers = {
-            k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED
-        }
         try:
-            sender = verify(
-                self.secret,
-                set(raft.urls),
-                headers.get(HEADER_FROM.lower()),
-                headers.get(HEADER_TIME.lower()),
-                headers.get(HEADER_SIG.lower()),
-                body,
-                time.time(),
-            )
+            sender = self._signer(raft, _auth_headers(scope), body, time.time())
         except AuthError as e:
             client = scope.get("client")
             self.node.refused_peer(client[0] if client else "?", str(e))
@@ -116,6 +105,18 @@ class RaftEndpoint:
             return 400, "malformed_raft_messages", str(e)[:200]
         raft.deliver(msgs)
         return 204, "", ""
+
+    def _signer(self, raft: Any, headers: dict[str, str], signed: bytes, now: float) -> int:
+        """The member whose signature over `signed` the headers carry; AuthError otherwise."""
+        return verify(
+            self.secret,
+            set(raft.urls),
+            headers.get(HEADER_FROM.lower()),
+            headers.get(HEADER_TIME.lower()),
+            headers.get(HEADER_SIG.lower()),
+            signed,
+            now,
+        )
 
     def _fresh_nonce(self, nonce: str, now: float) -> bool:
         if len(nonce) != 2 * NONCE_BYTES or nonce in self.nonces:
@@ -132,9 +133,7 @@ class RaftEndpoint:
         if msg["type"] != "websocket.connect":
             return
         raft = self.node.raft
-        headers = {
-            k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED
-        }
+        headers = _auth_headers(scope)
         nonce = headers.get(HEADER_NONCE.lower(), "")
         client = scope.get("client")
         peer = client[0] if client else "?"
@@ -142,15 +141,7 @@ class RaftEndpoint:
         try:
             if raft is None:
                 raise AuthError("this node runs standalone, without Raft")
-            sender = verify(
-                self.secret,
-                set(raft.urls),
-                headers.get(HEADER_FROM.lower()),
-                headers.get(HEADER_TIME.lower()),
-                headers.get(HEADER_SIG.lower()),
-                stream_handshake_body(nonce),
-                now,
-            )
+            sender = self._signer(raft, headers, stream_handshake_body(nonce), now)
             if not self._fresh_nonce(nonce, now):
                 raise AuthError("stream nonce missing, malformed or already used")
         except AuthError as e:
@@ -184,6 +175,10 @@ class RaftEndpoint:
             self.node.refused_peer(peer, why)
             await send({"type": "websocket.close", "code": code})
             return
+
+
+def _auth_headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
 
 
 async def _read_body(receive: Receive) -> bytes | None:
