@@ -96,6 +96,9 @@ class _Endpoints:
     def follow(self, leader: str) -> None:
         self.leader = leader
 
+    def is_seed(self, url: str) -> bool:
+        return url in self.seeds
+
     def failed(self, url: str) -> None:
         """`url` did not answer: forget it as leader, move to the next seed."""
         if self.leader == url:
@@ -186,9 +189,11 @@ def _interpret(call: _Call, resp: _Answer, endpoints: _Endpoints) -> dict[str, A
     status = resp.status_code
     if status != 503:
         # A follower answered by forwarding to the leader and said where it is: go there
-        # directly next time (a forwarded call costs the group a second HTTP exchange).
+        # directly next time (a forwarded call costs the group a second HTTP exchange). Only
+        # to a node this client was configured with: the group's own addresses may not be
+        # reachable from here (containers, NAT), and forwarding works anyway.
         leader_url = _leader_in(resp)
-        if leader_url and leader_url != endpoints.current():
+        if leader_url and leader_url != endpoints.current() and endpoints.is_seed(leader_url):
             endpoints.follow(leader_url)
     if 200 <= status < 300:
         try:

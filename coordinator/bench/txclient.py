@@ -74,7 +74,7 @@ class AiohttpCoordinator:
                     leader = r.headers.get("Txc-Leader")
                     status = r.status
                 if status != 503 and status < 500:
-                    if leader and leader.rstrip("/") != base:
+                    if leader and leader.rstrip("/") != base and leader.rstrip("/") in self.urls:
                         # A follower forwarded this call: go to the leader directly next time.
                         self.current = leader.rstrip("/")
                     return status, data

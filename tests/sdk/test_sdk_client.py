@@ -118,12 +118,26 @@ def _forwarding_follower(leader_url: str, seen: list[str]) -> Any:
 
 def test_follows_txc_leader_announced_on_a_forwarded_answer(coord) -> None:
     seen: list[str] = []
-    with serve(_forwarding_follower(coord.url, seen)) as f, TxcClient(f.url) as client:
+    with (
+        serve(_forwarding_follower(coord.url, seen)) as f,
+        TxcClient([f.url, coord.url]) as client,
+    ):
         tx = client.begin()  # forwarded by the follower, which names the leader
         assert client.base_url == coord.url
         client.commit(tx.txid)  # straight to the leader
     assert seen == ["/v1/transactions"]
     assert coord.fake.count("begin") == 1 and coord.fake.count("commit") == 1
+
+
+def test_a_forwarded_answer_naming_an_unknown_leader_is_not_followed(coord) -> None:
+    """The group's own addresses may be unreachable from the client (containers, NAT):
+    only a node the client was configured with is followed; forwarding keeps working."""
+    seen: list[str] = []
+    with serve(_forwarding_follower(coord.url, seen)) as f, TxcClient(f.url) as client:
+        tx = client.begin()
+        client.commit(tx.txid)
+        assert client.base_url == f.url
+    assert seen == ["/v1/transactions", f"/v1/transactions/{tx.txid}/commit"]
 
 
 def test_retries_503_without_leader_then_gives_up(coord) -> None:
