@@ -79,6 +79,8 @@ async def test_a_group_over_tls(pg: PgServer, tmp_path: Path) -> None:
             assert r.status_code == 200 and r.json()["state"] == "committed", r.text
             cluster = (await c.get(nodes[0].url + "/v1/cluster")).json()
             assert all(m["url"].startswith("https://") for m in cluster["members"])
+            # Raft messages went over the signed stream, on TLS too (wss://).
+            assert cluster["batches_streamed"] > 0, cluster
             # A forwarded answer says where the leader is (clients go there next time).
             leader_url = cluster["leader_url"]
             follower = next(n for n in nodes if n.url.rstrip("/") != leader_url.rstrip("/"))
