@@ -444,9 +444,10 @@ class RaftLog:
                 return
 
     async def _process(self, rd: Ready) -> None:
-        """Persist what `rd` asks (then send), and queue its committed entries for the
-        applier. A received snapshot is the exception: it replaces the applied state in the
-        same transaction as its metadata, after the applier has caught up."""
+        """Persist what `rd` asks (then send), and apply its committed entries: in the same
+        statement when the applier task is idle, else by queueing them for it (in order). A
+        received snapshot is the exception: it replaces the applied state in the same
+        transaction as its metadata, after the applier has caught up."""
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
         later = rd.messages
