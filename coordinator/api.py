@@ -5,7 +5,9 @@ table in README.md. Request bodies are validated strictly (unknown fields are re
 capped in size before they are parsed.
 """
 
+import asyncio
 import ipaddress
+import logging
 import re
 import time
 from contextlib import asynccontextmanager
@@ -35,6 +37,7 @@ from coordinator.store import ListFilter
 TXID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_IDEMPOTENCY_KEY = 200
+NODE_STOP_TIMEOUT_S = 15.0  # the node's own shutdown (tasks, connections) on SIGTERM
 
 
 class ApiError(Exception):
@@ -300,7 +303,12 @@ def create_app(node: Any) -> FastAPI:
         try:
             yield
         finally:
-            await node.stop()
+            try:
+                await asyncio.wait_for(node.stop(), NODE_STOP_TIMEOUT_S)
+            except TimeoutError:
+                logging.getLogger("txc.api").error(
+                    "node did not stop within %s s; exiting anyway", NODE_STOP_TIMEOUT_S
+                )
 
     app = FastAPI(
         title="txc coordinator",

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+GRACEFUL_SHUTDOWN_S = 10  # open connections and requests get this long on SIGTERM
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
 DEFAULT_URL = "http://127.0.0.1:7000"
 CLI_TIMEOUT_S = 30.0
@@ -249,6 +250,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         ssl_certfile=settings.tls_certfile or None,
         ssl_keyfile=settings.tls_keyfile or None,
+        # A stop never waits forever on a connection (a peer's stream, a long poll).
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     return EXIT_OK
 

@@ -309,10 +309,11 @@ class _Stream:
     async def close(self) -> None:
         ws, self.ws = self.ws, None
         reader, self.reader = self.reader, None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await ws.close()
         if reader is not None:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+        if ws is not None:
+            # Bounded: a peer that is gone or hung must not hold up a stop or a reconnect.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), SEND_TIMEOUT_S)
