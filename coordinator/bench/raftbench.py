@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 
 from coordinator.bench import profiling, report, stack
+from coordinator.bench.args import positive_ints
 from coordinator.bench.raftnode import BENCH_KEY_HEADER
 from coordinator.embedded_pg import EmbeddedPostgres
 from coordinator.procs import Proc, stop_all
@@ -44,16 +45,6 @@ DEFAULT_DURATION_S = 4.0
 DEFAULT_WARMUP_S = 1.0
 DRIVE_GRACE_S = 60.0  # beyond warm-up + duration, for the driver's answer
 DRIVE_ATTEMPTS = 5  # a leader that lost leadership before the drive began: find the new one
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or N,N,...: {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError("values must be >= 1")
-    return values
 
 
 async def _group(
@@ -211,9 +202,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", type=_ints, default=_ints(DEFAULT_SIZES), help="group sizes")
     p.add_argument(
-        "--batches", type=_ints, default=_ints(DEFAULT_BATCHES), help="commands per proposal"
+        "--sizes", type=positive_ints, default=positive_ints(DEFAULT_SIZES), help="group sizes"
+    )
+    p.add_argument(
+        "--batches",
+        type=positive_ints,
+        default=positive_ints(DEFAULT_BATCHES),
+        help="commands per proposal",
     )
     p.add_argument(
         "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="proposers in the leader"

@@ -44,6 +44,7 @@ from typing import Any
 import aiohttp
 
 from coordinator.bench import loadgen, profiling, report, stack
+from coordinator.bench.args import positive_ints
 from coordinator.bench.loadgen import Run, Sample
 from coordinator.bench.txclient import AiohttpCoordinator, Coordinator, SdkCoordinator, TxFailed
 from coordinator.embedded_pg import EmbeddedPostgres
@@ -485,16 +486,6 @@ def _failover_figures(run: Run) -> dict[str, Any]:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def _levels(text: str) -> list[int]:
-    try:
-        levels = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or N,N,...: {text!r}") from None
-    if not levels or any(c < 1 for c in levels):
-        raise argparse.ArgumentTypeError("concurrency levels must be >= 1")
-    return levels
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     levels: list[int] = args.concurrency
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -556,8 +547,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--concurrency",
-        type=_levels,
-        default=_levels(DEFAULT_CONCURRENCY),
+        type=positive_ints,
+        default=positive_ints(DEFAULT_CONCURRENCY),
         help=f"closed-loop clients; several levels as N,N (default {DEFAULT_CONCURRENCY})",
     )
     p.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="measured s")
