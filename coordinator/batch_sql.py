@@ -106,6 +106,7 @@ applied AS (
     SET last_applied = excluded.last_applied, last_applied_term = excluded.last_applied_term
 )"""
 
+# A checkpoint (coordinator/checkpoint.py): applied state and `last_applied` together.
 APPLY = "WITH" + _TRANSACTIONS + "\nSELECT 1"
 
 # The single-node log: its entries, their application and the commit index in one statement
@@ -119,12 +120,6 @@ log_put AS (
 commit_index AS (
   UPDATE txc_hard_state SET commit_index = %(applied_index)s WHERE id = 1
 )"""
-
-# A Ready's log and hard state with the application of its committed entries: one statement
-# when the applier is idle (coordinator/replicated_log.py).
-RAFT_PERSIST_AND_APPLY = (
-    "WITH" + _LOG_UPSERT + "," + _HARD_STATE + "," + _TRANSACTIONS + "\nSELECT 1"
-)
 
 SINGLE_NODE_WRITE = "WITH" + _LOG_APPEND + "," + _TRANSACTIONS + "\nSELECT 1"
 

@@ -190,6 +190,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     head = (
         f"leader: {c.get('leader')}  term: {c.get('term')}  "
         f"commit: {c.get('commit_index')}  applied: {c.get('applied_index')}"
+        + (f"  checkpoint: {c['checkpoint_index']}" if "checkpoint_index" in c else "")
     )
     _print(
         args, c, head + "\n\n" + _table(rows, ["NODE", "URL", "ROLE", "MATCH", "LAG", "HEALTHY"])

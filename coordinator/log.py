@@ -22,7 +22,7 @@ from coordinator import batch_sql, schema
 from coordinator.commands import Command, encode
 from coordinator.pgconn import HotConnection
 from coordinator.statemachine import Result
-from coordinator.store import LogEntry, Store
+from coordinator.store import LogEntry, Store, transaction_rows
 
 log = logging.getLogger("txc.log")
 
@@ -218,6 +218,8 @@ class SingleNodeLog:
                 index += 1
                 entries.append(LogEntry(index, SINGLE_NODE_TERM, c))
         results, changed, rows = await self.store.apply_batch(self.db, entries)
+        # One node: the entries and their application are written together, at once.
+        rows.transactions = transaction_rows(changed.values())
         params = batch_sql.apply_params(rows, index, SINGLE_NODE_TERM, {})
         params |= {
             "idx": [e.index for e in entries],

@@ -3,9 +3,10 @@
 One task owns the core. It takes events (ticks, peer messages, proposals, reads) from a
 bounded inbox, feeds them in, then drains each Ready in the order its contract requires:
 persist the log and hard state (one statement, coordinator/batch_sql.py, on a connection of
-its own: coordinator/pgconn.py), then send the messages, then hand the committed entries to
-the applier task, which applies them with `last_applied` in one statement of its own, and
-answers proposals and reads. Events that arrive while a Ready is being written wait in the
+its own: coordinator/pgconn.py), then send the messages, then apply the committed entries in
+memory (in the loop itself when the applier task is idle, else in that task) and answer the
+proposals and reads waiting on them. The applied state reaches PostgreSQL in checkpoints
+(coordinator/checkpoint.py). Events that arrive while a Ready is being written wait in the
 inbox and go into the next one: that is group commit, and one database commit serves many
 proposals.
 """
@@ -28,6 +29,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import batch_sql
+from coordinator.batch_sql import ApplyRows
+from coordinator.checkpoint import Checkpointer
 from coordinator.commands import Command, decode_batch, encode_batch
 from coordinator.log import LogUnavailable, NotLeader
 from coordinator.model import Transaction
@@ -48,7 +51,7 @@ from coordinator.raft.messages import (
     Snapshot,
     SnapshotMeta,
 )
-from coordinator.raft.ready import Ready, Role
+from coordinator.raft.ready import PersistentState, Ready, Role
 from coordinator.raft.transport import Transport
 from coordinator.statemachine import Result
 from coordinator.store import LogEntry, Store
@@ -64,7 +67,7 @@ MAX_COMMITTED_PER_READY = 64
 # What a leader may send before its own write is durable (see `_process`).
 EARLY_LEADER_MESSAGES = frozenset({MsgType.APPEND, MsgType.HEARTBEAT})
 MAX_APPLY_QUEUE = 1024  # Readys' committed lists waiting to be applied (back-pressure beyond)
-MAX_APPLY_BATCH = 256  # committed entries applied in one database transaction
+MAX_APPLY_BATCH = 256  # committed entries the applier task takes at once
 PROMOTE_CHECK_TICKS = 10  # how often the leader looks for learners ready to vote
 READ_TIMEOUT_S = 5.0  # a linearizable read the leader cannot confirm in this time fails
 PROPOSE_TIMEOUT_S = 10.0  # a proposal not committed in this time fails (it may still commit)
@@ -72,14 +75,14 @@ PROPOSE_TIMEOUT_S = 10.0  # a proposal not committed in this time fails (it may 
 
 @dataclass
 class _ApplyBatch:
-    """Committed entries run through the state machine, waiting to be written."""
+    """Committed entries run through the state machine, waiting to be published."""
 
     entries: list[Entry]
     log_entries: list[LogEntry]
     results: list[Result]
     changed: dict[str, Transaction]
     members: dict[int, str]
-    params: dict[str, Any]
+    rows: ApplyRows
 
 
 @dataclass
@@ -107,10 +110,12 @@ class RaftLog:
     ) -> None:
         assert raft_id in peer_urls
         self.engine = engine
-        # The hot path's statements: one connection for the Raft loop, one for the applier.
+        # The hot path's statements: one connection for the Raft loop, one for the applier's
+        # reads, one for checkpoints.
         url = engine.url.render_as_string(hide_password=False)
         self.persist_db = HotConnection(url)
         self.apply_db = HotConnection(url)
+        self.checkpoint_db = HotConnection(url)
         self.store = store
         self.id = raft_id
         self.urls = dict(peer_urls)
@@ -141,6 +146,9 @@ class RaftLog:
         # Crash-only: a node whose storage failed stops (a supervisor restarts it) rather
         # than serve with a core that believes writes happened.
         self.on_fatal = on_fatal or _terminate_process
+        self.checkpoint = Checkpointer(
+            self.checkpoint_db, store, index=0, term=0, on_fatal=lambda: self.on_fatal()
+        )
         self.founders = frozenset(peer_urls)
         self.removed = False  # this node was removed from the group
         self._ticks = 0
@@ -165,6 +173,8 @@ class RaftLog:
         self.term = state.hard_state.term
         self._durable_vote = (state.hard_state.term, state.hard_state.vote)
         await self.store.load_inflight()
+        self.checkpoint.resume_at(state.applied, _applied_term(state))
+        self.checkpoint.start()
         await self.transport.start()
         self._tasks = [
             asyncio.create_task(self._run(), name="raft-loop"),
@@ -187,9 +197,11 @@ class RaftLog:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._fail_pending(LogUnavailable("node stopping"))
+        await self.checkpoint.stop()
         await self.transport.stop()
         await self.persist_db.close()
         await self.apply_db.close()
+        await self.checkpoint_db.close()
 
     # -- CommandLog -----------------------------------------------------------------------------
 
@@ -325,6 +337,8 @@ class RaftLog:
             "term": st.term,
             "commit_index": st.commit,
             "applied_index": self.applied,
+            # What the database holds (coordinator/checkpoint.py); at most applied_index.
+            "checkpoint_index": self.checkpoint.index,
             "last_index": st.last_index,
             "snapshot_index": st.snapshot_index,
             "leader_changes": self.leader_changes,
@@ -473,23 +487,18 @@ class RaftLog:
                 # committed: the stored commit index is read as at least `last_applied`
                 # (raft/storage.py). So no write: most Readys of a follower are these.
                 hs = None
-            applied = None
-            if rd.committed and self.apply_queue.empty() and not self._applying:
-                # The applier is idle: apply this Ready's committed entries here, in the
-                # same statement as its log and hard state (one transaction instead of two;
-                # at most MAX_COMMITTED_PER_READY entries, so heartbeats do not wait long).
-                applied = await self._compute_apply(self.persist_db, list(rd.committed))
-            params = batch_sql.raft_persist_params(rd.entries, hs)
-            if applied is not None:
-                await self.persist_db.execute(
-                    batch_sql.RAFT_PERSIST_AND_APPLY, params | applied.params
-                )
-            elif rd.entries or hs is not None:
+            if rd.entries or hs is not None:
+                params = batch_sql.raft_persist_params(rd.entries, hs)
                 await self.persist_db.execute(batch_sql.RAFT_PERSIST, params)
             if hs is not None:
                 self._durable_vote = (hs.term, hs.vote)
-            if applied is not None:
-                self._finish_apply(applied)
+            if rd.committed and self.apply_queue.empty() and not self._applying:
+                # The applier is idle: apply this Ready's committed entries here, in memory
+                # (at most MAX_COMMITTED_PER_READY entries, so heartbeats do not wait long).
+                await self.checkpoint.room()
+                applied = await self._compute_apply(self.persist_db, list(rd.committed))
+                if applied is not None:
+                    self._finish_apply(applied)
                 if self.applied - self.snapshot_index >= self.snapshot_entries:
                     self.apply_queue.put_nowait([])  # the applier takes the snapshot
             elif rd.committed:
@@ -509,13 +518,18 @@ class RaftLog:
         snap = rd.snapshot
         restored = None
         members: dict[int, str] = {}
-        async with self.engine.begin() as conn:
-            await storage.save(conn, snap, rd.entries, rd.hard_state)
-            if snap.meta.index > self.applied:
-                restored = await self.store.restore(conn, snap.data)
-                members = snapshot_members(snap.data)
-                await storage.set_applied(conn, snap.meta.index, snap.meta.term)
-                await storage.save_members(conn, members)
+        # Frozen: no checkpoint writes between the restore and the reset of what is staged
+        # (which the snapshot supersedes).
+        async with self.checkpoint.frozen():
+            async with self.engine.begin() as conn:
+                await storage.save(conn, snap, rd.entries, rd.hard_state)
+                if snap.meta.index > self.applied:
+                    restored = await self.store.restore(conn, snap.data)
+                    members = snapshot_members(snap.data)
+                    await storage.set_applied(conn, snap.meta.index, snap.meta.term)
+                    await storage.save_members(conn, members)
+            if restored is not None:
+                self.checkpoint.reset(snap.meta.index, snap.meta.term)
         if restored is not None:
             self.urls.update(members)
             self.store.reset_inflight(restored)
@@ -524,8 +538,8 @@ class RaftLog:
             self._after_applied()
 
     async def _apply_loop(self) -> None:
-        """Apply committed entries in log order: each batch, its results and `last_applied`
-        in one synchronous transaction; then answer the proposals and reads waiting on it."""
+        """Apply committed entries in log order, in memory; then answer the proposals and
+        reads waiting on them. Also takes snapshots."""
         while True:
             batch = await self.apply_queue.get()
             self._applying = True
@@ -549,26 +563,30 @@ class RaftLog:
                     self.apply_queue.task_done()
 
     async def _apply(self, committed: list[Entry]) -> None:
+        await self.checkpoint.room()
         batch = await self._compute_apply(self.apply_db, committed)
         if batch is not None:
-            await self.apply_db.execute(batch_sql.APPLY, batch.params)
             self._finish_apply(batch)
 
     async def _compute_apply(self, db: HotConnection, committed: list[Entry]) -> _ApplyBatch | None:
         """Run the state machine over the entries not applied yet (the pure part, plus reads
-        of transactions not in memory); None when there are none. The caller writes
-        `params` (batch_sql.APPLY's), then calls `_finish_apply`."""
+        of transactions not in memory); None when there are none. The caller then calls
+        `_finish_apply` (no await in between: nothing else may apply meanwhile)."""
         entries = [e for e in committed if e.index > self.applied]
         if not entries:
             return None
         members = _members_in(entries)
         log_entries = _unpack(entries)
         res, changed, rows = await self.store.apply_batch(db, log_entries)
-        params = batch_sql.apply_params(rows, entries[-1].index, entries[-1].term, members)
-        return _ApplyBatch(entries, log_entries, res, changed, members, params)
+        return _ApplyBatch(entries, log_entries, res, changed, members, rows)
 
     def _finish_apply(self, b: _ApplyBatch) -> None:
-        """After the batch is durable: publish it, answer the proposals waiting on it."""
+        """Stage the batch for a checkpoint, publish it, answer the proposals waiting on it.
+        The entries are durable in the log (of a majority): what a client sees from here on
+        survives any crash (DESIGN §3 rule 4)."""
+        assert b.entries[0].index == self.applied + 1, (b.entries[0].index, self.applied)
+        last = b.entries[-1]
+        self.checkpoint.stage(b.changed, b.rows, last.index, last.term, b.members)
         results: dict[int, list[Result]] = {e.index: [] for e in b.entries}
         for le, r in zip(b.log_entries, b.results, strict=True):
             results[le.index].append(r)
@@ -634,20 +652,21 @@ class RaftLog:
                 fut.set_exception(exc)
 
     async def _maybe_snapshot(self) -> None:
-        """Compact the log once `snapshot_entries` applied entries follow the last snapshot."""
+        """Compact the log once `snapshot_entries` applied entries follow the last snapshot.
+        The snapshot is a checkpoint's state: the log keeps every entry after it."""
         core = self.core
         assert core is not None
         if self.applied - self.snapshot_index < self.snapshot_entries:
             return
-        index = self.applied
-        st = core.status()
-        term = core.log.term(index)
-        assert term is not None, f"applied entry {index} is not in the log"
-        async with self.engine.begin() as conn:
-            members = {str(k): v for k, v in sorted(self.urls.items())}
-            data = await self.store.dump(conn, {"members": members})
-            snap = Snapshot(SnapshotMeta(index, term, core.log.conf_at(index)), data)
-            await storage.compact(conn, snap)
+        async with self.checkpoint.frozen() as (index, _):
+            st = core.status()
+            term = core.log.term(index)
+            assert term is not None, f"checkpointed entry {index} is not in the log"
+            async with self.engine.begin() as conn:
+                members = {str(k): v for k, v in sorted(self.urls.items())}
+                data = await self.store.dump(conn, {"members": members})
+                snap = Snapshot(SnapshotMeta(index, term, core.log.conf_at(index)), data)
+                await storage.compact(conn, snap)
         # The core is the Raft loop's: it drops its log prefix there, between two Readys.
         self._put("compact", (index, data))
         self.snapshot_index = index
@@ -685,6 +704,16 @@ def snapshot_members(data: bytes) -> dict[int, str]:
     if not data:
         return {}
     return {int(k): str(v) for k, v in json.loads(data).get("members", {}).items()}
+
+
+def _applied_term(state: PersistentState) -> int:
+    """The term of the entry at `state.applied` (what the database's checkpoint holds)."""
+    if state.applied == state.snapshot.meta.index:
+        return state.snapshot.meta.term
+    for e in state.entries:
+        if e.index == state.applied:
+            return e.term
+    return 0  # nothing applied yet
 
 
 def _unpack(entries: list[Entry]) -> list[LogEntry]:

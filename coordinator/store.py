@@ -1,11 +1,13 @@
-"""The applied state in PostgreSQL, and the apply step that turns committed commands into it.
+"""The applied state, and the apply step that turns committed commands into it.
 
-`apply_batch` is the pure step plus the reads it needs: it returns the rows a batch writes,
-and the caller writes them in one statement with `last_applied` (coordinator/batch_sql.py),
-so a crash leaves either the whole batch applied or none of it (DESIGN §7).
-The in-memory `inflight` map mirrors the rows of unfinished transactions: the engine scans
-it for work without querying. `recent` keeps the newest finished ones for reads. Both are
-only updated after the database commit (`publish`).
+`apply_batch` is the pure step plus the reads it needs: it returns each command's result,
+the transactions it changed and the timeline rows it adds. The in-memory view is
+authoritative for everything applied: `inflight` holds every unfinished transaction (the
+engine scans it for work without querying), `recent` the newest finished ones, and
+`unflushed`/`flushing` whatever is applied but not yet in PostgreSQL. PostgreSQL holds the
+applied state as of the last checkpoint (coordinator/checkpoint.py writes it, with
+`last_applied`, in one transaction: DESIGN §7), so reads that go to the database (lists,
+timelines, the audit trail) first ask for a checkpoint (`before_read`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +68,11 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raise ValueError("malformed cursor") from e
 
 
+def transaction_rows(txns: Iterable[Transaction]) -> list[dict[str, Any]]:
+    """Rows for batch_sql's `txns` part (one per transaction, its whole record as `doc`)."""
+    return [_row(t) for t in txns]
+
+
 def _row(t: Transaction) -> dict[str, Any]:
     return {
         "txid": t.txid,
@@ -110,6 +117,27 @@ class Store:
         self.inflight: dict[str, Transaction] = {}
         # Committed, finished transactions, oldest first; at most MAX_RECENT_FINISHED.
         self.recent: OrderedDict[str, Transaction] = OrderedDict()
+        # Applied, not yet written: the newest version of each transaction, and the timeline
+        # and audit rows, in log order. `flushing` is what a checkpoint is writing now.
+        self.unflushed: dict[str, Transaction] = {}
+        self.unflushed_history: list[dict[str, Any]] = []
+        self.unflushed_audit: list[dict[str, Any]] = []
+        self.flushing: dict[str, Transaction] = {}
+        # Called before a read that the database answers, so that it sees everything
+        # applied so far (the log sets it to its checkpoint's flush).
+        self.before_read: Callable[[], Awaitable[object]] | None = None
+
+    def _in_memory(self, txid: str) -> Transaction | None:
+        return (
+            self.inflight.get(txid)
+            or self.recent.get(txid)
+            or self.unflushed.get(txid)
+            or self.flushing.get(txid)
+        )
+
+    async def _sync(self) -> None:
+        if self.before_read is not None:
+            await self.before_read()
 
     def _remember(self, t: Transaction) -> None:
         assert t.state.terminal
@@ -134,7 +162,7 @@ class Store:
         self.recent.clear()
 
     async def get(self, txid: str) -> Transaction | None:
-        t = self.inflight.get(txid) or self.recent.get(txid)
+        t = self._in_memory(txid)
         if t is not None:
             return t
         async with self.engine.connect() as conn:
@@ -149,7 +177,7 @@ class Store:
         found: dict[str, Transaction] = {}
         cold: list[str] = []
         for txid in txids:
-            t = self.inflight.get(txid) or self.recent.get(txid)
+            t = self._in_memory(txid)
             if t is None:
                 cold.append(txid)
             else:
@@ -168,9 +196,10 @@ class Store:
         """Apply committed commands in log order (the pure state machine), reading the
         transactions they touch that are not in memory from `db`.
 
-        Returns each command's result, the transactions it changed and the rows to write;
-        the caller writes the rows in one statement with `last_applied`
-        (coordinator/batch_sql.py), then calls `publish` with the changed transactions."""
+        Returns each command's result, the transactions it changed and the timeline and
+        audit rows it adds (`transactions` left empty: the record written is the newest
+        version at write time, `transaction_rows`). The caller stages or writes them with
+        `last_applied`, then calls `publish` with the changed transactions."""
         rows = ApplyRows()
         if not entries:
             return [], {}, rows
@@ -200,11 +229,36 @@ class Store:
                         "detail": _history_detail(e.command, result),
                     }
                 )
-        rows.transactions = [_row(t) for t in changed.values()]
         return results, changed, rows
 
+    def stage(self, changed: dict[str, Transaction], rows: ApplyRows) -> None:
+        """Keep an applied batch's writes for the next checkpoint."""
+        self.unflushed.update(changed)
+        self.unflushed_history.extend(rows.history)
+        self.unflushed_audit.extend(rows.audit)
+
+    def take_unflushed(self) -> ApplyRows:
+        """What the next checkpoint writes; readable in `flushing` until `flushed`."""
+        assert not self.flushing, "one checkpoint at a time"
+        rows = ApplyRows(
+            transactions=transaction_rows(self.unflushed.values()),
+            history=self.unflushed_history,
+            audit=self.unflushed_audit,
+        )
+        self.flushing, self.unflushed = self.unflushed, {}
+        self.unflushed_history, self.unflushed_audit = [], []
+        return rows
+
+    def flushed(self) -> None:
+        self.flushing = {}
+
+    def discard_unflushed(self) -> None:
+        """The applied state was replaced (a snapshot): staged writes are superseded."""
+        self.unflushed, self.flushing = {}, {}
+        self.unflushed_history, self.unflushed_audit = [], []
+
     def publish(self, changed: dict[str, Transaction]) -> None:
-        """Make committed changes visible to the engine (after the database commit)."""
+        """Make applied changes visible to the engine and to reads."""
         for txid, t in changed.items():
             if t.state.terminal:
                 self.inflight.pop(txid, None)
@@ -213,6 +267,7 @@ class Store:
                 self.inflight[txid] = t
 
     async def list_page(self, f: ListFilter, now: float) -> tuple[list[Transaction], str | None]:
+        await self._sync()
         t = schema.transactions.c
         conds = []
         if f.state:
@@ -244,6 +299,7 @@ class Store:
         return items, cursor
 
     async def history(self, txid: str) -> list[dict[str, Any]]:
+        await self._sync()
         h = schema.history.c
         async with self.engine.connect() as conn:
             rows = await conn.execute(
@@ -257,7 +313,8 @@ class Store:
             ]
 
     async def dump(self, conn: AsyncConnection, extra: dict[str, Any] | None = None) -> bytes:
-        """The whole applied state, as a snapshot's data (Raft log compaction)."""
+        """The applied state in the database, as a snapshot's data (Raft log compaction;
+        the caller checkpoints first)."""
         rows = await conn.execute(
             select(schema.transactions.c.doc).order_by(schema.transactions.c.txid)
         )
@@ -278,9 +335,11 @@ class Store:
     def reset_inflight(self, txns: dict[str, Transaction]) -> None:
         self.inflight = {k: t for k, t in txns.items() if not t.state.terminal}
         self.recent.clear()
+        self.discard_unflushed()
 
     async def audit_trail(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
         """Newest first; `before` is an index to page back from."""
+        await self._sync()
         a = schema.audit.c
         q = select(a.index, a.seq, a.at, a.actor, a.action, a.txid, a.detail)
         if before is not None:

@@ -6,7 +6,9 @@ One consistent moment (one REPEATABLE READ READ ONLY transaction) of a node's ap
 every transaction record (`txc_transactions.doc`), their timelines (`txc_history`), the
 member addresses (`txc_members`), the applied index and term, the snapshot's metadata and the
 hard state (for information). On a Raft group, back up the leader's database: every node's
-applied state is a consistent prefix of the group's, the leader's is the most recent. Not the
+applied state is a consistent prefix of the group's, the leader's is the most recent (a running
+Raft node's database holds it as of its last checkpoint, at most about a second behind what
+it has applied: coordinator/checkpoint.py). Not the
 Raft log: the log is how the state was reached, the applied state is what it is. A SHA-256
 digest over the content lets `restore` refuse a damaged or edited file.
 

@@ -62,6 +62,9 @@ async def test_raft_node_log_and_state(pg: PgServer, tmp_path: Path) -> None:
             txid = await begin(c)
             r = await c.post(f"/v1/transactions/{txid}/commit")
             assert r.json()["state"] == "committed", r.text
+            # A list is answered by the database: the leader checkpoints first, so its
+            # database holds what it applied (coordinator/checkpoint.py).
+            assert (await c.get("/v1/transactions")).status_code == 200
         db = leader.env["TXC_DATABASE_URL"]
 
         code, log = await asyncio.to_thread(

@@ -1,0 +1,148 @@
+"""Checkpoints (coordinator/checkpoint.py), against real PostgreSQL: a Raft node applies
+committed commands in memory and writes the applied state behind the log. Reads never see
+less than what was applied, a crash before a checkpoint loses nothing (the log has it), a
+failed checkpoint keeps its rows, and log compaction never drops an entry the database's
+applied state does not hold."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import psycopg
+import pytest
+
+from coordinator import checkpoint
+from coordinator.commands import Ack, Begin, Decide, Enlist, encode_batch
+from coordinator.model import Outcome, TxState, Vote
+from coordinator.raft.core import RaftNode
+from coordinator.raft.messages import Entry, HardState
+from coordinator.raft.storage import load
+from coordinator.store import ListFilter
+from tests.test_raft_shell import PEERS, _dsn, close, make_log, node_db, ready
+
+__all__ = ["node_db"]  # the fixture, imported for pytest
+
+
+def _entries(first: int, txid: str) -> list[Entry]:
+    """A transaction's life as log entries from `first` on: begin, enlist, decide, ack."""
+    now = time.time()
+    cmds = [
+        [Begin(txid=txid, at=now, timeout_s=60)],
+        [Enlist(txid=txid, at=now, name="bank-a", url="http://127.0.0.1:1/txc", vote=Vote.YES)],
+        [Decide(txid=txid, at=now, outcome=Outcome.COMMIT)],
+        [Ack(txid=txid, at=now, name="bank-a")],
+    ]
+    return [Entry(first + i, 1, data=encode_batch(c)) for i, c in enumerate(cmds)]
+
+
+def _db(url: str, sql: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(_dsn(url)) as c:
+        return list(c.execute(sql).fetchall())
+
+
+async def _commit(rl, entries: list[Entry]) -> None:  # type: ignore[no-untyped-def]
+    await rl._process(ready(entries=entries, hard_state=HardState(1, 2, 0)))
+    await rl._process(ready(hard_state=HardState(1, 2, entries[-1].index), committed=entries))
+
+
+async def test_applied_state_is_read_from_memory_and_written_once_per_checkpoint(
+    node_db: str,
+) -> None:
+    rl, _ = await make_log(node_db)
+    await _commit(rl, _entries(1, "t1"))
+    assert rl.applied == 4 and rl.checkpoint.index == 0
+    # Not in the database yet, and every read sees it.
+    assert _db(node_db, "SELECT txid FROM txc_transactions") == []
+    t = await rl.store.get("t1")
+    assert t is not None and t.state is TxState.COMMITTED
+    # A read the database answers checkpoints first: the list and the timeline see it all.
+    items, _ = await rl.store.list_page(ListFilter(), time.time())
+    assert [i.txid for i in items] == ["t1"]
+    kinds = [h["kind"] for h in await rl.store.history("t1")]
+    assert kinds == ["begin", "enlist", "decide", "ack"]
+    # One checkpoint wrote the record once, in its final state, with last_applied.
+    assert rl.checkpoint.index == 4 and rl.checkpoint.written == 1
+    assert _db(node_db, "SELECT state FROM txc_transactions") == [("committed",)]
+    assert _db(node_db, "SELECT last_applied, last_applied_term FROM txc_applied") == [(4, 1)]
+    await close(rl)
+
+
+async def test_a_crash_before_a_checkpoint_loses_nothing(node_db: str) -> None:
+    rl, _ = await make_log(node_db)
+    await _commit(rl, _entries(1, "t1"))
+    await rl.checkpoint.flush()
+    await _commit(rl, _entries(5, "t2"))
+    assert rl.applied == 8 and rl.checkpoint.index == 4
+    await close(rl)  # a crash: no last checkpoint
+
+    # The next start: the database's state is the checkpoint's, the log has the rest, and
+    # applying it again gives the same state.
+    rl2, _ = await make_log(node_db)
+    state = await load(rl2.engine, frozenset(PEERS))
+    assert state.applied == 4 and [e.index for e in state.entries] == list(range(1, 9))
+    await rl2.store.load_inflight()
+    rl2.applied = state.applied
+    rl2.checkpoint.resume_at(state.applied, 1)
+    assert await rl2.store.get("t2") is None
+    await rl2._apply([e for e in state.entries if e.index > state.applied])
+    t2 = await rl2.store.get("t2")
+    assert t2 is not None and t2.state is TxState.COMMITTED
+    assert await rl2.checkpoint.flush() == 8
+    assert _db(node_db, "SELECT txid, state FROM txc_transactions ORDER BY txid") == [
+        ("t1", "committed"),
+        ("t2", "committed"),
+    ]
+    # Timeline rows are keyed by log position: none doubled by the second application.
+    assert _db(node_db, "SELECT count(*) FROM txc_history") == [(8,)]
+    await close(rl2)
+
+
+async def test_a_failed_checkpoint_keeps_its_rows_and_stops_the_node(
+    node_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rl, _ = await make_log(node_db)
+    fatal: list[bool] = []
+    rl.on_fatal = lambda: fatal.append(True)
+    await _commit(rl, _entries(1, "t1"))
+    real = rl.checkpoint_db.execute
+
+    async def broken(*a: object, **kw: object) -> None:
+        raise psycopg.OperationalError("server closed the connection")
+
+    monkeypatch.setattr(rl.checkpoint_db, "execute", broken)
+    with pytest.raises(psycopg.OperationalError):
+        await rl.checkpoint.flush()
+    assert fatal == [True] and rl.checkpoint.index == 0
+    # Still readable, still staged, written by the next checkpoint that works.
+    assert (await rl.store.get("t1")) is not None and not rl.store.flushing
+    monkeypatch.setattr(rl.checkpoint_db, "execute", real)
+    assert await rl.checkpoint.flush() == 4
+    assert _db(node_db, "SELECT count(*) FROM txc_history") == [(4,)]
+    await close(rl)
+
+
+async def test_applying_waits_while_too_much_is_staged(
+    node_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_MAX_ROWS", 5)
+    rl, _ = await make_log(node_db)
+    await _commit(rl, _entries(1, "t1"))  # 1 record + 4 timeline rows staged
+    assert rl.checkpoint.staged_rows == 5 and rl.checkpoint.index == 0
+    await _commit(rl, _entries(5, "t2"))  # must first make room: a checkpoint
+    assert rl.checkpoint.index == 4 and rl.applied == 8
+    await close(rl)
+
+
+async def test_a_snapshot_is_taken_from_a_checkpoint(node_db: str) -> None:
+    rl, _ = await make_log(node_db)
+    rl.snapshot_entries = 4
+    await _commit(rl, _entries(1, "t1"))
+    rl.core = RaftNode(rl.cfg, await load(rl.engine, frozenset(PEERS)), random.Random(0))
+    await rl._maybe_snapshot()
+    # Everything applied was checkpointed first, and the snapshot is of that state.
+    assert rl.snapshot_index == 4 and rl.checkpoint.index == 4
+    state = await load(rl.engine, frozenset(PEERS))
+    assert state.snapshot.meta.index == 4 and b"t1" in state.snapshot.data
+    assert state.entries == () or list(state.entries) == []
+    await close(rl)
