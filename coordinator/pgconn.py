@@ -10,7 +10,8 @@ in autocommit mode (`txc bench`'s profile: SQLAlchemy + psycopg were ~30% of a n
 One connection per task that uses it (the Raft loop, the applier, the single-node writer):
 a task runs one statement at a time, so no pool and no locking are needed. Autocommit: a
 single statement is its own transaction, and the connection runs with
-`synchronous_commit=on`, so a statement that returned is durable (DESIGN §3 rule 4).
+`synchronous_commit=on`, so a statement that returned is durable (DESIGN §3 rule 4), and
+with custom plans only (coordinator/db.py SESSION_OPTIONS says why).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
+
+from coordinator.db import SESSION_OPTIONS
 
 CONNECT_TIMEOUT_S = 10  # establishing the connection (libpq's connect_timeout, whole seconds)
 
@@ -45,7 +48,7 @@ class HotConnection:
                 self.url,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT_S,
-                options="-c synchronous_commit=on",
+                options=SESSION_OPTIONS,
             )
         return self._conn
 
