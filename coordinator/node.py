@@ -140,6 +140,10 @@ class Node:
             "txc_raft_applied_index": float(status.get("applied_index", 0)),
             "txc_is_leader": 1.0 if self.log.is_leader() else 0.0,
             "txc_raft_leader_changes": float(status.get("leader_changes", 0)),
+            # What the database holds (a single node writes it with every batch).
+            "txc_raft_checkpoint_index": float(
+                status.get("checkpoint_index", status.get("applied_index", 0))
+            ),
         }
         return self.metrics.render(extra)
 
