@@ -17,6 +17,7 @@ Exit codes a script can use:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -216,6 +217,20 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# CPython's cyclic garbage collector ran its youngest generation every 700 allocations: about
+# 7% of a leader's CPU under `txc bench transfers` (perf: gc_collect_main, visit_decref,
+# visit_reachable), for a server whose garbage is nearly all freed by reference counting.
+# Collect the youngest generation every GC_GEN0_THRESHOLD allocations instead, and leave the
+# objects of start-up (modules, the app) out of every collection (gc.freeze).
+GC_GEN0_THRESHOLD = 50_000
+GC_OLDER_THRESHOLDS = (20, 20)
+
+
+def tune_gc() -> None:
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *GC_OLDER_THRESHOLDS)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -243,6 +258,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except Exception as e:  # the database is unreachable or refuses the migrations
         print(f"txc serve: cannot prepare the database: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
+    tune_gc()
     uvicorn.run(
         app,
         host=settings.host,
