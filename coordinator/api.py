@@ -6,8 +6,10 @@ capped in size before they are parsed.
 """
 
 import asyncio
+import functools
 import ipaddress
 import logging
+import math
 import re
 import time
 from contextlib import asynccontextmanager
@@ -38,6 +40,7 @@ TXID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_IDEMPOTENCY_KEY = 200
 NODE_STOP_TIMEOUT_S = 15.0  # the node's own shutdown (tasks, connections) on SIGTERM
+ISO_SECONDS_CACHED = 4096  # formatted whole seconds kept for `iso` (timestamps cluster)
 
 
 class ApiError(Exception):
@@ -146,11 +149,30 @@ def validate_participant_url(v: str) -> str:
 
 
 def iso(ts: float | None) -> str | None:
+    """`2026-11-26T15:04:05.123Z`: a timestamp as the API shows it (UTC, milliseconds).
+
+    The same string as datetime's `isoformat(timespec="milliseconds")` (microseconds rounded
+    as `datetime.fromtimestamp` rounds them, then cut), built from a cache of whole seconds:
+    an answer carries up to 6 + 4 per participant of these, and datetime's way was ~2% of a
+    leader's CPU under load."""
     if ts is None:
         return None
+    frac, whole = math.modf(ts)
+    sec, us = int(whole), round(frac * 1e6)
+    if not 0 <= us < 1_000_000 or ts < 0:  # carried into the next second, or before 1970
+        return iso_slow(ts)
+    return f"{_iso_second(sec)}.{us // 1000:03d}Z"
+
+
+def iso_slow(ts: float) -> str:
     return (
         datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
+
+
+@functools.lru_cache(maxsize=ISO_SECONDS_CACHED)
+def _iso_second(sec: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
 
 
 def txn_json(t: Transaction) -> dict[str, Any]:
