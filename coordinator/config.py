@@ -50,6 +50,9 @@ class Settings:
     election_ticks: int = 10
     heartbeat_ticks: int = 2  # a heartbeat every 100 ms: 5 per shortest election timeout
     snapshot_entries: int = 20_000  # log entries kept before a snapshot compacts them
+    # A Raft node writes its applied state to its database at least this often
+    # (coordinator/checkpoint.py); a restart re-applies at most this much of its log.
+    checkpoint_interval_s: float = 1.0
     forward_timeout_s: float = 30.0  # a follower's forwarded request to the leader
 
     otel: str = ""  # OpenTelemetry: "", "console", "otlp" or "global" (coordinator.tracing)

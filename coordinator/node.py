@@ -58,6 +58,7 @@ class Node:
                 election_ticks=settings.election_ticks,
                 heartbeat_ticks=settings.heartbeat_ticks,
                 snapshot_entries=settings.snapshot_entries,
+                checkpoint_interval_s=settings.checkpoint_interval_s,
                 join=settings.join,
                 ssl_context=settings.client_ssl(),
             )

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import batch_sql
 from coordinator.batch_sql import ApplyRows
-from coordinator.checkpoint import Checkpointer
+from coordinator.checkpoint import CHECKPOINT_INTERVAL_S, Checkpointer
 from coordinator.commands import Command, decode_batch, encode_batch
 from coordinator.log import LogUnavailable, NotLeader
 from coordinator.model import Transaction
@@ -104,6 +104,7 @@ class RaftLog:
         election_ticks: int,
         heartbeat_ticks: int,
         snapshot_entries: int,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
         join: bool = False,
         on_fatal: Callable[[], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -147,7 +148,12 @@ class RaftLog:
         # than serve with a core that believes writes happened.
         self.on_fatal = on_fatal or _terminate_process
         self.checkpoint = Checkpointer(
-            self.checkpoint_db, store, index=0, term=0, on_fatal=lambda: self.on_fatal()
+            self.checkpoint_db,
+            store,
+            index=0,
+            term=0,
+            on_fatal=lambda: self.on_fatal(),
+            interval_s=checkpoint_interval_s,
         )
         self.founders = frozenset(peer_urls)
         self.removed = False  # this node was removed from the group
