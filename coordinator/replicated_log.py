@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import batch_sql
@@ -444,7 +445,7 @@ class RaftLog:
     def _check_removed(self) -> None:
         core = self.core
         assert core is not None
-        members = core.status().conf.members
+        members = core.conf.members  # every loop: not the whole status()
         if members and self.id not in members and not self.removed:
             self.removed = True
             log.warning("node %s is no longer a member of the group; stop this process", self.id)
@@ -709,7 +710,7 @@ def _members_in(entries: list[Entry]) -> dict[int, str]:
 def snapshot_members(data: bytes) -> dict[int, str]:
     if not data:
         return {}
-    return {int(k): str(v) for k, v in json.loads(data).get("members", {}).items()}
+    return {int(k): str(v) for k, v in orjson.loads(data).get("members", {}).items()}
 
 
 def _applied_term(state: PersistentState) -> int:

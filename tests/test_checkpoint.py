@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 
+import orjson
 import psycopg
 import pytest
 
@@ -18,6 +19,7 @@ from coordinator.model import Outcome, TxState, Vote
 from coordinator.raft.core import RaftNode
 from coordinator.raft.messages import Entry, HardState
 from coordinator.raft.storage import load
+from coordinator.replicated_log import snapshot_members
 from coordinator.store import ListFilter
 from tests.test_raft_shell import PEERS, _dsn, close, make_log, node_db, ready
 
@@ -143,6 +145,12 @@ async def test_a_snapshot_is_taken_from_a_checkpoint(node_db: str) -> None:
     # Everything applied was checkpointed first, and the snapshot is of that state.
     assert rl.snapshot_index == 4 and rl.checkpoint.index == 4
     state = await load(rl.engine, frozenset(PEERS))
-    assert state.snapshot.meta.index == 4 and b"t1" in state.snapshot.data
+    assert state.snapshot.meta.index == 4
+    # The snapshot's data is JSON: the records as the database holds them, and the members.
+    data = orjson.loads(state.snapshot.data)
+    assert [t["txid"] for t in data["transactions"]] == ["t1"]
+    assert data["transactions"][0]["state"] == "committed"
+    assert data["members"] == {str(k): v for k, v in PEERS.items()}
+    assert snapshot_members(state.snapshot.data) == PEERS
     assert state.entries == () or list(state.entries) == []
     await close(rl)
