@@ -119,6 +119,8 @@ class Engine:
         self, timeout_s: float | None, labels: dict[str, str], idempotency_key: str | None
     ) -> tuple[Transaction, bool]:
         """Returns the transaction and whether this call created it."""
+        # Without a key the txid is random: the store applies such a Begin without looking
+        # for an existing record (coordinator/store.py `_reads`).
         txid = txid_for_key(idempotency_key) if idempotency_key else str(uuid.uuid4())
         cmd = Begin(
             txid=txid,

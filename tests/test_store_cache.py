@@ -5,13 +5,19 @@ always the latest version, and dropped whenever the applied state is replaced.""
 from __future__ import annotations
 
 import time
+import uuid
+from typing import Any
 
 import pytest
 
 from coordinator import migrate
+from coordinator.commands import Ack, Begin
 from coordinator.db import make_engine
+from coordinator.engine import txid_for_key
 from coordinator.model import Outcome, Transaction, TxState
-from coordinator.store import Store
+from coordinator.pgconn import HotConnection
+from coordinator.statemachine import Status
+from coordinator.store import LogEntry, Store
 
 
 def _txn(txid: str, state: TxState) -> Transaction:
@@ -53,4 +59,36 @@ async def test_recent_holds_the_newest_finished_and_falls_back_to_the_database(
         await store.load_inflight()
         assert not store.recent
     finally:
+        await engine.dispose()
+
+
+async def test_a_begin_without_a_key_is_applied_without_a_lookup(db_url: str) -> None:
+    """A keyless Begin's txid is random (no record can exist): applying it reads nothing.
+    A keyed Begin (its txid derives from the key) and any other command on a transaction
+    not in memory still look for the record."""
+    migrate.upgrade(db_url, "coordinator")
+    engine = make_engine(db_url)
+    store = Store(engine)
+    db = HotConnection(db_url)
+    lookups: list[object] = []
+    real = db.fetchall
+
+    async def counting(query: str, params: Any) -> list[tuple[Any, ...]]:
+        lookups.append(params)
+        return await real(query, params)
+
+    db.fetchall = counting  # type: ignore[method-assign]
+    now = time.time()
+    try:
+        fresh = str(uuid.uuid4())
+        results, _, _ = await store.apply_batch(db, [LogEntry(1, 1, Begin(txid=fresh, at=now))])
+        assert results[0].status is Status.CREATED and lookups == []
+        keyed = txid_for_key("order-7")
+        entry = LogEntry(2, 1, Begin(txid=keyed, at=now, idempotency_key="order-7"))
+        results, _, _ = await store.apply_batch(db, [entry])
+        assert results[0].status is Status.CREATED and len(lookups) == 1
+        results, _, _ = await store.apply_batch(db, [LogEntry(3, 1, Ack(txid="t-cold", at=now))])
+        assert results[0].status is Status.NOT_FOUND and len(lookups) == 2
+    finally:
+        await db.close()
         await engine.dispose()
