@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,8 @@ def pg() -> Iterator[PgServer]:
         yield PgServer(server.url())
     finally:
         server.stop()
+        # Its data folder holds every test database and their WAL (gigabytes by the end).
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -140,6 +141,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         stop_all(nodes)
         pg.stop()
+        shutil.rmtree(root, ignore_errors=True)  # PostgreSQL's data and the nodes' logs
     election_s = args.raft_tick_s * args.election_ticks
     return {
         "kills": len(gaps),
