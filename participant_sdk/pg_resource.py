@@ -296,6 +296,17 @@ class PgResourceManager(ParticipantBase):
     def _rollback_prepared(self, conn: Connection, gid: str) -> None:
         self._finish(conn, "ROLLBACK", gid)
 
+    def _aborted_here(
+        self, conn: Connection, rec: record.Record | None, prepared: bool, gid: str
+    ) -> bool:
+        """Whether the record says this participant aborted; if so, finish that abort (roll
+        back the transaction if it is still prepared). Under the txid lock."""
+        if rec is None or rec.state != "aborted":
+            return False
+        if prepared:
+            self._rollback_prepared(conn, gid)
+        return True
+
     # -- protocol handlers (coordinator -> participant) -----------------------------------------
 
     def _reply(self, txid: str, state: str) -> ProtocolReply:
@@ -308,9 +319,7 @@ class PgResourceManager(ParticipantBase):
             with record.txid_lock(self.engine, self.name, txid) as conn:
                 rec = record.get(conn, self.name, txid)
                 prepared = self._is_prepared(conn, gid)
-                if rec is not None and rec.state == "aborted":
-                    if prepared:
-                        self._rollback_prepared(conn, gid)
+                if self._aborted_here(conn, rec, prepared, gid):
                     return ProtocolReply(409, {"vote": "no", "reason": "aborted here"})
                 if rec is not None:
                     return ProtocolReply(200, {"vote": "yes"})
@@ -348,9 +357,7 @@ class PgResourceManager(ParticipantBase):
             with record.txid_lock(self.engine, self.name, txid) as conn:
                 rec = record.get(conn, self.name, txid)
                 prepared = self._is_prepared(conn, gid)
-                if rec is not None and rec.state == "aborted":
-                    if prepared:
-                        self._rollback_prepared(conn, gid)  # finish the abort we decided
+                if self._aborted_here(conn, rec, prepared, gid):
                     return ProtocolReply.error(
                         409, "heuristic_abort", "this participant rolled back"
                     )
