@@ -165,9 +165,9 @@ class CallbackParticipant(ParticipantBase):
 
     # -- recovery -------------------------------------------------------------------------------
 
-    def in_doubt(self) -> list[InDoubt]:
+    def in_doubt(self, min_age_s: float = 0.0) -> list[InDoubt]:
         with record.autocommit(self.engine) as conn:
-            recs = record.list_in_state(conn, self.name, "prepared")
+            recs = record.list_prepared(conn, self.name, min_age_s)
         return [
             InDoubt(
                 r.txid, prepared=True, record_state="prepared", coordinator_url=r.coordinator_url

@@ -245,8 +245,10 @@ class ParticipantBase(ABC):
     def abort(self, txid: str) -> ProtocolReply: ...
 
     @abstractmethod
-    def in_doubt(self) -> list[InDoubt]:
-        """Everything recovery must look at (prepared work and records in 'prepared')."""
+    def in_doubt(self, min_age_s: float = 0.0) -> list[InDoubt]:
+        """Everything recovery must look at (prepared work and records in 'prepared'); with
+        `min_age_s`, a participant may leave out what was prepared more recently than that
+        (in-flight work whose phase 2 is most likely on its way)."""
 
     @abstractmethod
     def abort_orphan(self, txid: str) -> str:
@@ -303,8 +305,8 @@ class ParticipantBase(ABC):
 
     # -- recovery ---------------------------------------------------------------------------------
 
-    def resolve_in_doubt(self, dry_run: bool = False) -> RecoveryReport:
-        return resolve_in_doubt(self, dry_run=dry_run)
+    def resolve_in_doubt(self, dry_run: bool = False, min_age_s: float = 0.0) -> RecoveryReport:
+        return resolve_in_doubt(self, dry_run=dry_run, min_age_s=min_age_s)
 
     def start_recovery(self) -> None:
         """Start the periodic in-doubt resolution (first pass at once)."""

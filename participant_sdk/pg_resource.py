@@ -77,6 +77,7 @@ _PREPARED_SQL = text(
 _OWNED_SQL = text(
     "SELECT gid FROM pg_prepared_xacts "
     "WHERE database = current_database() AND left(gid, length(:prefix)) = :prefix "
+    "AND prepared <= now() - make_interval(secs => :min_age_s) "
     "ORDER BY prepared LIMIT :limit"
 )
 
@@ -402,18 +403,19 @@ class PgResourceManager(ParticipantBase):
 
     # -- recovery ---------------------------------------------------------------------------------
 
-    def in_doubt(self) -> list[InDoubt]:
+    def in_doubt(self, min_age_s: float = 0.0) -> list[InDoubt]:
         prefix = gid_prefix(self.name)
         with record.autocommit(self.engine) as conn:
             gids = conn.execute(
-                _OWNED_SQL, {"prefix": prefix, "limit": MAX_IN_DOUBT_PER_PASS}
+                _OWNED_SQL,
+                {"prefix": prefix, "limit": MAX_IN_DOUBT_PER_PASS, "min_age_s": min_age_s},
             ).scalars()
             prepared: dict[str, str] = {}
             for gid in gids:
                 parsed = parse_gid(gid)
                 if parsed is not None and parsed[0] == self.name:
                     prepared[parsed[1]] = gid
-            recs = {r.txid: r for r in record.list_in_state(conn, self.name, "prepared")}
+            recs = {r.txid: r for r in record.list_prepared(conn, self.name, min_age_s)}
             for txid in prepared.keys() - recs.keys():
                 rec = record.get(conn, self.name, txid)
                 if rec is not None:

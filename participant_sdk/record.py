@@ -33,6 +33,7 @@ from datetime import datetime
 from sqlalchemy import (
     CheckConstraint,
     Column,
+    ColumnElement,
     Connection,
     DateTime,
     Engine,
@@ -56,6 +57,8 @@ MAX_LIST = 10_000  # bound on rows one listing returns
 # Advisory-lock namespace (the two-int form keeps us apart from an app's one-bigint locks).
 ADVISORY_LOCK_CLASS = 0x7478  # "tx"
 LOCAL_LOCK_STRIPES = 64
+PREPARED_INDEX = "ix_txc_participant_record_prepared"
+OLD_STATE_INDEX = "ix_txc_participant_record_state"  # before migration p0003
 
 metadata = MetaData()
 
@@ -73,14 +76,33 @@ participant_record = Table(
     CheckConstraint(
         "state IN ('prepared', 'committed', 'aborted')", name="ck_txc_participant_record_state"
     ),
-    Index("ix_txc_participant_record_state", "participant", "state"),
+    # Only the records still 'prepared' (what recovery lists): a row leaves the index when it
+    # is decided. Keyed by the whole primary key on purpose: a plan for the phase-2 claim
+    # (participant, txid, state = 'prepared') that picks this index still finds exactly one
+    # row. The index it replaces, (participant, state), did not: PostgreSQL's generic plan for
+    # the claim used it and walked every record ever prepared (dead entries included) per
+    # commit, a cost that grew with the table (migration p0003).
+    Index(
+        PREPARED_INDEX,
+        "participant",
+        "txid",
+        postgresql_where=text("state = 'prepared'"),
+        sqlite_where=text("state = 'prepared'"),
+    ),
 )
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the record table if missing (tests and demos; production runs the
-    `participant` Alembic branch, migration p0001, which creates the same table)."""
+    """Create the record table if missing, and bring an existing one's indexes up to date
+    (tests and demos; production runs the `participant` Alembic branch, migrations p0001 and
+    p0003, which make the same table)."""
     metadata.create_all(engine, checkfirst=True)
+    with engine.begin() as conn:
+        # create_all skips a table that exists, indexes included: a database made by an
+        # earlier version gets the current index here and loses the one it replaces.
+        for index in participant_record.indexes:
+            index.create(conn, checkfirst=True)
+        conn.execute(text(f"DROP INDEX IF EXISTS {OLD_STATE_INDEX}"))
 
 
 @dataclass(frozen=True)
@@ -209,15 +231,23 @@ def mark(conn: Connection, participant: str, txid: str, state: str) -> None:
     _commit_if_needed(conn)
 
 
-def list_in_state(conn: Connection, participant: str, state: str) -> list[Record]:
+def list_prepared(conn: Connection, participant: str, min_age_s: float = 0.0) -> list[Record]:
+    """The records still waiting for an outcome (recovery's candidates), oldest first; with
+    `min_age_s`, only those written at least that long ago (by the database's clock)."""
     t = participant_record
-    rows = conn.execute(
-        select(t)
-        .where(t.c.participant == participant, t.c.state == state)
-        .order_by(t.c.created_at)
-        .limit(MAX_LIST)
-    ).all()
+    where = [t.c.participant == participant, t.c.state == "prepared"]
+    if min_age_s > 0:
+        where.append(_older_than(conn, t.c.created_at, min_age_s))
+    rows = conn.execute(select(t).where(*where).order_by(t.c.created_at).limit(MAX_LIST)).all()
     return [_row(r) for r in rows]
+
+
+def _older_than(conn: Connection, column: Column[datetime], seconds: float) -> ColumnElement[bool]:
+    """`column` at least `seconds` in the past, by the database's own clock (a database's
+    `now()` and the timestamps it wrote agree; this process's clock may not)."""
+    if conn.dialect.name == "sqlite":  # CURRENT_TIMESTAMP text, UTC, second precision
+        return func.datetime(column) <= func.datetime("now", f"-{float(seconds)} seconds")
+    return column <= func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
 def _commit_if_needed(conn: Connection) -> None:

@@ -55,11 +55,15 @@ DEFAULT_PORT = 8001
 ACCOUNT_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 SQLSTATE_LOCK_NOT_AVAILABLE = "55P03"
 # Connections kept open: one per request in flight (anyio's default thread pool runs up to 40
-# sync endpoints at once) plus the phase-2 handlers; beyond POOL_SIZE, short-lived extra ones.
+# sync endpoints at once, business and phase-2 handlers alike), so that a busy bank does not
+# open and close connections: each new PostgreSQL backend costs a fork and a cold cache
+# (`txc bench transfers` measured ~0.3-0.5 cores of such churn at 32 clients with a pool of 16).
+# The pool opens them lazily; beyond POOL_SIZE (recovery, callers outside the thread pool),
+# short-lived extra ones.
 # No pre-ping: a dead pooled connection fails its statement, the request fails (nothing
 # prepared, or the coordinator retries phase 2) and the pool discards the connection.
-POOL_SIZE = 16
-POOL_MAX_OVERFLOW = 24
+POOL_SIZE = 40
+POOL_MAX_OVERFLOW = 8
 POOL_TIMEOUT_S = 10.0  # waiting for a free connection beyond that is an overload: fail
 
 metadata = MetaData()

@@ -123,6 +123,7 @@ def test_recovery_commits_prepared(service, coord) -> None:
         assert cp.prepare(tx.txid).body == {"vote": "yes"}
         assert cp.resolve_in_doubt().actions() == {tx.txid: "left_pending"}
         client.commit(tx.txid)  # decided; phase 2 not driven by the fake
+    assert cp.resolve_in_doubt(min_age_s=60).items == []  # too young for a periodic pass
     assert cp.resolve_in_doubt().actions() == {tx.txid: "committed"}
     assert store.committed == ["r"]
     assert cp.resolve_in_doubt().items == []

@@ -43,25 +43,43 @@ def shape(engine: Engine, tables: list[str]) -> dict:
             },
             "pk": insp.get_pk_constraint(t)["constrained_columns"],
             "checks": sorted(c["name"] for c in insp.get_check_constraints(t)),
-            "indexes": sorted((i["name"], tuple(i["column_names"])) for i in insp.get_indexes(t)),
+            "indexes": sorted(
+                (
+                    i["name"],
+                    tuple(i["column_names"]),
+                    str(i.get("dialect_options", {}).get("postgresql_where")),
+                )
+                for i in insp.get_indexes(t)
+            ),
         }
     return out
 
 
 def test_migrations_match_metadata(pg, make_engine: Callable[[str], Engine]) -> None:
     p1, p2 = load("p0001_participant_record"), load("p0002_demo_bank")
+    p3 = load("p0003_participant_record_prepared_index")
     assert p1.branch_labels == ("participant",) and p1.down_revision is None
     assert p1.depends_on is None and p2.down_revision == p1.revision
+    assert p3.down_revision == p2.revision
     tables = [record.TABLE_NAME, "bank_account", "bank_ledger"]
 
     migrated = make_engine(pg.new_database("mig"))
     run(migrated, p1, "upgrade")
     run(migrated, p2, "upgrade")
+    run(migrated, p3, "upgrade")
     direct = make_engine(pg.new_database("meta"))
     record.create_tables(direct)
     bank.metadata.create_all(direct)
     assert shape(migrated, tables) == shape(direct, tables)
 
+    shapes = shape(migrated, tables)
+    assert shapes[record.TABLE_NAME]["indexes"] == [
+        (record.PREPARED_INDEX, ("participant", "txid"), "((state)::text = 'prepared'::text)")
+    ]
+    run(migrated, p3, "downgrade")
+    assert [i[0] for i in shape(migrated, tables)[record.TABLE_NAME]["indexes"]] == [
+        record.OLD_STATE_INDEX
+    ]
     run(migrated, p2, "downgrade")
     run(migrated, p1, "downgrade")
     reflected = MetaData()

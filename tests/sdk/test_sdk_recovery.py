@@ -12,6 +12,7 @@ from sdk_helpers import items, prepared_gids, record_state
 from sqlalchemy import Engine, text
 
 from participant_sdk import PgResourceManager, make_gid
+from participant_sdk.recovery import RecoveryLoop
 from participant_sdk.recovery import main as recovery_main
 
 POLL_TIMEOUT_S = 20.0
@@ -140,3 +141,70 @@ def test_recovery_cli(db_url, engine, make_engine, coord, capsys) -> None:
     assert recovery_main(args) == 0
     assert '"committed"' in capsys.readouterr().out
     assert items(engine) == {"z": 1}
+
+
+def test_recent_work_waits_for_a_later_pass(db_url, engine, make_engine, coord) -> None:
+    """A pass with `min_age_s` leaves out work prepared more recently than that (normal
+    in-flight work under load) and does not ask the coordinator about it; a pass without the
+    bound (start-up, the CLI) sees it."""
+    coord.fake.drive_phase2 = False
+    txid = httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"]
+    prepare_then_crash(db_url, make_engine, coord, txid, "young")
+    coord.fake.set_outcome(txid, "commit")
+    rm = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:9", coordinator_url=coord.url
+    )
+    assert rm.resolve_in_doubt(min_age_s=60).items == []
+    assert coord.fake.count("outcome") == 0 and len(prepared_gids(engine)) == 1
+    time.sleep(0.3)
+    assert rm.resolve_in_doubt(min_age_s=0.2).actions() == {txid: "committed"}
+    assert items(engine) == {"young": 1}
+    rm.close()
+
+
+def test_recent_orphan_and_record_wait_too(engine: Engine, coord) -> None:
+    """The age bound applies to both sources: prepared work without a record (age from
+    pg_prepared_xacts) and a 'prepared' record without prepared work (age from the record)."""
+    orphan, committed = "t-young-orphan", "t-young-committed"
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql("BEGIN")
+        conn.execute(text("INSERT INTO items VALUES (:k, 1)"), {"k": orphan})
+        conn.exec_driver_sql(f"PREPARE TRANSACTION '{make_gid('svc', orphan)}'")
+        conn.execute(
+            text(
+                "INSERT INTO txc_participant_record (participant, txid, state) "
+                "VALUES ('svc', :c, 'prepared')"
+            ),
+            {"c": committed},
+        )
+    rm = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:9", coordinator_url=coord.url
+    )
+    assert rm.in_doubt(min_age_s=60) == []
+    assert {c.txid for c in rm.in_doubt()} == {orphan, committed}
+    rm.close()
+
+
+def test_recovery_loop_later_passes_skip_young_work(engine: Engine, coord) -> None:
+    """The loop's first pass takes everything; later ones skip work younger than the
+    interval, so an in-flight transaction is not asked about while phase 2 is on its way."""
+    coord.fake.drive_phase2 = False
+    rm = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:9", coordinator_url=coord.url
+    )
+    loop = RecoveryLoop(rm, interval_s=30.0)
+    assert loop.next_min_age_s() == 0.0
+    loop.start()
+    deadline = time.monotonic() + POLL_TIMEOUT_S
+    while loop.passes < 1 and time.monotonic() < deadline:
+        time.sleep(POLL_STEP_S)
+    assert loop.passes == 1 and loop.next_min_age_s() == 30.0
+    txid = httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"]
+    with rm.work(txid) as w:
+        w.connection.execute(text("INSERT INTO items VALUES ('inflight', 1)"))
+    report = rm.resolve_in_doubt(min_age_s=loop.next_min_age_s())
+    assert report.items == [] and coord.fake.count("outcome") == 0
+    assert [c.txid for c in rm.in_doubt()] == [txid]
+    loop.stop()
+    rm.close()
