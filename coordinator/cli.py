@@ -17,10 +17,14 @@ Exit codes a script can use:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -408,10 +412,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops a command the way Ctrl-C does: its `finally` blocks run, so a benchmark
+    or a recovery run stops the processes and the database it started instead of leaving
+    them behind (the default action ends Python at once). Commands that handle SIGTERM
+    themselves (`serve`, `up`) install their own handler over this one. Only from the main
+    thread (signals can be handled nowhere else); the previous handler is put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with stop_on_sigterm():
+            return int(args.func(args))
     except CliError as e:
         print(f"txc: {e}", file=sys.stderr)
         return e.code
