@@ -44,6 +44,12 @@ def _level(scenarios: list[dict[str, Any]], name: str, c: int) -> dict[str, Any]
     return None
 
 
+def _cpu_ratio(base: dict[str, Any], lv: dict[str, Any]) -> float | None:
+    a = (base.get("cpu_ms_per_transfer") or {}).get("total")
+    b = (lv.get("cpu_ms_per_transfer") or {}).get("total")
+    return round(a / b, 3) if a and b else None
+
+
 def ratios(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """txc / baseline, per txc scenario and concurrency level: throughput, p50, p99."""
     out = []
@@ -58,6 +64,9 @@ def ratios(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "scenario": s["name"],
                 "concurrency": lv["concurrency"],
                 "throughput": round(lv["throughput_tps"] / base["throughput_tps"], 3),
+                # Baseline CPU per transfer / ours: the throughput ratio a CPU-bound machine
+                # would show, from figures that a noisy neighbour moves much less than rates.
+                "cpu_efficiency": _cpu_ratio(base, lv),
             }
             for q in ("p50", "p99"):
                 a, b = lv["latency_ms"][q], base["latency_ms"][q]
@@ -145,6 +154,11 @@ def table(result: dict[str, Any]) -> str:
                 f"{k} {v:.1f}" for k, v in (lv.get("db_transactions_per_transfer") or {}).items()
             )
             lines.append(f"  {s['name']:<8} c={lv['concurrency']:<3} CPU ms: {cpu}; db xacts: {db}")
+    effs = [r for r in result.get("ratios", []) if r.get("cpu_efficiency")]
+    if effs:
+        lines.append("CPU per transfer, baseline / txc (what a CPU-bound machine's ratio follows):")
+        for r in effs:
+            lines.append(f"  {r['scenario']:<8} c={r['concurrency']:<3} {r['cpu_efficiency']:.2f}")
     for s in result["scenarios"]:
         state = "conserved" if s["conserved"] else "NOT conserved"
         lines.append(

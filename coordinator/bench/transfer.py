@@ -294,11 +294,13 @@ async def _measure(
         # PostgreSQL publishes its counters within about a second of a transaction's end.
         await asyncio.sleep(stack.STATS_FLUSH_S)
         xacts = await asyncio.to_thread(stack.database_transactions, pg)
-        summary["cpu_ms_per_transfer"] = {
-            k: round(v * wall * 1000 / ended, 1)
+        per = {
+            k: v * wall * 1000 / ended
             for k, v in summary["cpu_cores"].items()
             if k in ("coordinator nodes", "banks", "postgres", "load generator")
         }
+        summary["cpu_ms_per_transfer"] = {k: round(v, 1) for k, v in per.items()}
+        summary["cpu_ms_per_transfer"]["total"] = round(sum(per.values()), 1)
         before = holder.get("xacts0", {})
         summary["db_transactions_per_transfer"] = {
             group: round((n - before.get(group, 0)) / ended, 1) for group, n in xacts.items()

@@ -56,6 +56,16 @@ def test_transfers_report_and_conservation(tmp_path: Path) -> None:
             assert s["ledger_rows_added"] >= 2 * level["transfers"]
         else:
             assert level["commit_latency_ms"] is None
+    for s in report["scenarios"]:
+        [level] = s["levels"]
+        per = level["cpu_ms_per_transfer"]
+        parts = sum(v for k, v in per.items() if k != "total")
+        assert abs(per["total"] - parts) <= 0.1 * len(per), per  # the parts, before rounding
+    for r in report["ratios"]:
+        base = report["scenarios"][0]["levels"][0]["cpu_ms_per_transfer"]["total"]
+        [ours] = [s for s in report["scenarios"] if s["name"] == r["scenario"]]
+        total = ours["levels"][0]["cpu_ms_per_transfer"]["total"]
+        assert r["cpu_efficiency"] == pytest.approx(base / total, abs=0.01)
     assert {(r["scenario"], r["concurrency"]) for r in report["ratios"]} == {
         ("txc-1", 2),
         ("txc-3", 2),
