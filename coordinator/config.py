@@ -49,7 +49,9 @@ class Settings:
     raft_tick_s: float = 0.05  # one Raft tick; election timeout = election_ticks..2x ticks
     election_ticks: int = 10
     heartbeat_ticks: int = 2  # a heartbeat every 100 ms: 5 per shortest election timeout
-    snapshot_entries: int = 20_000  # log entries kept before a snapshot compacts them
+    # Log entries kept before a snapshot compacts them; the shell also waits for at least as
+    # many as the last snapshot's records (replicated_log.RaftLog.snapshot_due).
+    snapshot_entries: int = 20_000
     # A Raft node writes its applied state to its database at least this often
     # (coordinator/checkpoint.py); a restart re-applies at most this much of its log.
     checkpoint_interval_s: float = 1.0

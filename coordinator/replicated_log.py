@@ -144,6 +144,8 @@ class RaftLog:
         self._tasks: list[asyncio.Task[None]] = []
         self.leader_changes = 0
         self.snapshot_index = 0
+        # Records in the last snapshot this node took or installed (0 until it has one).
+        self.snapshot_records = 0
         self.join = join
         # Crash-only: a node whose storage failed stops (a supervisor restarts it) rather
         # than serve with a core that believes writes happened.
@@ -180,6 +182,8 @@ class RaftLog:
         self.term = state.hard_state.term
         self._durable_vote = (state.hard_state.term, state.hard_state.vote)
         await self.store.load_inflight()
+        if self.snapshot_index:
+            self.snapshot_records = await self.store.record_count()
         self.checkpoint.resume_at(state.applied, _applied_term(state))
         self.checkpoint.start()
         await self.transport.start()
@@ -506,7 +510,7 @@ class RaftLog:
                 applied = await self._compute_apply(self.persist_db, list(rd.committed))
                 if applied is not None:
                     self._finish_apply(applied)
-                if self.applied - self.snapshot_index >= self.snapshot_entries:
+                if self.snapshot_due():
                     self.apply_queue.put_nowait([])  # the applier takes the snapshot
             elif rd.committed:
                 await self.apply_queue.put(list(rd.committed))
@@ -542,6 +546,7 @@ class RaftLog:
             self.store.reset_inflight(restored)
             self.applied = snap.meta.index
             self.snapshot_index = snap.meta.index
+            self.snapshot_records = len(restored)
             self._after_applied()
 
     async def _apply_loop(self) -> None:
@@ -658,12 +663,25 @@ class RaftLog:
             if not fut.done():
                 fut.set_exception(exc)
 
+    def snapshot_due(self) -> bool:
+        """Whether enough applied entries follow the last snapshot to take the next one: at
+        least `snapshot_entries`, and at least as many as the last snapshot held records.
+
+        Why the second bound: a snapshot is the whole applied state (every transaction ever
+        recorded: finished ones are kept), so its cost grows with the table. At a fixed
+        interval, total snapshot work grew with the square of the transactions recorded; with
+        the interval at least the snapshot's size, each applied entry pays for at most one
+        record's share of a snapshot, and the log never holds more entries than the state
+        holds records (plus `snapshot_entries`)."""
+        due = max(self.snapshot_entries, self.snapshot_records)
+        return self.applied - self.snapshot_index >= due
+
     async def _maybe_snapshot(self) -> None:
-        """Compact the log once `snapshot_entries` applied entries follow the last snapshot.
-        The snapshot is a checkpoint's state: the log keeps every entry after it."""
+        """Compact the log once `snapshot_due`. The snapshot is a checkpoint's state: the log
+        keeps every entry after it."""
         core = self.core
         assert core is not None
-        if self.applied - self.snapshot_index < self.snapshot_entries:
+        if not self.snapshot_due():
             return
         async with self.checkpoint.frozen() as (index, _):
             st = core.status()
@@ -671,12 +689,13 @@ class RaftLog:
             assert term is not None, f"checkpointed entry {index} is not in the log"
             async with self.engine.begin() as conn:
                 members = {str(k): v for k, v in sorted(self.urls.items())}
-                data = await self.store.dump(conn, {"members": members})
+                data, records = await self.store.dump(conn, {"members": members})
                 snap = Snapshot(SnapshotMeta(index, term, core.log.conf_at(index)), data)
                 await storage.compact(conn, snap)
         # The core is the Raft loop's: it drops its log prefix there, between two Readys.
         self._put("compact", (index, data))
         self.snapshot_index = index
+        self.snapshot_records = records
         log.info(
             "node %s compacted its log up to %s (term %s, last %s)",
             self.id,

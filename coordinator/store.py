@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, cast, or_, select, true
+from sqlalchemy import Text, and_, cast, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import batch_sql, schema
@@ -156,6 +156,13 @@ class Store:
         self.recent.move_to_end(t.txid)
         while len(self.recent) > MAX_RECENT_FINISHED:
             self.recent.popitem(last=False)
+
+    async def record_count(self) -> int:
+        """How many transactions the database holds (what a snapshot taken now would hold,
+        give or take a checkpoint)."""
+        async with self.engine.connect() as conn:
+            n = await conn.scalar(select(func.count()).select_from(schema.transactions))
+        return int(n or 0)
 
     async def load_inflight(self) -> None:
         """Fill the in-memory map of unfinished transactions (on start and after a snapshot)."""
@@ -321,17 +328,20 @@ class Store:
                 for r in rows.fetchall()
             ]
 
-    async def dump(self, conn: AsyncConnection, extra: dict[str, Any] | None = None) -> bytes:
+    async def dump(
+        self, conn: AsyncConnection, extra: dict[str, Any] | None = None
+    ) -> tuple[bytes, int]:
         """The applied state in the database, as a snapshot's data (Raft log compaction;
-        the caller checkpoints first)."""
+        the caller checkpoints first), and how many records it holds."""
         # The records as PostgreSQL prints them, joined: parsing every record only to print
         # it again was most of a snapshot's cost (the whole table, every `snapshot_entries`).
         rows = await conn.execute(
             select(cast(schema.transactions.c.doc, Text)).order_by(schema.transactions.c.txid)
         )
-        head = b'{"transactions":[' + b",".join(r[0].encode() for r in rows.fetchall()) + b"]"
+        docs = [r[0].encode() for r in rows.fetchall()]
+        head = b'{"transactions":[' + b",".join(docs) + b"]"
         tail = orjson.dumps(extra)[1:] if extra else b"}"
-        return head + (b"," + tail if extra else tail)
+        return head + (b"," + tail if extra else tail), len(docs)
 
     async def restore(self, conn: AsyncConnection, data: bytes) -> dict[str, Transaction]:
         """Replace the applied state with a snapshot's (InstallSnapshot). The timeline of

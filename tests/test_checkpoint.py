@@ -154,3 +154,43 @@ async def test_a_snapshot_is_taken_from_a_checkpoint(node_db: str) -> None:
     assert snapshot_members(state.snapshot.data) == PEERS
     assert state.entries == () or list(state.entries) == []
     await close(rl)
+
+
+async def test_snapshots_come_no_more_often_than_their_size(node_db: str) -> None:
+    """A snapshot holds every record, so the next one waits for at least as many applied
+    entries as the last one held records (total snapshot work stays linear in the
+    transactions recorded, not quadratic); a restart knows the size from the database."""
+    rl, _ = await make_log(node_db)
+    index = 1
+
+    async def transaction(txid: str) -> None:
+        nonlocal index
+        rl.snapshot_entries = 10_000  # no snapshot queued while committing (no applier runs)
+        await _commit(rl, _entries(index, txid))
+        rl.snapshot_entries = 4
+        index += 4
+
+    for n in range(3):  # 3 transactions, 4 entries each
+        await transaction(f"t{n}")
+    rl.core = RaftNode(rl.cfg, await load(rl.engine, frozenset(PEERS)), random.Random(0))
+    await rl._maybe_snapshot()
+    assert rl.snapshot_index == 12 and rl.snapshot_records == 3
+
+    rl.snapshot_records = 6  # as if the state held 6 records: 4 entries are no longer enough
+    await transaction("t3")
+    assert not rl.snapshot_due()
+    await rl._maybe_snapshot()
+    assert rl.snapshot_index == 12
+    await transaction("t4")
+    assert rl.snapshot_due()  # 8 entries >= max(4, 6)
+    rl.core = RaftNode(rl.cfg, await load(rl.engine, frozenset(PEERS)), random.Random(0))
+    await rl._maybe_snapshot()
+    assert rl.snapshot_index == 20 and rl.snapshot_records == 5
+    await close(rl)
+
+    again, _ = await make_log(node_db)
+    await again.start()
+    try:
+        assert again.snapshot_index == 20 and again.snapshot_records == 5
+    finally:
+        await close(again)

@@ -94,7 +94,9 @@ async def test_sigkill_leaders_during_a_stream_leaves_nothing_blocked(
             follower = next(n for n in cluster.nodes if n is not current)
             await asyncio.to_thread(follower.kill)
             before = len(outcomes)
-            while len(outcomes) < before + 60:
+            # More entries than a snapshot interval: at least SNAPSHOT_ENTRIES, and at least
+            # as many as the last snapshot's records (a few hundred transactions by now).
+            while len(outcomes) < before + 100:
                 await asyncio.sleep(0.1)
             await asyncio.to_thread(follower.start)
             st = await wait_caught_up(cluster, follower)
