@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import batch_sql
+from coordinator import batch_sql, snapshot_codec
 from coordinator.batch_sql import ApplyRows
 from coordinator.checkpoint import CHECKPOINT_INTERVAL_S, Checkpointer
 from coordinator.commands import Command, decode_batch, encode_batch
@@ -729,7 +729,8 @@ def _members_in(entries: list[Entry]) -> dict[int, str]:
 def snapshot_members(data: bytes) -> dict[int, str]:
     if not data:
         return {}
-    return {int(k): str(v) for k, v in orjson.loads(data).get("members", {}).items()}
+    doc = orjson.loads(snapshot_codec.unpack(data))
+    return {int(k): str(v) for k, v in doc.get("members", {}).items()}
 
 
 def _applied_term(state: PersistentState) -> int:

@@ -23,7 +23,7 @@ import orjson
 from sqlalchemy import Text, and_, cast, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator import batch_sql, schema
+from coordinator import batch_sql, schema, snapshot_codec
 from coordinator.batch_sql import ApplyRows
 from coordinator.commands import AuditNote, Begin, Command
 from coordinator.model import Transaction, TxState
@@ -332,7 +332,8 @@ class Store:
         self, conn: AsyncConnection, extra: dict[str, Any] | None = None
     ) -> tuple[bytes, int]:
         """The applied state in the database, as a snapshot's data (Raft log compaction;
-        the caller checkpoints first), and how many records it holds."""
+        the caller checkpoints first, `snapshot_codec` says why it is compressed), and how many
+        records it holds."""
         # The records as PostgreSQL prints them, joined: parsing every record only to print
         # it again was most of a snapshot's cost (the whole table, every `snapshot_entries`).
         rows = await conn.execute(
@@ -341,12 +342,12 @@ class Store:
         docs = [r[0].encode() for r in rows.fetchall()]
         head = b'{"transactions":[' + b",".join(docs) + b"]"
         tail = orjson.dumps(extra)[1:] if extra else b"}"
-        return head + (b"," + tail if extra else tail), len(docs)
+        return snapshot_codec.pack(head + (b"," + tail if extra else tail)), len(docs)
 
     async def restore(self, conn: AsyncConnection, data: bytes) -> dict[str, Transaction]:
         """Replace the applied state with a snapshot's (InstallSnapshot). The timeline of
         transactions in the snapshot starts again from here; the caller publishes after commit."""
-        docs = orjson.loads(data)["transactions"] if data else []
+        docs = orjson.loads(snapshot_codec.unpack(data))["transactions"] if data else []
         await conn.execute(schema.transactions.delete())
         await conn.execute(schema.history.delete())
         txns = [Transaction.from_dict(d) for d in docs]

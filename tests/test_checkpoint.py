@@ -13,7 +13,7 @@ import orjson
 import psycopg
 import pytest
 
-from coordinator import checkpoint
+from coordinator import checkpoint, snapshot_codec
 from coordinator.commands import Ack, Begin, Decide, Enlist, encode_batch
 from coordinator.model import Outcome, TxState, Vote
 from coordinator.raft.core import RaftNode
@@ -147,7 +147,8 @@ async def test_a_snapshot_is_taken_from_a_checkpoint(node_db: str) -> None:
     state = await load(rl.engine, frozenset(PEERS))
     assert state.snapshot.meta.index == 4
     # The snapshot's data is JSON: the records as the database holds them, and the members.
-    data = orjson.loads(state.snapshot.data)
+    assert state.snapshot.data.startswith(snapshot_codec.MAGIC)  # compressed JSON
+    data = orjson.loads(snapshot_codec.unpack(state.snapshot.data))
     assert [t["txid"] for t in data["transactions"]] == ["t1"]
     assert data["transactions"][0]["state"] == "committed"
     assert data["members"] == {str(k): v for k, v in PEERS.items()}
@@ -193,4 +194,5 @@ async def test_snapshots_come_no_more_often_than_their_size(node_db: str) -> Non
     try:
         assert again.snapshot_index == 20 and again.snapshot_records == 5
     finally:
-        await close(again)
+        await again.stop()
+        await again.engine.dispose()
