@@ -128,11 +128,13 @@ def up(args: argparse.Namespace) -> int:
                             ",".join(c.url for c in nodes_started),
                             "--port",
                             str(port),
-                            # One argument each: a token may begin with "-".
-                            f"--token={creds['participant']}",
-                            f"--participant-token={creds['participant_secret']}",
                         ],
-                        {},
+                        # Secrets by environment, never on the command line (which `ps`
+                        # shows every local user).
+                        {
+                            "TXC_API_TOKEN": creds["participant"],
+                            "TXC_PARTICIPANT_TOKEN": creds["participant_secret"],
+                        },
                         port,
                         log_dir,
                     )

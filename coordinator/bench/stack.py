@@ -212,21 +212,21 @@ def start_bank(
     """A demo bank process (`txc_demo.bank`), or its baseline twin (same SQL, autocommit, no
     coordinator: `coordinator.bench.baseline_bank`)."""
     port = free_port()
+    env: dict[str, str] = {}
     if baseline:
         args = ["-m", "coordinator.bench.baseline_bank", "--name", name]
     else:
         assert coordinator_urls, "a txc bank needs the coordinator's URLs"
         args = ["-m", "txc_demo.bank", "--name", name]
         args += ["--coordinator-url", ",".join(coordinator_urls)]
-        if creds is not None:
-            # `--opt=value`: a generated token may begin with "-"
-            args += [f"--token={creds.tokens['participant']}"]
-            args += [f"--participant-token={creds.participant_secret}"]
+        if creds is not None:  # by environment: a command line is visible to every local user
+            env["TXC_API_TOKEN"] = creds.tokens["participant"]
+            env["TXC_PARTICIPANT_TOKEN"] = creds.participant_secret
         if recovery_interval_s is not None:
             args += ["--recovery-interval", str(recovery_interval_s)]
     args += ["--database-url", db_url, "--port", str(port)]
     proc_name = f"{name}-baseline" if baseline else name
-    proc = Proc(proc_name, args, {}, f"http://127.0.0.1:{port}", root / f"{proc_name}.log").start()
+    proc = Proc(proc_name, args, env, f"http://127.0.0.1:{port}", root / f"{proc_name}.log").start()
     proc.wait_ready("/healthz", READY_TIMEOUT_S)
     return proc
 

@@ -1,5 +1,6 @@
 """`txc bench transfers` stopped with SIGTERM (a CI timeout, `kill`, a supervisor) stops what
-it started: no coordinator node, bank or PostgreSQL server is left running."""
+it started: no coordinator node, bank or PostgreSQL server is left running. On the way, the
+processes it started carry no secret on their command lines."""
 
 from __future__ import annotations
 
@@ -100,6 +101,9 @@ def test_sigterm_stops_everything_the_bench_started(tmp_path: Path) -> None:
         time.sleep(2.0)  # into the measurement
         started = _children(bench.pid) | _using(scratch)
         assert len(_services(started)) == 3 and _using(scratch), started
+        for pid in _services(started):  # secrets go by environment: `ps` shows command lines
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert b"token" not in cmdline and b"secret" not in cmdline, cmdline
         bench.send_signal(signal.SIGTERM)
         bench.wait(STOPPED_TIMEOUT_S)
         deadline = time.monotonic() + STOPPED_TIMEOUT_S
