@@ -14,7 +14,7 @@ coordinator/raft/transport.py; answers use the API's error shape and status code
 | 401 `unauthenticated` | signature, sender or timestamp refused (logged, never the secret) |
 | 404 `not_found` | this node runs standalone, without Raft |
 | 405 `method_not_allowed` | anything but POST |
-| 413 `body_too_large` | the batch is over MAX_BODY_BYTES |
+| 413 `body_too_large` | over MAX_BODY_BYTES (MAX_SIGNED_BODY_BYTES for a signed length) |
 
 The stream (coordinator/raft/transport.py says why it exists): the handshake is refused
 (HTTP 403) unless it is signed like a POST and its nonce is new; then each frame must carry
@@ -33,24 +33,35 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coordinator.raft.transport import (
     HEADER_FROM,
+    HEADER_LENGTH_SIG,
     HEADER_NONCE,
     HEADER_SIG,
     HEADER_TIME,
     MAX_BODY_BYTES,
     MAX_CLOCK_SKEW_S,
     MAX_FRAME_BYTES,
+    MAX_SIGNED_BODY_BYTES,
     NONCE_BYTES,
     RAFT_PATH,
     RAFT_STREAM_PATH,
     AuthError,
     decode_batch,
+    length_signed_body,
     open_frame,
     stream_handshake_body,
     verify,
 )
 
 _WANTED = {
-    h.lower().encode("latin-1") for h in (HEADER_FROM, HEADER_TIME, HEADER_SIG, HEADER_NONCE)
+    h.lower().encode("latin-1")
+    for h in (
+        HEADER_FROM,
+        HEADER_TIME,
+        HEADER_SIG,
+        HEADER_NONCE,
+        HEADER_LENGTH_SIG,
+        "content-length",
+    )
 }
 MAX_NONCES = 100_000  # stream nonces remembered (each for MAX_CLOCK_SKEW_S) against replay
 WS_POLICY_VIOLATION = 1008
@@ -90,11 +101,13 @@ class RaftEndpoint:
             return 404, "not_found", "this node runs standalone, without Raft"
         if scope.get("method") != "POST":
             return 405, "method_not_allowed", "POST only"
-        body = await _read_body(receive)
+        headers = _auth_headers(scope)
+        limit = self._body_limit(raft, headers, scope)
+        body = await _read_body(receive, limit)
         if body is None:
             return 413, "body_too_large", "raft batch too large"
         try:
-            sender = self._signer(raft, _auth_headers(scope), body, time.time())
+            sender = self._signer(raft, headers, body, time.time())
         except AuthError as e:
             client = scope.get("client")
             self.node.refused_peer(client[0] if client else "?", str(e))
@@ -106,17 +119,41 @@ class RaftEndpoint:
         raft.deliver(msgs)
         return 204, "", ""
 
-    def _signer(self, raft: Any, headers: dict[str, str], signed: bytes, now: float) -> int:
+    def _signer(
+        self,
+        raft: Any,
+        headers: dict[str, str],
+        signed: bytes,
+        now: float,
+        sig_header: str = HEADER_SIG,
+    ) -> int:
         """The member whose signature over `signed` the headers carry; AuthError otherwise."""
         return verify(
             self.secret,
             set(raft.urls),
             headers.get(HEADER_FROM.lower()),
             headers.get(HEADER_TIME.lower()),
-            headers.get(HEADER_SIG.lower()),
+            headers.get(sig_header.lower()),
             signed,
             now,
         )
+
+    def _body_limit(self, raft: Any, headers: dict[str, str], scope: Scope) -> int:
+        """MAX_BODY_BYTES, or the announced length when a member signed it (a snapshot bigger
+        than that): an unauthenticated sender cannot make this node buffer more."""
+        announced = headers.get("content-length", "")
+        if HEADER_LENGTH_SIG.lower() not in headers or not announced.isdigit():
+            return MAX_BODY_BYTES
+        length = int(announced)
+        if length <= MAX_BODY_BYTES or length > MAX_SIGNED_BODY_BYTES:
+            return MAX_BODY_BYTES
+        try:
+            self._signer(raft, headers, length_signed_body(length), time.time(), HEADER_LENGTH_SIG)
+        except AuthError as e:
+            client = scope.get("client")
+            self.node.refused_peer(client[0] if client else "?", f"length signature: {e}")
+            return MAX_BODY_BYTES
+        return length
 
     def _fresh_nonce(self, nonce: str, now: float) -> bool:
         if len(nonce) != 2 * NONCE_BYTES or nonce in self.nonces:
@@ -181,8 +218,8 @@ def _auth_headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The request body, or None once it grows past MAX_BODY_BYTES (reading stops there)."""
+async def _read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The request body, or None once it grows past `limit` (reading stops there)."""
     parts: list[bytes] = []
     size = 0
     while True:
@@ -191,7 +228,7 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(parts)
         chunk = msg.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
+        if size > limit:
             return None
         parts.append(chunk)
         if not msg.get("more_body", False):

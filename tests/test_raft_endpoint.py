@@ -22,6 +22,7 @@ from coordinator.bench.serving import serve
 from coordinator.raft.messages import Message, MsgType
 from coordinator.raft.transport import (
     HEADER_FROM,
+    HEADER_LENGTH_SIG,
     HEADER_NONCE,
     HEADER_SIG,
     HEADER_TIME,
@@ -29,6 +30,7 @@ from coordinator.raft.transport import (
     RAFT_STREAM_PATH,
     Transport,
     frame_mac,
+    length_signed_body,
     sign,
     stream_handshake_body,
 )
@@ -324,3 +326,67 @@ async def test_a_peer_without_the_stream_gets_posts() -> None:
             assert t.streamed == 0 and t.posted == 3
         finally:
             await t.stop()
+
+
+def _length_signed(body: bytes, length: int, secret: str = SECRET) -> Any:
+    headers = _signed(body)
+    stamp = headers[HEADER_TIME]
+    headers[HEADER_LENGTH_SIG] = sign(secret, 2, stamp, length_signed_body(length))
+    return headers
+
+
+@pytest.mark.parametrize(
+    "case, delivered",
+    [("signed", True), ("unsigned", False), ("other secret", False), ("other length", False)],
+)
+async def test_a_body_over_the_limit_needs_a_signed_length(
+    monkeypatch: pytest.MonkeyPatch, case: str, delivered: bool
+) -> None:
+    """A snapshot bigger than MAX_BODY_BYTES is read only when a member signed its length:
+    without that, an unauthenticated sender could make a node buffer up to the larger
+    bound before its signature is checked."""
+    monkeypatch.setattr("coordinator.raft_endpoint.MAX_BODY_BYTES", 100)
+    body = _batch()[:-1] + b" " * 200 + b"]"
+    headers = {
+        "signed": _length_signed(body, len(body)),
+        "unsigned": _signed(body),
+        "other secret": _length_signed(body, len(body), secret="not-the-secret"),
+        "other length": _length_signed(body, len(body) - 50),
+    }[case]
+    node = FakeNode()
+    async with _client(node) as c:
+        r = await c.post(RAFT_PATH, content=body, headers=headers)
+    assert node.raft is not None
+    if delivered:
+        assert r.status_code == 204 and len(node.raft.delivered) == 1
+    else:
+        assert r.status_code == 413 and node.raft.delivered == []
+    assert bool(node.refused) == (case in ("other secret", "other length"))  # logged
+
+
+async def test_the_transport_sends_a_big_batch_with_a_signed_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over real HTTP: a batch over the receiver's plain limit arrives; one over the signed
+    limit is not sent at all (counted as dropped)."""
+    node = FakeNode()
+    for module in ("coordinator.raft.transport", "coordinator.raft_endpoint"):
+        monkeypatch.setattr(f"{module}.MAX_BODY_BYTES", 100)
+    monkeypatch.setattr("coordinator.raft.transport.MAX_FRAME_BYTES", 10)  # POST, not stream
+    async with serve(RaftEndpoint(_inner, node, SECRET)) as url:
+        t = Transport(2, SECRET, lambda: {1: url})
+        await t.start()
+        try:
+            t.send([Message(MsgType.HEARTBEAT, 2, 1, term=k) for k in range(1, 4)])  # > 100 B
+            await _deliveries(node, 3)
+            assert t.posted == 1
+            monkeypatch.setattr("coordinator.raft.transport.MAX_SIGNED_BODY_BYTES", 120)
+            t.send([Message(MsgType.HEARTBEAT, 2, 1, term=k) for k in range(4, 8)])
+            deadline = time.monotonic() + 5
+            while t.dropped < 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert t.dropped == 4 and t.posted == 1
+        finally:
+            await t.stop()
+    assert node.raft is not None
+    assert [m.term for m in node.raft.delivered] == [1, 2, 3]

@@ -53,7 +53,12 @@ MAC_BYTES = 32  # HMAC-SHA256 digest at the head of every frame
 NONCE_BYTES = 16
 NO_STREAM_RETRY_S = 60.0  # a peer without the stream (an older node) is asked again after this
 MAX_CLOCK_SKEW_S = 300.0  # a signed request older (or newer) than this is refused
-MAX_BODY_BYTES = 64 * 1024 * 1024  # snapshots travel in one request
+MAX_BODY_BYTES = 64 * 1024 * 1024  # what a receiver reads before it can check the signature
+# A bigger body (a snapshot of a large state) is read only when its announced length carries
+# the sender's signature (HEADER_LENGTH_SIG), so that only a member can make a node buffer it.
+MAX_SIGNED_BODY_BYTES = 1024 * 1024 * 1024
+HEADER_LENGTH_SIG = "Txc-Raft-Length-Signature"
+MIN_SEND_BYTES_PER_S = 8 * 1024 * 1024  # a big POST gets SEND_TIMEOUT_S plus its size at this
 
 
 def sign(secret: str, sender: int, timestamp: str, body: bytes) -> str:
@@ -61,6 +66,12 @@ def sign(secret: str, sender: int, timestamp: str, body: bytes) -> str:
     mac.update(f"{sender}\n{timestamp}\n".encode())
     mac.update(body)
     return mac.hexdigest()
+
+
+def length_signed_body(length: int) -> bytes:
+    """What a length signature covers besides the sender and timestamp (never a batch: a
+    batch is a JSON list)."""
+    return b"length\n%d" % length
 
 
 def stream_handshake_body(nonce: str) -> bytes:
@@ -205,13 +216,27 @@ class Transport:
             HEADER_TIME: ts,
             HEADER_SIG: sign(self.secret, self.node_id, ts, body),
         }
+        timeout_s = SEND_TIMEOUT_S
+        if len(body) > MAX_BODY_BYTES:
+            if len(body) > MAX_SIGNED_BODY_BYTES:
+                log.error(
+                    "raft batch to peer %s is %d bytes, over the %d a peer accepts: dropped",
+                    peer,
+                    len(body),
+                    MAX_SIGNED_BODY_BYTES,
+                )
+                self.dropped += count
+                return
+            sig = sign(self.secret, self.node_id, ts, length_signed_body(len(body)))
+            headers[HEADER_LENGTH_SIG] = sig
+            timeout_s += len(body) / MIN_SEND_BYTES_PER_S
         assert self._session is not None
         try:
             async with self._session.post(
                 url.rstrip("/") + RAFT_PATH,
                 data=body,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT_S),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
                 await resp.read()
                 self.posted += 1
