@@ -20,17 +20,25 @@ STOPPED_TIMEOUT_S = 60.0  # until it has stopped them after SIGTERM
 POLL_S = 0.2
 
 
+def _read(pid: int, name: str) -> bytes | None:
+    """/proc/PID/NAME, or None when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:
+        return None
+
+
+def _pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
 def _children(pid: int) -> set[int]:
-    """Every descendant of `pid` (by /proc)."""
+    """Every descendant of `pid`."""
     parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    for p in _pids():
+        stat = _read(p, "stat")
+        if stat is not None:
+            parents[p] = int(stat.rsplit(b")", 1)[1].split()[1])
     found: set[int] = set()
     todo = [pid]
     while todo:
@@ -44,42 +52,21 @@ def _children(pid: int) -> set[int]:
 
 def _using(path: Path) -> set[int]:
     """Processes whose command line names `path` (PostgreSQL detaches from its starter)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if str(path).encode() in cmdline:
-            found.add(int(entry))
-    return found
+    return {p for p in _pids() if str(path).encode() in (_read(p, "cmdline") or b"")}
 
 
 def _services(pids: set[int]) -> set[int]:
     """The coordinator nodes and banks among `pids`."""
-    found = set()
-    for p in pids:
-        try:
-            cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"coordinator\0serve" in cmdline or b"txc_demo.bank" in cmdline:
-            found.add(p)
-    return found
+    names = (b"coordinator\0serve", b"txc_demo.bank")
+    return {p for p in pids if any(n in (_read(p, "cmdline") or b"") for n in names)}
 
 
 def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for p in pids:
-        try:
-            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.add(p)
-    return alive
+    """Those of `pids` still running (a zombie has ended)."""
+    stats = {p: _read(p, "stat") for p in pids}
+    return {
+        p for p, st in stats.items() if st is not None and st.rsplit(b")", 1)[1].split()[0] != b"Z"
+    }
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
@@ -102,7 +89,7 @@ def test_sigterm_stops_everything_the_bench_started(tmp_path: Path) -> None:
         started = _children(bench.pid) | _using(scratch)
         assert len(_services(started)) == 3 and _using(scratch), started
         for pid in _services(started):  # secrets go by environment: `ps` shows command lines
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cmdline = _read(pid, "cmdline") or b""
             assert b"token" not in cmdline and b"secret" not in cmdline, cmdline
         bench.send_signal(signal.SIGTERM)
         bench.wait(STOPPED_TIMEOUT_S)
