@@ -420,6 +420,13 @@ class PgResourceManager(ParticipantBase):
                 rec = record.get(conn, self.name, txid)
                 if rec is not None:
                     recs[txid] = rec
+            # A 'prepared' record whose work the listing above did not return (past its LIMIT,
+            # or younger than min_age_s) must not pass for "committed, record lagging":
+            # recovery would then COMMIT PREPARED it without asking. Look each one up.
+            for txid in recs.keys() - prepared.keys():
+                gid = recs[txid].gid or make_gid(self.name, txid)
+                if self._is_prepared(conn, gid):
+                    prepared[txid] = gid
         out = []
         for txid in sorted(prepared.keys() | recs.keys()):
             rec = recs.get(txid)

@@ -208,3 +208,26 @@ def test_recovery_loop_later_passes_skip_young_work(engine: Engine, coord) -> No
     assert [c.txid for c in rm.in_doubt()] == [txid]
     loop.stop()
     rm.close()
+
+
+def test_prepared_work_past_the_listing_limit_is_asked_about_not_committed(
+    db_url, engine, make_engine, coord, monkeypatch
+) -> None:
+    """More prepared transactions than one pass lists: the ones left out of the listing still
+    count as prepared (the coordinator is asked), never as "committed, record lagging"
+    (which would COMMIT PREPARED them without a decision)."""
+    monkeypatch.setattr("participant_sdk.pg_resource.MAX_IN_DOUBT_PER_PASS", 1)
+    coord.fake.drive_phase2 = False
+    txids = []
+    for key in ("first", "second", "third"):
+        txid = httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"]
+        prepare_then_crash(db_url, make_engine, coord, txid, key)
+        txids.append(txid)
+    rm = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:9", coordinator_url=coord.url
+    )
+    assert all(c.prepared for c in rm.in_doubt())
+    report = rm.resolve_in_doubt()  # the coordinator has decided nothing: all stay pending
+    assert set(report.actions().values()) == {"left_pending"}
+    assert len(prepared_gids(engine)) == 3 and items(engine) == {}
+    rm.close()
