@@ -30,6 +30,22 @@ def pack(doc_json: bytes) -> bytes:
     return MAGIC + zlib.compress(doc_json, COMPRESS_LEVEL)
 
 
+class Packer:
+    """`pack` by pieces: the JSON is never held whole (a big state's snapshot is written as
+    its records stream out of the database)."""
+
+    def __init__(self) -> None:
+        self._deflate = zlib.compressobj(COMPRESS_LEVEL)
+        self._out = [MAGIC]
+
+    def add(self, piece: bytes) -> None:
+        self._out.append(self._deflate.compress(piece))
+
+    def finish(self) -> bytes:
+        self._out.append(self._deflate.flush())
+        return b"".join(self._out)
+
+
 def unpack(data: bytes, max_json_bytes: int = MAX_JSON_BYTES) -> bytes:
     """The snapshot's JSON, from either form. Raises zlib.error for a damaged stream and
     SnapshotTooLarge for one that would inflate past `max_json_bytes`."""

@@ -34,6 +34,7 @@ MAX_BATCH_LOOKUP = 1000  # txids fetched in one query when a batch touches cold 
 # Finished transactions kept in memory (newest): a commit's answer, a client's or participant's
 # read just after the end, and a repeated message are served without a query.
 MAX_RECENT_FINISHED = 10_000
+DUMP_BATCH_ROWS = 5000  # records a snapshot reads from its cursor at a time
 
 
 @dataclass(frozen=True)
@@ -335,14 +336,23 @@ class Store:
         the caller checkpoints first, `snapshot_codec` says why it is compressed), and how many
         records it holds."""
         # The records as PostgreSQL prints them, joined: parsing every record only to print
-        # it again was most of a snapshot's cost (the whole table, every `snapshot_entries`).
-        rows = await conn.execute(
-            select(cast(schema.transactions.c.doc, Text)).order_by(schema.transactions.c.txid)
+        # it again was most of a snapshot's cost (the whole table). They stream through a
+        # server-side cursor into the compressor, DUMP_BATCH_ROWS at a time, so that neither
+        # the rows nor the JSON are ever held whole.
+        packer = snapshot_codec.Packer()
+        packer.add(b'{"transactions":[')
+        count = 0
+        result = await conn.stream(
+            select(cast(schema.transactions.c.doc, Text))
+            .order_by(schema.transactions.c.txid)
+            .execution_options(yield_per=DUMP_BATCH_ROWS)
         )
-        docs = [r[0].encode() for r in rows.fetchall()]
-        head = b'{"transactions":[' + b",".join(docs) + b"]"
-        tail = orjson.dumps(extra)[1:] if extra else b"}"
-        return snapshot_codec.pack(head + (b"," + tail if extra else tail)), len(docs)
+        async for rows in result.partitions():
+            piece = b",".join(r[0].encode() for r in rows)
+            packer.add(b"," + piece if count else piece)
+            count += len(rows)
+        packer.add(b"]" + (b"," + orjson.dumps(extra)[1:] if extra else b"}"))
+        return packer.finish(), count
 
     async def restore(self, conn: AsyncConnection, data: bytes) -> dict[str, Transaction]:
         """Replace the applied state with a snapshot's (InstallSnapshot). The timeline of
