@@ -42,6 +42,13 @@ if not re.fullmatch(r"[a-z_][a-z0-9_]*", TABLE_NAME):
     raise RuntimeError(f"the record table's name needs quoting: {TABLE_NAME!r}")
 _T = TABLE_NAME
 _STATE_SQL = f"SELECT state FROM {_T} WHERE participant = %s AND txid = %s"
+# The work transaction's first statement: the record, and the transaction's isolation level
+# in the same round trip (see work_start).
+_WORK_START_SQL = (
+    "SELECT current_setting('transaction_isolation'), "
+    f"(SELECT state FROM {_T} WHERE participant = %s AND txid = %s)"
+)
+READ_COMMITTED = "read committed"
 # The record check rides along with taking the lock (one round trip). Its snapshot may predate
 # the lock, so it can miss a record another lock holder has just written: that only costs a
 # PREPARE that the record insert below then refuses (and rolls back, still under the lock).
@@ -100,6 +107,18 @@ def autocommit_driver(engine: Engine) -> Iterator[Driver]:
         raise
     finally:
         raw.close()
+
+
+def work_start(driver: Driver, participant: str, txid: str) -> tuple[str, str | None]:
+    """The work transaction's isolation level and the record's state. Why the level: the
+    record check taken with the txid lock before PREPARE must see records committed up to
+    that moment, which only READ COMMITTED gives inside a transaction; under REPEATABLE READ
+    a duplicate request could read "no record" from its old snapshot, PREPARE the gid of a
+    transaction already committed, and a crash before it undid that would leave recovery
+    committing the duplicate's work."""
+    row = driver.execute(_WORK_START_SQL, (participant, txid)).fetchone()
+    assert row is not None
+    return str(row[0]), None if row[1] is None else str(row[1])
 
 
 def record_state(driver: Driver, participant: str, txid: str) -> str | None:

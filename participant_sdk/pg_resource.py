@@ -150,10 +150,17 @@ class PgResourceManager(ParticipantBase):
             driver = fast.driver_of(conn.connection.dbapi_connection)
             try:
                 # The work transaction's first statement (no transaction of its own).
-                existing = fast.record_state(driver, self.name, txid)
+                isolation, existing = fast.work_start(driver, self.name, txid)
             except BaseException:
                 trans.rollback()
                 raise
+            if isolation != fast.READ_COMMITTED:
+                trans.rollback()
+                raise ParticipantError(
+                    f"the participant's work must run at READ COMMITTED, not {isolation} "
+                    "(the engine's or the server's default isolation level)",
+                    code="isolation_not_supported",
+                )
             if existing is not None:
                 trans.rollback()
                 raise self._refusal(existing)

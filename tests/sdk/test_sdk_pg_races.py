@@ -154,17 +154,16 @@ def test_repeated_commit_never_commits_a_refused_second_request(
     _do_work(rm, txid, "first")
     assert rm.commit(txid).status == 200
     # Make both of the second request's checks miss the record, as in that interleaving.
-    real_state, real_lock = fast.record_state, fast.lock_and_state
-    reads: list[int] = []
+    real_start, real_lock = fast.work_start, fast.lock_and_state
 
-    def first_read_misses(*args: Any) -> str | None:
-        reads.append(1)
-        return None if len(reads) == 1 else real_state(*args)
+    def start_misses(*args: Any) -> tuple[str, str | None]:
+        isolation, _ = real_start(*args)
+        return isolation, None
 
     def lock_then_miss(*args: Any) -> None:
         real_lock(*args)
 
-    monkeypatch.setattr(fast, "record_state", first_read_misses)
+    monkeypatch.setattr(fast, "work_start", start_misses)
     monkeypatch.setattr(fast, "lock_and_state", lock_then_miss)
     replies: list[int] = []
     done = threading.Event()

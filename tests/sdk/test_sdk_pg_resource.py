@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 
 from participant_sdk import (
     TRANSACTION_HEADER,
+    ParticipantError,
     PgResourceManager,
     TransactionAborted,
     TxcClient,
@@ -322,4 +323,30 @@ def test_concurrent_work_for_same_txid_prepares_once(engine: Engine, coord) -> N
     assert prepared_gids(engine) == [make_gid("svc", txid)]
     assert rm.commit(txid).status == 200
     assert len(items(engine)) == 1
+    rm.close()
+
+
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+def test_work_above_read_committed_is_refused_before_anything_is_done(
+    engine: Engine, coord, level: str
+) -> None:
+    """At REPEATABLE READ the record check under the txid lock reads the transaction's old
+    snapshot: a duplicate request could PREPARE the gid of a transaction already committed,
+    and a crash before it undid that would leave recovery committing the duplicate's work.
+    So the SDK refuses such an engine at the first statement: nothing prepared, nothing
+    enlisted, nothing written."""
+    rm = PgResourceManager(
+        "svc",
+        engine.execution_options(isolation_level=level),
+        public_url="http://127.0.0.1:9",
+        coordinator_url=coord.url,
+    )
+    txid = httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"]
+    with pytest.raises(ParticipantError) as exc:
+        with rm.work(txid) as w:
+            w.connection.execute(text("INSERT INTO items VALUES ('rr', 1)"))
+    assert exc.value.code == "isolation_not_supported" and exc.value.status == 500
+    assert level.lower() in str(exc.value)
+    assert items(engine) == {} and prepared_gids(engine) == []
+    assert record_state(engine, "svc", txid) is None and coord.fake.count("enlist") == 0
     rm.close()
