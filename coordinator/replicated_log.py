@@ -69,6 +69,9 @@ MAX_COMMITTED_PER_READY = 64
 EARLY_LEADER_MESSAGES = frozenset({MsgType.APPEND, MsgType.HEARTBEAT})
 MAX_APPLY_QUEUE = 1024  # Readys' committed lists waiting to be applied (back-pressure beyond)
 MAX_APPLY_BATCH = 256  # committed entries the applier task takes at once
+# Log bytes applied since the last snapshot that make the next one due even when the state
+# holds more records than that many entries (snapshot_due): bounds the in-memory log.
+SNAPSHOT_MAX_LOG_BYTES = 256 * 1024 * 1024
 PROMOTE_CHECK_TICKS = 10  # how often the leader looks for learners ready to vote
 READ_TIMEOUT_S = 5.0  # a linearizable read the leader cannot confirm in this time fails
 PROPOSE_TIMEOUT_S = 10.0  # a proposal not committed in this time fails (it may still commit)
@@ -144,8 +147,10 @@ class RaftLog:
         self._tasks: list[asyncio.Task[None]] = []
         self.leader_changes = 0
         self.snapshot_index = 0
-        # Records in the last snapshot this node took or installed (0 until it has one).
+        # Records in the last snapshot this node took or installed (0 until it has one), and
+        # the bytes of the entries applied since (an estimate after a restart: see start).
         self.snapshot_records = 0
+        self.log_bytes_since_snapshot = 0
         self.join = join
         # Crash-only: a node whose storage failed stops (a supervisor restarts it) rather
         # than serve with a core that believes writes happened.
@@ -184,6 +189,7 @@ class RaftLog:
         await self.store.load_inflight()
         if self.snapshot_index:
             self.snapshot_records = await self.store.record_count()
+        self.log_bytes_since_snapshot = sum(len(e.data) for e in state.entries)
         self.checkpoint.resume_at(state.applied, _applied_term(state))
         self.checkpoint.start()
         await self.transport.start()
@@ -547,6 +553,7 @@ class RaftLog:
             self.applied = snap.meta.index
             self.snapshot_index = snap.meta.index
             self.snapshot_records = len(restored)
+            self.log_bytes_since_snapshot = 0
             self._after_applied()
 
     async def _apply_loop(self) -> None:
@@ -606,6 +613,7 @@ class RaftLog:
         self.store.publish(b.changed)
         for e in b.entries:
             self.applied = e.index
+            self.log_bytes_since_snapshot += len(e.data)
             p = self.pending.pop(e.index, None)
             if p is not None and not p.future.done():
                 if p.term == e.term:
@@ -665,16 +673,22 @@ class RaftLog:
 
     def snapshot_due(self) -> bool:
         """Whether enough applied entries follow the last snapshot to take the next one: at
-        least `snapshot_entries`, and at least as many as the last snapshot held records.
+        least `snapshot_entries`, and then at least as many as the last snapshot held
+        records, or SNAPSHOT_MAX_LOG_BYTES of entries, whichever comes first.
 
-        Why the second bound: a snapshot is the whole applied state (every transaction ever
-        recorded: finished ones are kept), so its cost grows with the table. At a fixed
-        interval, total snapshot work grew with the square of the transactions recorded; with
-        the interval at least the snapshot's size, each applied entry pays for at most one
-        record's share of a snapshot, and the log never holds more entries than the state
-        holds records (plus `snapshot_entries`)."""
-        due = max(self.snapshot_entries, self.snapshot_records)
-        return self.applied - self.snapshot_index >= due
+        Why: a snapshot is the whole applied state (every transaction ever recorded: finished
+        ones are kept), so its cost grows with the table. At a fixed interval, total snapshot
+        work grew with the square of the transactions recorded; with the interval at least
+        the snapshot's size, each applied entry pays for at most one record's share. But the
+        log between snapshots is held in memory (and read back at start-up): the byte bound
+        keeps it from growing with the state; past it, snapshots cost more per entry again
+        (see the README's note on state growth)."""
+        since = self.applied - self.snapshot_index
+        if since < self.snapshot_entries:
+            return False
+        return since >= self.snapshot_records or (
+            self.log_bytes_since_snapshot >= SNAPSHOT_MAX_LOG_BYTES
+        )
 
     async def _maybe_snapshot(self) -> None:
         """Compact the log once `snapshot_due`. The snapshot is a checkpoint's state: the log
@@ -696,6 +710,7 @@ class RaftLog:
         self._put("compact", (index, data))
         self.snapshot_index = index
         self.snapshot_records = records
+        self.log_bytes_since_snapshot = 0
         log.info(
             "node %s compacted its log up to %s (term %s, last %s)",
             self.id,

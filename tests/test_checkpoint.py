@@ -13,7 +13,7 @@ import orjson
 import psycopg
 import pytest
 
-from coordinator import checkpoint, schema, snapshot_codec
+from coordinator import checkpoint, replicated_log, schema, snapshot_codec
 from coordinator.commands import Ack, Begin, Decide, Enlist, encode_batch
 from coordinator.model import Outcome, TxState, Vote
 from coordinator.raft.core import RaftNode
@@ -157,10 +157,14 @@ async def test_a_snapshot_is_taken_from_a_checkpoint(node_db: str) -> None:
     await close(rl)
 
 
-async def test_snapshots_come_no_more_often_than_their_size(node_db: str) -> None:
+async def test_snapshots_come_no_more_often_than_their_size(
+    node_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A snapshot holds every record, so the next one waits for at least as many applied
     entries as the last one held records (total snapshot work stays linear in the
-    transactions recorded, not quadratic); a restart knows the size from the database."""
+    transactions recorded, not quadratic), unless the log since the last one outgrows
+    SNAPSHOT_MAX_LOG_BYTES (it is held in memory); a restart knows the size from the
+    database."""
     rl, _ = await make_log(node_db)
     index = 1
 
@@ -180,6 +184,10 @@ async def test_snapshots_come_no_more_often_than_their_size(node_db: str) -> Non
     rl.snapshot_records = 6  # as if the state held 6 records: 4 entries are no longer enough
     await transaction("t3")
     assert not rl.snapshot_due()
+    assert 0 < rl.log_bytes_since_snapshot < replicated_log.SNAPSHOT_MAX_LOG_BYTES
+    monkeypatch.setattr(replicated_log, "SNAPSHOT_MAX_LOG_BYTES", rl.log_bytes_since_snapshot)
+    assert rl.snapshot_due()  # the log's size makes it due before the record count does
+    monkeypatch.undo()
     await rl._maybe_snapshot()
     assert rl.snapshot_index == 12
     await transaction("t4")
@@ -187,6 +195,7 @@ async def test_snapshots_come_no_more_often_than_their_size(node_db: str) -> Non
     rl.core = RaftNode(rl.cfg, await load(rl.engine, frozenset(PEERS)), random.Random(0))
     await rl._maybe_snapshot()
     assert rl.snapshot_index == 20 and rl.snapshot_records == 5
+    assert rl.log_bytes_since_snapshot == 0
     await close(rl)
 
     again, _ = await make_log(node_db)
