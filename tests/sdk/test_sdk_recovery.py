@@ -12,7 +12,7 @@ from sdk_helpers import items, prepared_gids, record_state
 from sqlalchemy import Engine, text
 
 from participant_sdk import PgResourceManager, make_gid
-from participant_sdk.recovery import RecoveryLoop
+from participant_sdk.recovery import InDoubt, RecoveryLoop
 from participant_sdk.recovery import main as recovery_main
 
 POLL_TIMEOUT_S = 20.0
@@ -231,3 +231,33 @@ def test_prepared_work_past_the_listing_limit_is_asked_about_not_committed(
     assert set(report.actions().values()) == {"left_pending"}
     assert len(prepared_gids(engine)) == 3 and items(engine) == {}
     rm.close()
+
+
+class _ManyPending:
+    """A participant with five prepared transactions the coordinator leaves pending."""
+
+    name = "many"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def in_doubt(self, min_age_s: float = 0.0) -> list[InDoubt]:
+        return [InDoubt(t, prepared=True, record_state="prepared") for t in "edcba"]
+
+    def coordinator_for(self, url: str | None) -> _ManyPending:
+        return self
+
+    def outcome(self, txid: str) -> str:
+        self.asked.append(txid)
+        return "pending"
+
+
+def test_full_passes_take_turns_so_pending_work_cannot_hide_the_rest(monkeypatch) -> None:
+    """With more candidates than a pass looks at, the next pass starts after the last txid
+    the previous one saw (wrapping round): every candidate is looked at within a few passes."""
+    monkeypatch.setattr("participant_sdk.recovery.MAX_IN_DOUBT_PER_PASS", 2)
+    p = _ManyPending()
+    loop = RecoveryLoop(p, interval_s=60)  # type: ignore[arg-type]
+    seen = [[i.txid for i in loop.run_once().items] for _ in range(4)]
+    assert seen == [["a", "b"], ["c", "d"], ["e", "a"], ["b", "c"]]
+    assert set(p.asked) == set("abcde")
