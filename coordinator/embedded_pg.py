@@ -15,6 +15,7 @@ import os
 import platform
 import socket
 import subprocess
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,11 +40,26 @@ def _bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
+_HANDED_OUT: set[int] = set()  # ports this process was given (their owners may not bind yet)
+_HANDED_OUT_LOCK = threading.Lock()
+MAX_FREE_PORT_TRIES = 100
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that nothing listens on right now (the OS picks it), and that this process
+    has not handed out before. Why the second condition: the port is only bound later by its
+    user (often a child process); meanwhile the OS may offer the same port again, and two
+    services of one test or one `txc up` would then race for it (seen in CI: a bank failed to
+    bind and its URL reached the other bank)."""
+    for _ in range(MAX_FREE_PORT_TRIES):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        with _HANDED_OUT_LOCK:
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+    raise RuntimeError(f"no fresh TCP port in {MAX_FREE_PORT_TRIES} tries")
 
 
 def _running_as_root() -> bool:

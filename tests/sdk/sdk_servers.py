@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,14 +10,14 @@ from typing import Any
 
 import uvicorn
 
+from coordinator import embedded_pg
+
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return embedded_pg.free_port()  # never the same port twice in one process
 
 
 class ServerThread:
