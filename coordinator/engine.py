@@ -64,7 +64,12 @@ class _Phase2Incomplete(Exception):
 
 @dataclass(frozen=True)
 class VoteReply:
-    vote: Vote
+    """A participant's answer to prepare. `vote` None: no answer we can read (a timeout, a
+    refused connection, a 5xx, a garbled body). That is not a NO: the participant may have
+    prepared before the answer was lost, so it gets no recorded vote and, once the
+    transaction is aborted, phase 2 sends it the abort (and retries it until acknowledged)."""
+
+    vote: Vote | None
     reason: str | None
 
 
@@ -270,6 +275,12 @@ class Engine:
             unanimous = True
             reasons: list[str] = []
             for p, reply in zip(ask, replies, strict=True):
+                if reply.vote is None:
+                    # No vote is recorded (rule 2 still refuses the COMMIT: the vote is
+                    # missing); the abort's reason says why.
+                    unanimous = False
+                    reasons.append(f"{p.name}: no answer to prepare ({reply.reason})")
+                    continue
                 commands.append(
                     RecordVote(
                         txid=txid,
@@ -462,15 +473,17 @@ class _LeadershipLost(Exception):
 
 
 def interpret_prepare(reply: Reply) -> VoteReply:
-    """DESIGN §5: 200 yes/read_only, 409 no; anything else (no answer, an error, a body we
-    cannot read) counts as NO: rule 2 commits only on unanimous YES."""
+    """DESIGN §5: 200 yes/read_only, 409 no. Anything else (no answer, an error, a body we
+    cannot read) is no vote at all (`VoteReply.vote` None): the transaction aborts (rule 2
+    commits only on unanimous YES) and the participant is sent the abort, since it may have
+    prepared. Only an explicit NO means that it rolled back on its own."""
     vote = reply.body.get("vote")
     if reply.status == 200 and vote in (Vote.YES.value, Vote.READ_ONLY.value):
         return VoteReply(Vote(vote), None)
     if reply.status == 409:
         reason = reply.body.get("reason") or reply.error or "voted no"
         return VoteReply(Vote.NO, str(reason))
-    return VoteReply(Vote.NO, reply.error or f"prepare: unexpected answer HTTP {reply.status}")
+    return VoteReply(None, reply.error or f"unexpected answer HTTP {reply.status}")
 
 
 def interpret_phase2(action: str, reply: Reply) -> tuple[bool, str | None]:

@@ -22,6 +22,7 @@ class ScriptedParticipant:
     vote: str = "yes"
     phase2_status: int | None = None
     prepare_delay_s: float = 0.0
+    prepare_status: int | None = None  # answer prepare with this error status instead
     calls: list[tuple[str, str]] = field(default_factory=list)
     committed: set[str] = field(default_factory=set)
     aborted: set[str] = field(default_factory=set)
@@ -34,6 +35,10 @@ class ScriptedParticipant:
             body = await req.json()
             self.calls.append(("prepare", body["txid"]))
             await asyncio.sleep(self.prepare_delay_s)
+            if self.prepare_status is not None:
+                return JSONResponse(
+                    {"error": {"code": "down", "message": "scripted failure"}}, self.prepare_status
+                )
             if self.vote == "no":
                 return JSONResponse({"vote": "no", "reason": "insufficient funds"}, 409)
             return JSONResponse({"vote": self.vote})

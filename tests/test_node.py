@@ -109,6 +109,8 @@ async def test_a_no_vote_aborts_everyone_who_may_hold_work(node_db: str) -> None
         assert body["error"]["code"] == "aborted" and body["outcome"] == "abort"
         assert "insufficient funds" in body["error"]["message"]
         assert txid in yes.aborted and txid not in yes.committed and txid not in no.committed
+        # An explicit NO means the participant rolled back on its own: no abort is sent.
+        assert ("abort", txid) not in no.calls
         assert (await c.post(f"/v1/transactions/{txid}/commit")).status_code == 409
         late = await enlist(c, txid, "late", uy)
         assert late.status_code == 409
@@ -124,9 +126,55 @@ async def test_participant_down_at_prepare_aborts(node_db: str) -> None:
         r = await c.post(f"/v1/transactions/{txid}/commit")
         assert r.status_code == 409
         t = r.json()["transaction"]
-        dead_p = next(p for p in t["participants"] if p["name"] == "dead")
-        assert dead_p["vote"] == "no" and "prepare" in dead_p["vote_reason"]
+        assert "dead: no answer to prepare" in t["decision_reason"]
         assert txid in up.aborted
+        # No answer is not a NO: the dead participant may have prepared before it died, so
+        # it gets the abort, retried (and visible) until it answers.
+        dead_p = next(p for p in t["participants"] if p["name"] == "dead")
+        assert dead_p["vote"] is None and dead_p["phase2"] == "pending"
+
+        async def retried() -> bool:
+            t = (await c.get(f"/v1/transactions/{txid}")).json()
+            d = next(p for p in t["participants"] if p["name"] == "dead")
+            return t["state"] == "aborting" and d["attempts"] >= 2 and bool(d["last_error"])
+
+        await wait_for(retried)
+
+
+@pytest.mark.parametrize("how", ["5xx", "too_slow"])
+async def test_a_participant_that_did_not_answer_prepare_gets_the_abort(
+    node_db: str, how: str
+) -> None:
+    """Its prepare may have made the work durable before the answer was lost (a crash after
+    preparing, a timeout, a 503 from a failing callback): phase 2 must tell it to abort."""
+    ok = ScriptedParticipant()
+    if how == "5xx":
+        silent = ScriptedParticipant(prepare_status=503)
+    else:
+        silent = ScriptedParticipant(prepare_delay_s=1.0)
+    async with (
+        serve(ok.app()) as uo,
+        serve(silent.app()) as us,
+        running_node(node_db, prepare_timeout_s=0.3) as c,
+    ):
+        txid = await begin(c)
+        await enlist(c, txid, "ok", uo)
+        await enlist(c, txid, "silent", us)
+        r = await c.post(f"/v1/transactions/{txid}/commit")
+        assert r.status_code == 409, r.text
+        assert ("prepare", txid) in silent.calls
+
+        async def finished() -> bool:
+            t = (await c.get(f"/v1/transactions/{txid}")).json()
+            return t["state"] == "aborted"
+
+        await wait_for(finished)
+        assert txid in silent.aborted and txid in ok.aborted
+        assert not silent.committed and not ok.committed
+        t = (await c.get(f"/v1/transactions/{txid}")).json()
+        s = next(p for p in t["participants"] if p["name"] == "silent")
+        assert s["vote"] is None and s["phase2"] == "done"
+        assert "silent: no answer to prepare" in t["decision_reason"]
 
 
 async def test_phase2_participant_down_then_back_completes(node_db: str) -> None:

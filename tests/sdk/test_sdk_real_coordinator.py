@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sdk_helpers import items, prepared_gids
 from sdk_servers import ServerThread, free_port
 from sqlalchemy import Engine, text
@@ -16,7 +17,15 @@ from sqlalchemy import Engine, text
 from coordinator import migrate
 from coordinator.config import Settings
 from coordinator.node import build_app
-from participant_sdk import PgResourceManager, TransactionAborted, TxcClient
+from participant_sdk import (
+    CallbackParticipant,
+    CallbackWork,
+    PgResourceManager,
+    TransactionAborted,
+    TxcClient,
+    create_tables,
+    record,
+)
 from txc_demo.bank import SEED_ACCOUNTS, create_app
 from txc_demo.transfer import TransferFailed, transfer
 
@@ -128,3 +137,59 @@ def test_recovery_asks_the_real_coordinator(coordinator_url: str, engine: Engine
     assert rm.resolve_in_doubt().actions() == {tx.txid: "committed"}
     assert items(engine) == {"r": 1} and prepared_gids(engine) == []
     rm.close()
+
+
+def test_callback_work_prepared_but_not_recorded_is_aborted(
+    coordinator_url: str, pg, make_engine, monkeypatch
+) -> None:
+    """The prepare callback made the work durable, then the SDK failed before its record
+    (a crash there looks the same to the coordinator: no readable answer). The coordinator
+    must not count that as a NO (a NO voter has rolled back on its own): it sends the abort,
+    and the abort callback releases the work."""
+    reserved: dict[str, list[str]] = {}
+    released: list[str] = []
+    engine = make_engine(pg.new_database("cb"))
+    create_tables(engine)
+    port = free_port()
+    cp = CallbackParticipant(
+        "reserver",
+        prepare=lambda txid: "yes",  # the reservation is already durable in `reserved`
+        commit=lambda txid: None,
+        abort=lambda txid: released.append(txid) or reserved.pop(txid, None),
+        record_engine=engine,
+        public_url=f"http://127.0.0.1:{port}",
+        coordinator_url=coordinator_url,
+        token=API_TOKEN,
+        participant_token=PARTICIPANT_TOKEN,
+    )
+    app = FastAPI()
+    cp.install(app, recovery=False)
+
+    @app.post("/reserve/{item}")
+    def reserve(item: str, work: CallbackWork = cp.join()) -> dict:
+        assert work.txid is not None
+        reserved.setdefault(work.txid, []).append(item)
+        return {"txid": work.txid}
+
+    real_insert = record.insert_if_absent
+
+    def lost(*args, **kwargs):
+        raise ConnectionError("record store went away")
+
+    server = ServerThread(app, port).start()
+    try:
+        with TxcClient(coordinator_url, token=API_TOKEN) as client:
+            tx = client.begin()
+            r = httpx.post(f"{server.url}/reserve/seat-1", headers=tx.headers)
+            assert r.status_code == 200
+            monkeypatch.setattr(record, "insert_if_absent", lost)
+            with pytest.raises(TransactionAborted):
+                client.commit(tx.txid)
+            monkeypatch.setattr(record, "insert_if_absent", real_insert)
+            eventually(lambda: client.get(tx.txid)["state"] == "aborted")
+            assert released == [tx.txid] and tx.txid not in reserved
+            [p] = client.get(tx.txid)["participants"]
+            assert p["vote"] is None and p["phase2"] == "done"
+    finally:
+        server.stop()
+        cp.close()
