@@ -52,9 +52,14 @@ READ_COMMITTED = "read committed"
 # The record check rides along with taking the lock (one round trip). Its snapshot may predate
 # the lock, so it can miss a record another lock holder has just written: that only costs a
 # PREPARE that the record insert below then refuses (and rolls back, still under the lock).
+# Should the process die before that rollback, the record's xid (read here too) shows the
+# prepared transaction is not the recorded one, and whoever meets it next rolls it back.
+# It also reads the work transaction's id (the 32-bit xid that pg_prepared_xacts shows once it
+# is prepared; pg_current_xact_id() adds the epoch above it), for the record.
 _LOCK_AND_STATE_SQL = (
     "SELECT pg_advisory_lock(%s, hashtext(%s)), "
-    f"(SELECT state FROM {_T} WHERE participant = %s AND txid = %s)"
+    f"(SELECT state FROM {_T} WHERE participant = %s AND txid = %s), "
+    "pg_current_xact_id()::text::bigint & 4294967295"
 )
 # Insert the 'prepared' record and, only when it was inserted, release the txid lock, in one
 # statement (one transaction). The unlock takes effect just before that transaction commits:
@@ -65,8 +70,8 @@ _LOCK_AND_STATE_SQL = (
 # back and the lock stays held for the caller to undo its PREPARE first.
 _RECORD_AND_UNLOCK_SQL = (
     "WITH ins AS ("
-    f"INSERT INTO {_T} (participant, txid, state, gid, coordinator_url) "
-    "VALUES (%s, %s, 'prepared', %s, %s) "
+    f"INSERT INTO {_T} (participant, txid, state, gid, coordinator_url, xid) "
+    "VALUES (%s, %s, 'prepared', %s, %s, %s) "
     "ON CONFLICT (participant, txid) DO NOTHING RETURNING 1) "
     "SELECT pg_advisory_unlock(%s, hashtext(%s)) FROM ins"
 )
@@ -126,14 +131,14 @@ def record_state(driver: Driver, participant: str, txid: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def lock_and_state(driver: Driver, participant: str, txid: str) -> str | None:
-    """Take the txid's session advisory lock (it outlives the PREPARE that follows) and read
-    the record's state."""
+def lock_and_state(driver: Driver, participant: str, txid: str) -> tuple[str | None, int]:
+    """Take the txid's session advisory lock (it outlives the PREPARE that follows); the
+    record's state and the work transaction's xid."""
     key = lock_key(participant, txid)
     row = driver.execute(_LOCK_AND_STATE_SQL, (ADVISORY_LOCK_CLASS, key, participant, txid))
     found = row.fetchone()
     assert found is not None
-    return None if found[1] is None else str(found[1])
+    return (None if found[1] is None else str(found[1])), int(found[2])
 
 
 def unlock(driver: Driver, participant: str, txid: str) -> None:
@@ -153,13 +158,14 @@ def record_prepared_and_unlock(
     txid: str,
     gid: str,
     coordinator_url: str | None,
+    xid: int,
 ) -> bool:
-    """Insert the 'prepared' record and release the txid lock; False (lock still held, nothing
-    written) when a record for the txid already exists."""
+    """Insert the 'prepared' record of the prepared transaction `xid` and release the txid
+    lock; False (lock still held, nothing written) when a record for the txid already exists."""
     key = lock_key(participant, txid)
     cur = driver.execute(
         _RECORD_AND_UNLOCK_SQL,
-        (participant, txid, gid, coordinator_url, ADVISORY_LOCK_CLASS, key),
+        (participant, txid, gid, coordinator_url, xid, ADVISORY_LOCK_CLASS, key),
     )
     return cur.fetchone() is not None
 

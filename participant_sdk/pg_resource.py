@@ -72,7 +72,8 @@ BUSY_WAIT_S = 0.01
 SQLSTATE_PREREQUISITE = "55000"  # e.g. prepared transactions are disabled
 
 _PREPARED_SQL = text(
-    "SELECT 1 FROM pg_prepared_xacts WHERE gid = :gid AND database = current_database()"
+    "SELECT transaction::text::bigint FROM pg_prepared_xacts "
+    "WHERE gid = :gid AND database = current_database()"
 )
 _OWNED_SQL = text(
     "SELECT gid FROM pg_prepared_xacts "
@@ -215,7 +216,7 @@ class PgResourceManager(ParticipantBase):
                 "the work's transaction had failed; nothing was prepared", code="work_failed"
             )
         try:
-            existing = fast.lock_and_state(driver, self.name, txid)
+            existing, xid = fast.lock_and_state(driver, self.name, txid)
         except psycopg.Error as e:
             # E.g. a statement timeout while waiting: drop the session, and any lock with it.
             conn.invalidate()
@@ -253,7 +254,7 @@ class PgResourceManager(ParticipantBase):
                 raise WorkRefused(
                     "the work's transaction had failed; nothing was prepared", code="work_failed"
                 )
-            if fast.record_prepared_and_unlock(driver, self.name, txid, gid, coordinator_url):
+            if fast.record_prepared_and_unlock(driver, self.name, txid, gid, coordinator_url, xid):
                 locked = False
                 return
             # A record got there first (an abort, or an earlier request of this txid that has
@@ -286,8 +287,39 @@ class PgResourceManager(ParticipantBase):
     # -- PostgreSQL helpers ---------------------------------------------------------------------
 
     @staticmethod
-    def _is_prepared(conn: Connection, gid: str) -> bool:
-        return conn.execute(_PREPARED_SQL, {"gid": gid}).first() is not None
+    def _prepared_xid(conn: Connection, gid: str) -> int | None:
+        """The xid of the transaction prepared as `gid`, or None when there is none."""
+        xid = conn.execute(_PREPARED_SQL, {"gid": gid}).scalar_one_or_none()
+        return None if xid is None else int(xid)
+
+    def _is_prepared(self, conn: Connection, gid: str) -> bool:
+        return self._prepared_xid(conn, gid) is not None
+
+    def _prepared_here(self, conn: Connection, rec: record.Record | None, gid: str) -> int | None:
+        """The xid of the prepared transaction `gid` when it is the one `rec` is about (or
+        `rec` does not say), else None. Under the txid lock.
+
+        Why: every request of a txid prepares under the same gid, so once the recorded
+        transaction is committed the gid is free, and a duplicate request that missed the
+        record (its check's snapshot predates the lock it waited for) and was held up past
+        the whole 2PC can PREPARE it again before its record insert refuses it and rolls
+        back. If its process dies in between, a prepared `gid` sits next to a 'committed'
+        record, which otherwise means "the commit was interrupted: finish it", and the
+        duplicate's work would be committed. The record's xid tells them apart; a stray one
+        (no live request holds it: we have the lock it prepared under) is rolled back."""
+        xid = self._prepared_xid(conn, gid)
+        if xid is None or rec is None or rec.xid is None or rec.xid == xid:
+            return xid
+        log.warning(
+            "rolling back %s: prepared by transaction %s, but the record of %s is about %s "
+            "(a request that died before its record check refused it)",
+            gid,
+            xid,
+            rec.txid,
+            rec.xid,
+        )
+        self._rollback_prepared(conn, gid)
+        return None
 
     @staticmethod
     def _finish(conn: Connection, verb: str, gid: str) -> bool:
@@ -326,7 +358,8 @@ class PgResourceManager(ParticipantBase):
         for _ in range(MAX_RACE_RECHECKS):
             with record.txid_lock(self.engine, self.name, txid) as conn:
                 rec = record.get(conn, self.name, txid)
-                prepared = self._is_prepared(conn, gid)
+                xid = self._prepared_here(conn, rec, gid)
+                prepared = xid is not None
                 if self._aborted_here(conn, rec, prepared, gid):
                     return ProtocolReply(409, {"vote": "no", "reason": "aborted here"})
                 if rec is not None:
@@ -339,7 +372,7 @@ class PgResourceManager(ParticipantBase):
                         409, {"vote": "no", "reason": "no prepared work for this transaction"}
                     )
                 # Prepared, not recorded (its request died before recording it): adopt it.
-                if record.insert_if_absent(conn, self.name, txid, "prepared", gid):
+                if record.insert_if_absent(conn, self.name, txid, "prepared", gid, xid=xid):
                     return ProtocolReply(200, {"vote": "yes"})
                 # A request's own record landed meanwhile: look again.
         raise RuntimeError(f"prepare of {gid}: record kept changing")
@@ -364,7 +397,8 @@ class PgResourceManager(ParticipantBase):
         for _ in range(MAX_RACE_RECHECKS):
             with record.txid_lock(self.engine, self.name, txid) as conn:
                 rec = record.get(conn, self.name, txid)
-                prepared = self._is_prepared(conn, gid)
+                xid = self._prepared_here(conn, rec, gid)
+                prepared = xid is not None
                 if self._aborted_here(conn, rec, prepared, gid):
                     return ProtocolReply.error(
                         409, "heuristic_abort", "this participant rolled back"
@@ -375,7 +409,7 @@ class PgResourceManager(ParticipantBase):
                     )
                 # Decide in the record first (it may be 'committed' already: a repeat, or a
                 # commit that a crash interrupted before COMMIT PREPARED).
-                if not record.claim_commit(conn, self.name, txid, gid):
+                if not record.claim_commit(conn, self.name, txid, gid, xid):
                     continue  # an abort was decided meanwhile: look again
                 if prepared:
                     self._finish(conn, "COMMIT", gid)
@@ -387,7 +421,7 @@ class PgResourceManager(ParticipantBase):
         for _ in range(MAX_RACE_RECHECKS):
             with record.txid_lock(self.engine, self.name, txid) as conn:
                 rec = record.get(conn, self.name, txid)
-                prepared = self._is_prepared(conn, gid)
+                prepared = self._prepared_here(conn, rec, gid) is not None
                 committed = rec is not None and (
                     rec.state == "committed" or (rec.state == "prepared" and not prepared)
                 )

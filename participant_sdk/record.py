@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     ColumnElement,
@@ -42,6 +43,7 @@ from sqlalchemy import (
     String,
     Table,
     func,
+    inspect,
     select,
     text,
     update,
@@ -58,6 +60,7 @@ MAX_LIST = 10_000  # bound on rows one listing returns
 ADVISORY_LOCK_CLASS = 0x7478  # "tx"
 LOCAL_LOCK_STRIPES = 64
 PREPARED_INDEX = "ix_txc_participant_record_prepared"
+XID_COLUMN = "xid"  # added by migration p0004
 OLD_STATE_INDEX = "ix_txc_participant_record_state"  # before migration p0003
 
 metadata = MetaData()
@@ -71,6 +74,12 @@ participant_record = Table(
     Column("gid", String(PG_GID_MAX_BYTES), nullable=True),
     # Where to ask for the outcome when the participant has no configured coordinator.
     Column("coordinator_url", String(MAX_URL), nullable=True),
+    # PostgreSQL participant: the (32-bit) transaction id of the prepared transaction this
+    # record is about. The gid is the same for every request of a txid, so it alone cannot
+    # tell the recorded transaction from another request's, left prepared under the same gid
+    # by a crash (see PgResourceManager._prepared_here). NULL: not known (callback
+    # participants, records written before migration p0004).
+    Column(XID_COLUMN, BigInteger, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint(
@@ -98,6 +107,13 @@ def create_tables(engine: Engine) -> None:
     p0003, which make the same table)."""
     metadata.create_all(engine, checkfirst=True)
     with engine.begin() as conn:
+        # Likewise a column added since: the xid (migration p0004).
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                text(f"ALTER TABLE {TABLE_NAME} ADD COLUMN IF NOT EXISTS {XID_COLUMN} BIGINT")
+            )
+        elif XID_COLUMN not in {c["name"] for c in inspect(conn).get_columns(TABLE_NAME)}:
+            conn.execute(text(f"ALTER TABLE {TABLE_NAME} ADD COLUMN {XID_COLUMN} BIGINT"))
         # create_all skips a table that exists, indexes included: a database made by an
         # earlier version gets the current index here and loses the one it replaces.
         for index in participant_record.indexes:
@@ -114,6 +130,7 @@ class Record:
     coordinator_url: str | None
     created_at: datetime | None
     updated_at: datetime | None
+    xid: int | None = None
 
 
 def _row(r: object) -> Record:
@@ -126,6 +143,7 @@ def _row(r: object) -> Record:
         m["coordinator_url"],
         m["created_at"],
         m["updated_at"],
+        m["xid"],
     )
 
 
@@ -151,6 +169,7 @@ def insert_if_absent(
     state: str,
     gid: str | None = None,
     coordinator_url: str | None = None,
+    xid: int | None = None,
 ) -> bool:
     """Insert a record; False (and no change) when one already exists."""
     assert state in STATES
@@ -162,6 +181,7 @@ def insert_if_absent(
             state=state,
             gid=gid,
             coordinator_url=coordinator_url,
+            xid=xid,
         )
         .on_conflict_do_nothing(index_elements=["participant", "txid"])
         .returning(participant_record.c.txid)
@@ -191,12 +211,19 @@ def set_state(
 
 
 def _claim(
-    conn: Connection, participant: str, txid: str, state: str, loser: str, gid: str | None
+    conn: Connection,
+    participant: str,
+    txid: str,
+    state: str,
+    loser: str,
+    gid: str | None,
+    xid: int | None = None,
 ) -> bool:
     """Upsert the record to `state` unless it is in state `loser`; True when it now says
-    `state` (it was absent, or in any other state, including `state` itself)."""
+    `state` (it was absent, or in any other state, including `state` itself). `xid` is
+    stored only when the record is created here."""
     t = participant_record
-    ins = _insert(conn).values(participant=participant, txid=txid, state=state, gid=gid)
+    ins = _insert(conn).values(participant=participant, txid=txid, state=state, gid=gid, xid=xid)
     stmt = ins.on_conflict_do_update(
         index_elements=["participant", "txid"],
         set_={"state": state, "updated_at": func.now()},
@@ -213,10 +240,16 @@ def claim_abort(conn: Connection, participant: str, txid: str, gid: str | None =
     return _claim(conn, participant, txid, "aborted", "committed", gid)
 
 
-def claim_commit(conn: Connection, participant: str, txid: str, gid: str | None = None) -> bool:
+def claim_commit(
+    conn: Connection,
+    participant: str,
+    txid: str,
+    gid: str | None = None,
+    xid: int | None = None,
+) -> bool:
     """Decide commit in the record (before any COMMIT PREPARED); False when an abort was
     decided first (the record says 'aborted')."""
-    return _claim(conn, participant, txid, "committed", "aborted", gid)
+    return _claim(conn, participant, txid, "committed", "aborted", gid, xid)
 
 
 def mark(conn: Connection, participant: str, txid: str, state: str) -> None:

@@ -160,8 +160,9 @@ def test_repeated_commit_never_commits_a_refused_second_request(
         isolation, _ = real_start(*args)
         return isolation, None
 
-    def lock_then_miss(*args: Any) -> None:
-        real_lock(*args)
+    def lock_then_miss(*args: Any) -> tuple[None, int]:
+        _, xid = real_lock(*args)
+        return None, xid
 
     monkeypatch.setattr(fast, "work_start", start_misses)
     monkeypatch.setattr(fast, "lock_and_state", lock_then_miss)
@@ -227,3 +228,43 @@ def test_recovery_does_not_take_a_live_request_for_an_orphan(
     assert record_state(engine, "svc", txid) == "prepared"
     assert rm.commit(txid).status == 200
     assert items(engine) == {"live": 1}
+
+
+def _prepare_stray_duplicate(engine: Engine, gid: str, key: str) -> None:
+    """What a duplicate request of a finished transaction leaves when its process dies
+    between its PREPARE and the record check that would have rolled it back: its own work,
+    prepared under the (shared) gid of the committed original, and no record of its own.
+    (It could get that far: its record check rides in the statement that waited for the txid
+    lock, whose snapshot may predate the original's record; if it is then descheduled until
+    the original's phase 2 is over, the gid is free again.)"""
+    with engine.connect() as conn:
+        driver = fast.driver_of(conn.connection.dbapi_connection)
+        conn.execute(text("INSERT INTO items VALUES (:k, 1)"), {"k": key})
+        assert fast.prepare_transaction(driver, gid)
+        conn.invalidate()  # the session dies without rolling anything back
+
+
+def test_a_duplicates_work_prepared_under_a_committed_gid_is_never_committed(
+    engine: Engine, coord: Any, rm: PgResourceManager
+) -> None:
+    """The record says 'committed' and a transaction with its gid is prepared: normally the
+    original's, left by a crash between the commit's two steps (committed by every path, see
+    above); here another request's. The record knows which prepared transaction it is about
+    (its xid), so the stray one is rolled back by whichever path meets it first."""
+    for finisher in ("commit", "abort", "recovery"):
+        txid = _begin(coord)
+        _do_work(rm, txid, finisher)
+        assert rm.commit(txid).status == 200  # the original: prepared, recorded, committed
+        gid = make_gid("svc", txid)
+        _prepare_stray_duplicate(engine, gid, f"dup-{finisher}")
+        assert prepared_gids(engine) == [gid]
+        if finisher == "commit":
+            assert rm.commit(txid).status == 200  # a repeated phase-2 commit
+        elif finisher == "abort":
+            reply = rm.abort(txid)
+            assert reply.status == 409 and reply.body["error"]["code"] == "heuristic_commit"
+        else:
+            assert rm.resolve_in_doubt().actions() == {txid: "committed"}
+        assert prepared_gids(engine) == []
+        assert items(engine)[finisher] == 1 and f"dup-{finisher}" not in items(engine)
+        assert record_state(engine, "svc", txid) == "committed"

@@ -13,7 +13,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from participant_sdk import pg_fastpath, record
 
@@ -108,3 +108,31 @@ def test_migration_p0003_is_in_the_participant_branch() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert (module.revision, module.down_revision) == ("p0003", "p0002")
+
+
+def test_create_tables_adds_the_xid_column(engine: Engine, tmp_path: Path) -> None:
+    """A record table made before p0004 (no xid) gets the column, on PostgreSQL and SQLite
+    (the callback participant's record store), and its old records read with xid None."""
+    sqlite = create_engine(f"sqlite:///{tmp_path / 'record.db'}")
+    record.create_tables(sqlite)
+    for eng in (engine, sqlite):
+        with eng.begin() as conn:
+            conn.execute(text(f"ALTER TABLE {record.TABLE_NAME} DROP COLUMN {record.XID_COLUMN}"))
+            conn.execute(
+                text(
+                    f"INSERT INTO {record.TABLE_NAME} (participant, txid, state) "
+                    "VALUES ('p', 'old', 'committed')"
+                )
+            )
+        assert record.XID_COLUMN not in {
+            c["name"] for c in inspect(eng).get_columns(record.TABLE_NAME)
+        }
+        record.create_tables(eng)
+        record.create_tables(eng)  # idempotent
+        with record.autocommit(eng) as conn:
+            old = record.get(conn, "p", "old")
+            assert old is not None and old.xid is None and old.state == "committed"
+            assert record.insert_if_absent(conn, "p", "new", "prepared", "g", xid=42)
+            new = record.get(conn, "p", "new")
+            assert new is not None and new.xid == 42
+    sqlite.dispose()
