@@ -45,6 +45,9 @@ log = logging.getLogger("txc.engine")
 # Idempotency keys map to transaction ids deterministically, so a retried begin (even one
 # that reaches another node after a leader change) names the same transaction.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f0c5a52-6c2b-4a53-9d0e-3f6a7c1d2b90")
+# Courtesy aborts in flight at once (one message each, see Engine._courtesy_aborts); past it
+# they are skipped, which presumed abort makes safe.
+MAX_COURTESY_ABORTS = 1024
 
 
 def txid_for_key(key: str) -> str:
@@ -64,13 +67,14 @@ class _Phase2Incomplete(Exception):
 
 @dataclass(frozen=True)
 class VoteReply:
-    """A participant's answer to prepare. `vote` None: no answer we can read (a timeout, a
-    refused connection, a 5xx, a garbled body). That is not a NO: the participant may have
-    prepared before the answer was lost, so it gets no recorded vote and, once the
-    transaction is aborted, phase 2 sends it the abort (and retries it until acknowledged)."""
+    """A participant's answer to prepare. `answered` False: no answer we could read (a
+    timeout, a refused connection, a 5xx, a garbled body), counted as NO (rule 2); unlike an
+    explicit NO, the participant may have prepared before its answer was lost, so it is sent
+    a courtesy abort (see Engine._courtesy_aborts)."""
 
-    vote: Vote | None
+    vote: Vote
     reason: str | None
+    answered: bool = True
 
 
 class Engine:
@@ -96,6 +100,7 @@ class Engine:
         self._supervisor: asyncio.Task[None] | None = None
         self._epoch = 0
         self._phase2_slots = asyncio.Semaphore(settings.max_inflight_phase2)
+        self._courtesy: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -108,6 +113,7 @@ class Engine:
             tasks.append(self._supervisor)  # type: ignore[arg-type]
         tasks.extend(self._phase2.values())  # type: ignore[arg-type]
         tasks.extend(self._commits.values())  # type: ignore[arg-type]
+        tasks.extend(self._courtesy)  # type: ignore[arg-type]
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -262,6 +268,7 @@ class Engine:
         now = self.clock()
         budget = min(self.settings.prepare_timeout_s, t.expires_at - now)
         ask = [p for p in t.participants if p.vote is None]
+        silent: list[Participant] = []  # asked, and no answer we could read
         commands: list[Command] = []
         if budget <= 0:
             decision = Decide(
@@ -275,12 +282,8 @@ class Engine:
             unanimous = True
             reasons: list[str] = []
             for p, reply in zip(ask, replies, strict=True):
-                if reply.vote is None:
-                    # No vote is recorded (rule 2 still refuses the COMMIT: the vote is
-                    # missing); the abort's reason says why.
-                    unanimous = False
-                    reasons.append(f"{p.name}: no answer to prepare ({reply.reason})")
-                    continue
+                if not reply.answered:
+                    silent.append(p)
                 commands.append(
                     RecordVote(
                         txid=txid,
@@ -306,7 +309,42 @@ class Engine:
         assert final is not None and final.outcome is not None
         self.metrics.observe_decision(final, self.clock() - started)
         self._after_decision(final)
+        if final.outcome is Outcome.ABORT and silent:
+            self._courtesy_aborts(final, silent)
         return final
+
+    def _courtesy_aborts(self, t: Transaction, silent: list[Participant]) -> None:
+        """One abort message, not tracked, to each participant that did not answer prepare.
+
+        Why: presumed abort does not need it (a participant that prepared and hears nothing
+        asks for the outcome and is told ABORT), and phase 2 does not wait for it (a
+        participant that is gone would keep the transaction unfinished for ever, when the
+        outcome is already safe). But a participant that prepared late (after
+        prepare_timeout_s) or failed to answer (a 5xx) would otherwise hold its prepared
+        work, and its locks, until its next recovery pass. Bounded by the phase-2 slots."""
+        for p in silent:
+            if len(self._courtesy) >= MAX_COURTESY_ABORTS:
+                self.metrics.courtesy_aborts_skipped.inc()
+                continue
+            task = asyncio.create_task(
+                self._courtesy_abort(t.txid, p), name=f"txc-courtesy-abort-{t.txid}"
+            )
+            self._courtesy.add(task)
+            task.add_done_callback(self._courtesy.discard)
+
+    async def _courtesy_abort(self, txid: str, p: Participant) -> None:
+        async with self._phase2_slots:
+            reply = await self.client.call(
+                p.url, "abort", txid, p.name, self.settings.phase2_request_timeout_s
+            )
+        self.metrics.participant_call(p.name, reply)
+        if reply.status != 200:
+            log.info(
+                "courtesy abort of %s to %s not acknowledged (%s); its recovery will ask",
+                txid,
+                p.name,
+                reply.error or f"HTTP {reply.status}",
+            )
 
     async def _prepare(self, t: Transaction, p: Participant, budget: float) -> VoteReply:
         reply = await self.client.call(p.url, "prepare", t.txid, p.name, budget)
@@ -473,17 +511,19 @@ class _LeadershipLost(Exception):
 
 
 def interpret_prepare(reply: Reply) -> VoteReply:
-    """DESIGN §5: 200 yes/read_only, 409 no. Anything else (no answer, an error, a body we
-    cannot read) is no vote at all (`VoteReply.vote` None): the transaction aborts (rule 2
-    commits only on unanimous YES) and the participant is sent the abort, since it may have
-    prepared. Only an explicit NO means that it rolled back on its own."""
+    """DESIGN §5: 200 yes/read_only, 409 no; anything else (no answer, an error, a body we
+    cannot read) counts as NO (rule 2 commits only on unanimous YES), marked unanswered."""
     vote = reply.body.get("vote")
     if reply.status == 200 and vote in (Vote.YES.value, Vote.READ_ONLY.value):
         return VoteReply(Vote(vote), None)
     if reply.status == 409:
         reason = reply.body.get("reason") or reply.error or "voted no"
         return VoteReply(Vote.NO, str(reason))
-    return VoteReply(None, reply.error or f"unexpected answer HTTP {reply.status}")
+    return VoteReply(
+        Vote.NO,
+        reply.error or f"prepare: unexpected answer HTTP {reply.status}",
+        answered=False,
+    )
 
 
 def interpret_phase2(action: str, reply: Reply) -> tuple[bool, str | None]:

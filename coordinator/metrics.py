@@ -73,6 +73,7 @@ class Metrics:
         self.committed = Counter(on_inc=self._counting("committed"))
         self.aborted = Counter(on_inc=self._counting("aborted"))
         self.phase2_retries = Counter(on_inc=self._counting("retries"))
+        self.courtesy_aborts_skipped = Counter()
         self.commit_latency = Histogram()
         self.participant_requests: dict[str, Counter] = defaultdict(Counter)
         self.participant_errors: dict[str, Counter] = defaultdict(Counter)
@@ -171,6 +172,13 @@ class Metrics:
             "counter",
             "Phase-2 messages that failed and will be retried.",
             [("", self.phase2_retries.value)],
+        )
+        metric(
+            "txc_courtesy_aborts_skipped_total",
+            "counter",
+            "Courtesy aborts to participants that did not answer prepare, not sent because "
+            "too many were in flight (their recovery asks for the outcome instead).",
+            [("", self.courtesy_aborts_skipped.value)],
         )
         h = self.commit_latency
         lines.append(
