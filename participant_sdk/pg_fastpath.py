@@ -28,7 +28,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from sqlalchemy import Engine
 
-from participant_sdk.record import ADVISORY_LOCK_CLASS, TABLE_NAME, lock_key
+from participant_sdk.record import ADVISORY_LOCK_CLASS, TABLE_NAME, XID_TABLE_NAME, lock_key
 
 Driver = psycopg.Connection[TupleRow]
 
@@ -38,8 +38,9 @@ PREPARED_STATUS = "PREPARE TRANSACTION"  # command status of a PREPARE that prep
 # The statements are plain strings built once: a `sql.Composed` is rendered again on every
 # execute, which costs more than a short statement's own client-side work. The table name is
 # the SDK's constant, checked here to need no quoting.
-if not re.fullmatch(r"[a-z_][a-z0-9_]*", TABLE_NAME):
-    raise RuntimeError(f"the record table's name needs quoting: {TABLE_NAME!r}")
+for _name in (TABLE_NAME, XID_TABLE_NAME):
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", _name):
+        raise RuntimeError(f"the record table's name needs quoting: {_name!r}")
 _T = TABLE_NAME
 _STATE_SQL = f"SELECT state FROM {_T} WHERE participant = %s AND txid = %s"
 # The work transaction's first statement: the record, and the transaction's isolation level
@@ -68,12 +69,16 @@ _LOCK_AND_STATE_SQL = (
 # (record.claim_abort / claim_commit / insert_if_absent), which waits for this insert and then
 # sees it, so the instant changes no decision. When a record already exists, no row comes
 # back and the lock stays held for the caller to undo its PREPARE first.
+# The record's xid row rides along (only when the record was inserted).
+_X = XID_TABLE_NAME
 _RECORD_AND_UNLOCK_SQL = (
     "WITH ins AS ("
-    f"INSERT INTO {_T} (participant, txid, state, gid, coordinator_url, xid) "
-    "VALUES (%s, %s, 'prepared', %s, %s, %s) "
-    "ON CONFLICT (participant, txid) DO NOTHING RETURNING 1) "
-    "SELECT pg_advisory_unlock(%s, hashtext(%s)) FROM ins"
+    f"INSERT INTO {_T} (participant, txid, state, gid, coordinator_url) "
+    "VALUES (%(p)s, %(t)s, 'prepared', %(gid)s, %(url)s) "
+    "ON CONFLICT (participant, txid) DO NOTHING RETURNING 1), "
+    f"x AS (INSERT INTO {_X} (participant, txid, xid) SELECT %(p)s, %(t)s, %(xid)s FROM ins "
+    "ON CONFLICT (participant, txid) DO UPDATE SET xid = excluded.xid) "
+    "SELECT pg_advisory_unlock(%(cls)s, hashtext(%(key)s)) FROM ins"
 )
 _UNLOCK_SQL = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
 # Phase 2's decision: the record moves 'prepared' -> 'committed' before COMMIT PREPARED, so a
@@ -163,10 +168,16 @@ def record_prepared_and_unlock(
     """Insert the 'prepared' record of the prepared transaction `xid` and release the txid
     lock; False (lock still held, nothing written) when a record for the txid already exists."""
     key = lock_key(participant, txid)
-    cur = driver.execute(
-        _RECORD_AND_UNLOCK_SQL,
-        (participant, txid, gid, coordinator_url, xid, ADVISORY_LOCK_CLASS, key),
-    )
+    params = {
+        "p": participant,
+        "t": txid,
+        "gid": gid,
+        "url": coordinator_url,
+        "xid": xid,
+        "cls": ADVISORY_LOCK_CLASS,
+        "key": key,
+    }
+    cur = driver.execute(_RECORD_AND_UNLOCK_SQL, params)
     return cur.fetchone() is not None
 
 

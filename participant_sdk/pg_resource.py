@@ -308,7 +308,10 @@ class PgResourceManager(ParticipantBase):
         duplicate's work would be committed. The record's xid tells them apart; a stray one
         (no live request holds it: we have the lock it prepared under) is rolled back."""
         xid = self._prepared_xid(conn, gid)
-        if xid is None or rec is None or rec.xid is None or rec.xid == xid:
+        if xid is None or rec is None:
+            return xid
+        recorded = record.recorded_xid(conn, self.name, rec.txid)
+        if recorded is None or recorded == xid:
             return xid
         log.warning(
             "rolling back %s: prepared by transaction %s, but the record of %s is about %s "
@@ -316,7 +319,7 @@ class PgResourceManager(ParticipantBase):
             gid,
             xid,
             rec.txid,
-            rec.xid,
+            recorded,
         )
         self._rollback_prepared(conn, gid)
         return None
@@ -372,7 +375,9 @@ class PgResourceManager(ParticipantBase):
                         409, {"vote": "no", "reason": "no prepared work for this transaction"}
                     )
                 # Prepared, not recorded (its request died before recording it): adopt it.
-                if record.insert_if_absent(conn, self.name, txid, "prepared", gid, xid=xid):
+                if record.insert_if_absent(conn, self.name, txid, "prepared", gid):
+                    assert xid is not None
+                    record.remember_xid(conn, self.name, txid, xid)
                     return ProtocolReply(200, {"vote": "yes"})
                 # A request's own record landed meanwhile: look again.
         raise RuntimeError(f"prepare of {gid}: record kept changing")
@@ -409,8 +414,10 @@ class PgResourceManager(ParticipantBase):
                     )
                 # Decide in the record first (it may be 'committed' already: a repeat, or a
                 # commit that a crash interrupted before COMMIT PREPARED).
-                if not record.claim_commit(conn, self.name, txid, gid, xid):
+                if not record.claim_commit(conn, self.name, txid, gid):
                     continue  # an abort was decided meanwhile: look again
+                if rec is None and xid is not None:
+                    record.remember_xid(conn, self.name, txid, xid)  # the record just made
                 if prepared:
                     self._finish(conn, "COMMIT", gid)
                 return self._reply(txid, "committed")

@@ -43,7 +43,6 @@ from sqlalchemy import (
     String,
     Table,
     func,
-    inspect,
     select,
     text,
     update,
@@ -60,7 +59,7 @@ MAX_LIST = 10_000  # bound on rows one listing returns
 ADVISORY_LOCK_CLASS = 0x7478  # "tx"
 LOCAL_LOCK_STRIPES = 64
 PREPARED_INDEX = "ix_txc_participant_record_prepared"
-XID_COLUMN = "xid"  # added by migration p0004
+XID_TABLE_NAME = "txc_participant_xid"  # migration p0004
 OLD_STATE_INDEX = "ix_txc_participant_record_state"  # before migration p0003
 
 metadata = MetaData()
@@ -74,12 +73,6 @@ participant_record = Table(
     Column("gid", String(PG_GID_MAX_BYTES), nullable=True),
     # Where to ask for the outcome when the participant has no configured coordinator.
     Column("coordinator_url", String(MAX_URL), nullable=True),
-    # PostgreSQL participant: the (32-bit) transaction id of the prepared transaction this
-    # record is about. The gid is the same for every request of a txid, so it alone cannot
-    # tell the recorded transaction from another request's, left prepared under the same gid
-    # by a crash (see PgResourceManager._prepared_here). NULL: not known (callback
-    # participants, records written before migration p0004).
-    Column(XID_COLUMN, BigInteger, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint(
@@ -101,19 +94,29 @@ participant_record = Table(
 )
 
 
+# PostgreSQL participant: the (32-bit) id of the prepared transaction a record is about. Every
+# request of a txid prepares under the same gid, so the gid alone cannot tell the recorded
+# transaction from another request's, left prepared under that gid by a crash (see
+# PgResourceManager._prepared_here). Written with the record, read only on the careful paths.
+# A table of its own rather than a column of the record: adding a column takes an ACCESS
+# EXCLUSIVE lock on the record table, which waits for every prepared transaction that read
+# it (each work transaction checks the record), i.e. for the very transactions a starting
+# participant has to resolve. Creating a table locks nothing that exists.
+participant_xid = Table(
+    XID_TABLE_NAME,
+    metadata,
+    Column("participant", String(MAX_PARTICIPANT_NAME), primary_key=True),
+    Column("txid", String(MAX_TXID), primary_key=True),
+    Column("xid", BigInteger, nullable=False),
+)
+
+
 def create_tables(engine: Engine) -> None:
     """Create the record table if missing, and bring an existing one's indexes up to date
     (tests and demos; production runs the `participant` Alembic branch, migrations p0001 and
     p0003, which make the same table)."""
     metadata.create_all(engine, checkfirst=True)
     with engine.begin() as conn:
-        # Likewise a column added since: the xid (migration p0004).
-        if conn.dialect.name == "postgresql":
-            conn.execute(
-                text(f"ALTER TABLE {TABLE_NAME} ADD COLUMN IF NOT EXISTS {XID_COLUMN} BIGINT")
-            )
-        elif XID_COLUMN not in {c["name"] for c in inspect(conn).get_columns(TABLE_NAME)}:
-            conn.execute(text(f"ALTER TABLE {TABLE_NAME} ADD COLUMN {XID_COLUMN} BIGINT"))
         # create_all skips a table that exists, indexes included: a database made by an
         # earlier version gets the current index here and loses the one it replaces.
         for index in participant_record.indexes:
@@ -130,7 +133,6 @@ class Record:
     coordinator_url: str | None
     created_at: datetime | None
     updated_at: datetime | None
-    xid: int | None = None
 
 
 def _row(r: object) -> Record:
@@ -143,7 +145,6 @@ def _row(r: object) -> Record:
         m["coordinator_url"],
         m["created_at"],
         m["updated_at"],
-        m["xid"],
     )
 
 
@@ -154,11 +155,15 @@ def get(conn: Connection, participant: str, txid: str) -> Record | None:
 
 
 def _insert(conn: Connection):  # type: ignore[no-untyped-def]
+    return _insert_into(conn, participant_record)
+
+
+def _insert_into(conn: Connection, table: Table):  # type: ignore[no-untyped-def]
     name = conn.dialect.name
     if name == "postgresql":
-        return postgresql.insert(participant_record)
+        return postgresql.insert(table)
     if name == "sqlite":
-        return sqlite.insert(participant_record)
+        return sqlite.insert(table)
     raise NotImplementedError(f"the txc record supports postgresql and sqlite, not {name}")
 
 
@@ -169,7 +174,6 @@ def insert_if_absent(
     state: str,
     gid: str | None = None,
     coordinator_url: str | None = None,
-    xid: int | None = None,
 ) -> bool:
     """Insert a record; False (and no change) when one already exists."""
     assert state in STATES
@@ -181,7 +185,6 @@ def insert_if_absent(
             state=state,
             gid=gid,
             coordinator_url=coordinator_url,
-            xid=xid,
         )
         .on_conflict_do_nothing(index_elements=["participant", "txid"])
         .returning(participant_record.c.txid)
@@ -211,19 +214,12 @@ def set_state(
 
 
 def _claim(
-    conn: Connection,
-    participant: str,
-    txid: str,
-    state: str,
-    loser: str,
-    gid: str | None,
-    xid: int | None = None,
+    conn: Connection, participant: str, txid: str, state: str, loser: str, gid: str | None
 ) -> bool:
     """Upsert the record to `state` unless it is in state `loser`; True when it now says
-    `state` (it was absent, or in any other state, including `state` itself). `xid` is
-    stored only when the record is created here."""
+    `state` (it was absent, or in any other state, including `state` itself)."""
     t = participant_record
-    ins = _insert(conn).values(participant=participant, txid=txid, state=state, gid=gid, xid=xid)
+    ins = _insert(conn).values(participant=participant, txid=txid, state=state, gid=gid)
     stmt = ins.on_conflict_do_update(
         index_elements=["participant", "txid"],
         set_={"state": state, "updated_at": func.now()},
@@ -240,16 +236,29 @@ def claim_abort(conn: Connection, participant: str, txid: str, gid: str | None =
     return _claim(conn, participant, txid, "aborted", "committed", gid)
 
 
-def claim_commit(
-    conn: Connection,
-    participant: str,
-    txid: str,
-    gid: str | None = None,
-    xid: int | None = None,
-) -> bool:
+def claim_commit(conn: Connection, participant: str, txid: str, gid: str | None = None) -> bool:
     """Decide commit in the record (before any COMMIT PREPARED); False when an abort was
     decided first (the record says 'aborted')."""
-    return _claim(conn, participant, txid, "committed", "aborted", gid, xid)
+    return _claim(conn, participant, txid, "committed", "aborted", gid)
+
+
+def remember_xid(conn: Connection, participant: str, txid: str, xid: int) -> None:
+    """Note which prepared transaction `txid`'s record is about (see `participant_xid`)."""
+    ins = _insert_into(conn, participant_xid).values(participant=participant, txid=txid, xid=xid)
+    conn.execute(
+        ins.on_conflict_do_update(index_elements=["participant", "txid"], set_={"xid": xid})
+    )
+    _commit_if_needed(conn)
+
+
+def recorded_xid(conn: Connection, participant: str, txid: str) -> int | None:
+    """The xid `remember_xid` noted for `txid`, or None (not a PostgreSQL participant's
+    record, or one written before migration p0004)."""
+    t = participant_xid
+    xid = conn.execute(
+        select(t.c.xid).where(t.c.participant == participant, t.c.txid == txid)
+    ).scalar_one_or_none()
+    return None if xid is None else int(xid)
 
 
 def mark(conn: Connection, participant: str, txid: str, state: str) -> None:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import threading
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import Engine, inspect, text
 
 from participant_sdk import pg_fastpath, record
 
 DECIDED_RECORDS = 3000  # records that went prepared -> committed before the claim we measure
 MAX_CLAIM_BUFFERS = 12  # a few index and heap pages; the old index read 73 here
 VERSIONS = Path(__file__).resolve().parents[2] / "migrations" / "versions"
+UPGRADE_WAIT_S = 20.0  # far above what creating a table takes; a lock wait never ends
 
 
 def _fill(engine: Engine, participant: str) -> None:
@@ -110,29 +112,65 @@ def test_migration_p0003_is_in_the_participant_branch() -> None:
     assert (module.revision, module.down_revision) == ("p0003", "p0002")
 
 
-def test_create_tables_adds_the_xid_column(engine: Engine, tmp_path: Path) -> None:
-    """A record table made before p0004 (no xid) gets the column, on PostgreSQL and SQLite
-    (the callback participant's record store), and its old records read with xid None."""
-    sqlite = create_engine(f"sqlite:///{tmp_path / 'record.db'}")
-    record.create_tables(sqlite)
-    for eng in (engine, sqlite):
-        with eng.begin() as conn:
-            conn.execute(text(f"ALTER TABLE {record.TABLE_NAME} DROP COLUMN {record.XID_COLUMN}"))
-            conn.execute(
-                text(
-                    f"INSERT INTO {record.TABLE_NAME} (participant, txid, state) "
-                    "VALUES ('p', 'old', 'committed')"
-                )
-            )
-        assert record.XID_COLUMN not in {
-            c["name"] for c in inspect(eng).get_columns(record.TABLE_NAME)
-        }
-        record.create_tables(eng)
-        record.create_tables(eng)  # idempotent
-        with record.autocommit(eng) as conn:
-            old = record.get(conn, "p", "old")
-            assert old is not None and old.xid is None and old.state == "committed"
-            assert record.insert_if_absent(conn, "p", "new", "prepared", "g", xid=42)
-            new = record.get(conn, "p", "new")
-            assert new is not None and new.xid == 42
-    sqlite.dispose()
+def test_schema_upgrades_do_not_wait_for_work_in_doubt(
+    engine: Engine, pg, make_engine, tmp_path: Path
+) -> None:
+    """Every work transaction reads the record table, and a prepared one keeps that lock
+    until it is resolved, which the starting participant does only after its tables are
+    ready. So neither create_tables (run at each start) nor migration p0004 may take a lock
+    that waits for it (ALTER TABLE on the record table would, for ever)."""
+    gid = "txc:doubt:t-1"
+    with engine.connect() as conn:
+        conn.execute(text(f"SELECT count(*) FROM {record.TABLE_NAME}"))
+        conn.exec_driver_sql(f"PREPARE TRANSACTION '{gid}'")
+    try:
+        done = threading.Event()
+
+        def start_up() -> None:
+            record.create_tables(engine)
+            done.set()
+
+        threading.Thread(target=start_up, daemon=True).start()
+        assert done.wait(UPGRADE_WAIT_S), "create_tables waited for a prepared transaction"
+
+        # A database at p0003 with work in doubt: p0004 applies without waiting.
+        old = make_engine(pg.new_database("p3"))
+        for name in (
+            "p0001_participant_record",
+            "p0002_demo_bank",
+            "p0003_participant_record_prepared_index",
+        ):
+            _migrate(old, name, "upgrade")
+        old_gid = "txc:doubt:t-2"
+        with old.connect() as conn:
+            conn.execute(text(f"SELECT count(*) FROM {record.TABLE_NAME}"))
+            conn.exec_driver_sql(f"PREPARE TRANSACTION '{old_gid}'")
+        migrated = threading.Event()
+
+        def upgrade() -> None:
+            _migrate(old, "p0004_participant_xid", "upgrade")
+            migrated.set()
+
+        threading.Thread(target=upgrade, daemon=True).start()
+        assert migrated.wait(UPGRADE_WAIT_S), "migration p0004 waited for a prepared transaction"
+        assert inspect(old).has_table(record.XID_TABLE_NAME)
+    finally:
+        for eng in [engine] + ([old] if "old" in locals() else []):
+            with eng.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                for g in conn.execute(
+                    text("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
+                ).scalars():
+                    conn.exec_driver_sql(f"ROLLBACK PREPARED '{g}'")
+
+
+def _migrate(engine: Engine, name: str, step: str) -> None:
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    spec = importlib.util.spec_from_file_location(name, VERSIONS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        getattr(module, step)()
