@@ -10,8 +10,10 @@ prepared transactions after a crash.
 
 Contract for the callbacks: `prepare` must make the work durable before returning "yes";
 `commit` and `abort` must be idempotent (they can run again after a crash between the
-callback and the record update), and `abort` must accept a txid it never prepared (an abort
-can arrive before, during or instead of the work).
+callback and the record update, or after they raised), and `abort` must accept a txid it
+never prepared (an abort can arrive before, during or instead of the work, and after a
+`prepare` that did not finish). The record of a txid is written before `prepare` runs, so a
+crash during or after it leaves recovery to ask the coordinator and run `abort`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from participant_sdk import record
 from participant_sdk.client import TxcClient
@@ -111,12 +113,18 @@ class CallbackParticipant(ParticipantBase):
     # -- protocol handlers --------------------------------------------------------------------
 
     def prepare(self, txid: str) -> ProtocolReply:
+        """The record is written *before* the callback runs (marked CALLBACK_PREPARING until
+        it votes yes): whatever the callback made durable is then known to recovery, even if
+        the process dies before answering. A prepare found unfinished votes NO and aborts."""
         with record.txid_lock(self.engine, self.name, txid) as conn:
             rec = record.get(conn, self.name, txid)
             if rec is not None:
                 if rec.state == "aborted":
                     return ProtocolReply(409, {"vote": "no", "reason": "aborted here"})
+                if rec.state == "prepared" and rec.gid == record.CALLBACK_PREPARING:
+                    return self._vote_no(conn, txid, "an earlier prepare did not finish")
                 return ProtocolReply(200, {"vote": "yes"})
+            record.insert_if_absent(conn, self.name, txid, "prepared", record.CALLBACK_PREPARING)
             try:
                 vote = self._prepare_cb(txid)
             except Exception as e:
@@ -127,14 +135,20 @@ class CallbackParticipant(ParticipantBase):
             if vote not in VOTES:
                 vote, reason = "no", f"prepare callback returned {vote!r}"
             if vote == "yes":
-                record.insert_if_absent(conn, self.name, txid, "prepared")
+                record.finish_preparing(conn, self.name, txid)
                 return ProtocolReply(200, {"vote": "yes"})
             if vote == "read_only":
+                record.forget_preparing(conn, self.name, txid)
                 return ProtocolReply(200, {"vote": "read_only"})
-            # NO is a local abort: record it (late work is refused) and let the app clean up.
-            record.set_state(conn, self.name, txid, "aborted")
-            self._abort_cb(txid)
-            return ProtocolReply(409, {"vote": "no", "reason": reason[:MAX_REASON]})
+            return self._vote_no(conn, txid, reason)
+
+    def _vote_no(self, conn: Connection, txid: str, reason: str) -> ProtocolReply:
+        """NO is a local abort: the application cleans up, then the record says 'aborted'
+        (late work is refused). If the abort callback fails, the record still says prepared,
+        so recovery asks for the outcome (ABORT) and runs it again."""
+        self._abort_cb(txid)
+        record.set_state(conn, self.name, txid, "aborted")
+        return ProtocolReply(409, {"vote": "no", "reason": reason[:MAX_REASON]})
 
     def commit(self, txid: str) -> ProtocolReply:
         with record.txid_lock(self.engine, self.name, txid) as conn:
@@ -145,6 +159,12 @@ class CallbackParticipant(ParticipantBase):
                 )
             if rec.state == "aborted":
                 return ProtocolReply.error(409, "heuristic_abort", "this participant rolled back")
+            if rec.state == "prepared" and rec.gid == record.CALLBACK_PREPARING:
+                # Never voted yes, so no COMMIT can have been decided with it: refuse, loudly.
+                log.error("commit of %s, whose prepare never finished here: refused", txid)
+                return ProtocolReply.error(
+                    503, "prepare_unfinished", "this participant never finished preparing"
+                )
             if rec.state == "prepared":
                 self._commit_cb(txid)  # raises -> 503 to the coordinator, which retries
                 record.mark(conn, self.name, txid, "committed")
@@ -159,8 +179,16 @@ class CallbackParticipant(ParticipantBase):
                 return ProtocolReply.error(
                     409, "heuristic_commit", "this participant already committed"
                 )
-            record.set_state(conn, self.name, txid, "aborted")
-            self._abort_cb(txid)
+            if rec is not None and rec.state == "prepared":
+                # Work to undo: the callback first, so that if it fails the record still
+                # says prepared and the abort is run again (coordinator retry, recovery).
+                self._abort_cb(txid)
+                record.set_state(conn, self.name, txid, "aborted")
+            else:
+                # Nothing prepared here: record the abort first, so that late work is refused
+                # even if the callback fails.
+                record.set_state(conn, self.name, txid, "aborted")
+                self._abort_cb(txid)
             return ProtocolReply(200, {"txid": txid, "participant": self.name, "state": "aborted"})
 
     # -- recovery -------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
     func,
     select,
     text,
@@ -60,6 +61,11 @@ ADVISORY_LOCK_CLASS = 0x7478  # "tx"
 LOCAL_LOCK_STRIPES = 64
 PREPARED_INDEX = "ix_txc_participant_record_prepared"
 XID_TABLE_NAME = "txc_participant_xid"  # migration p0004
+# CallbackParticipant: the `gid` of a record written just before the application's prepare
+# callback runs, cleared once it has voted yes (a callback participant has no PostgreSQL gid).
+# A record still carrying it is a prepare that did not finish: never answered YES, so the
+# outcome can only be ABORT, and recovery asks and aborts it like any prepared record.
+CALLBACK_PREPARING = "txc-callback:preparing"
 OLD_STATE_INDEX = "ix_txc_participant_record_state"  # before migration p0003
 
 metadata = MetaData()
@@ -240,6 +246,31 @@ def claim_commit(conn: Connection, participant: str, txid: str, gid: str | None 
     """Decide commit in the record (before any COMMIT PREPARED); False when an abort was
     decided first (the record says 'aborted')."""
     return _claim(conn, participant, txid, "committed", "aborted", gid)
+
+
+def finish_preparing(conn: Connection, participant: str, txid: str) -> None:
+    """The prepare callback voted yes: the record stops saying CALLBACK_PREPARING."""
+    t = participant_record
+    conn.execute(
+        update(t)
+        .where(t.c.participant == participant, t.c.txid == txid, t.c.gid == CALLBACK_PREPARING)
+        .values(gid=None, updated_at=func.now())
+    )
+    _commit_if_needed(conn)
+
+
+def forget_preparing(conn: Connection, participant: str, txid: str) -> None:
+    """The prepare callback voted read-only: nothing to finish, no record kept."""
+    t = participant_record
+    conn.execute(
+        delete(t).where(
+            t.c.participant == participant,
+            t.c.txid == txid,
+            t.c.state == "prepared",
+            t.c.gid == CALLBACK_PREPARING,
+        )
+    )
+    _commit_if_needed(conn)
 
 
 def remember_xid(conn: Connection, participant: str, txid: str, xid: int) -> None:

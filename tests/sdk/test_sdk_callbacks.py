@@ -15,6 +15,7 @@ from participant_sdk import (
     TransactionAborted,
     TxcClient,
     create_tables,
+    record,
 )
 
 
@@ -127,3 +128,87 @@ def test_recovery_commits_prepared(service, coord) -> None:
     assert cp.resolve_in_doubt().actions() == {tx.txid: "committed"}
     assert store.committed == ["r"]
     assert cp.resolve_in_doubt().items == []
+
+
+def _lost(*args, **kwargs):
+    raise ConnectionError("the process died here")
+
+
+def test_prepare_interrupted_after_the_callback_is_aborted_by_recovery(
+    service, coord, monkeypatch
+) -> None:
+    """The callback made the work durable and the process died before the record said it
+    voted yes: the record written before the callback makes recovery ask, and abort."""
+    cp, store, url = service
+    coord.fake.drive_phase2 = False
+    with TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{url}/reserve/x", headers=tx.headers).status_code == 200
+        with monkeypatch.context() as m:
+            m.setattr(record, "finish_preparing", _lost)
+            with pytest.raises(ConnectionError):
+                cp.prepare(tx.txid)
+        assert store.prepared == {tx.txid: ["x"]}
+        assert cp.resolve_in_doubt().actions() == {tx.txid: "left_pending"}
+        # Asked again (a new leader re-runs prepare): it did not finish, so NO.
+        reply = cp.prepare(tx.txid)
+        assert reply.status == 409 and "did not finish" in reply.body["reason"]
+        assert store.prepared == {} and store.aborted == [tx.txid]
+        with pytest.raises(TransactionAborted):
+            client.commit(tx.txid)
+    assert cp.resolve_in_doubt().items == []
+
+
+def test_recovery_finishes_what_a_crash_left_before_the_vote(service, coord, monkeypatch):
+    cp, store, url = service
+    coord.fake.drive_phase2 = False
+    with TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{url}/reserve/y", headers=tx.headers).status_code == 200
+        with monkeypatch.context() as m:
+            m.setattr(record, "finish_preparing", _lost)
+            with pytest.raises(ConnectionError):
+                cp.prepare(tx.txid)
+        client.abort(tx.txid)  # the coordinator counted the silence as NO
+    assert cp.resolve_in_doubt().actions() == {tx.txid: "rolled_back"}
+    assert store.prepared == {} and store.aborted == [tx.txid]
+    # An unfinished prepare is never committed, whatever asks.
+    assert cp.commit("never-voted").status == 404
+
+
+def test_a_failing_abort_callback_is_run_again(service, coord) -> None:
+    """Voting NO runs the abort callback; when it fails, the record still says prepared,
+    so recovery asks for the outcome and runs it again until it succeeds."""
+    cp, store, url = service
+    coord.fake.drive_phase2 = False
+    store.vote = "no"
+    failures = [RuntimeError("broker down")]
+    real_abort = store.abort
+
+    def flaky_abort(txid: str) -> None:
+        if failures:
+            raise failures.pop()
+        real_abort(txid)
+
+    cp._abort_cb = flaky_abort
+    with TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{url}/reserve/z", headers=tx.headers).status_code == 200
+        with pytest.raises(RuntimeError):
+            cp.prepare(tx.txid)  # -> 503 to the coordinator: counted as NO
+        assert store.aborted == []
+        client.abort(tx.txid)
+    assert cp.resolve_in_doubt().actions() == {tx.txid: "rolled_back"}
+    assert store.aborted == [tx.txid]
+    r = httpx.post(f"{url}/reserve/z2", headers=tx.headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "aborted"
+
+
+def test_read_only_vote_keeps_no_record(service, coord, record_engine: Engine) -> None:
+    cp, store, _url = service
+    store.vote = "read_only"
+    with TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert cp.prepare(tx.txid).body == {"vote": "read_only"}
+    with record.autocommit(record_engine) as conn:
+        assert record.get(conn, "reserver", tx.txid) is None

@@ -139,13 +139,14 @@ def test_recovery_asks_the_real_coordinator(coordinator_url: str, engine: Engine
     rm.close()
 
 
-def test_callback_work_prepared_but_not_recorded_is_aborted(
+def test_callback_prepared_but_not_answered_gets_a_courtesy_abort(
     coordinator_url: str, pg, make_engine, monkeypatch
 ) -> None:
     """The prepare callback made the work durable, then the SDK failed before its record
-    (a 503 to the coordinator). The coordinator counts it as NO but, unlike an explicit NO
-    (a participant that rolled back on its own), sends it a courtesy abort, and the abort
-    callback releases the work at once."""
+    said so (a 503 to the coordinator). The coordinator counts it as NO but, unlike an
+    explicit NO (a participant that rolled back on its own), sends it a courtesy abort, and
+    the abort callback releases the work at once (recovery would otherwise, see
+    test_sdk_callbacks)."""
     reserved: dict[str, list[str]] = {}
     released: list[str] = []
     engine = make_engine(pg.new_database("cb"))
@@ -171,8 +172,6 @@ def test_callback_work_prepared_but_not_recorded_is_aborted(
         reserved.setdefault(work.txid, []).append(item)
         return {"txid": work.txid}
 
-    real_insert = record.insert_if_absent
-
     def lost(*args, **kwargs):
         raise ConnectionError("record store went away")
 
@@ -182,10 +181,10 @@ def test_callback_work_prepared_but_not_recorded_is_aborted(
             tx = client.begin()
             r = httpx.post(f"{server.url}/reserve/seat-1", headers=tx.headers)
             assert r.status_code == 200
-            monkeypatch.setattr(record, "insert_if_absent", lost)
-            with pytest.raises(TransactionAborted):
-                client.commit(tx.txid)
-            monkeypatch.setattr(record, "insert_if_absent", real_insert)
+            with monkeypatch.context() as m:
+                m.setattr(record, "finish_preparing", lost)
+                with pytest.raises(TransactionAborted):
+                    client.commit(tx.txid)
             eventually(lambda: released == [tx.txid])
             assert tx.txid not in reserved
             [p] = client.get(tx.txid)["participants"]
