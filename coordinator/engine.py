@@ -45,9 +45,13 @@ log = logging.getLogger("txc.engine")
 # Idempotency keys map to transaction ids deterministically, so a retried begin (even one
 # that reaches another node after a leader change) names the same transaction.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f0c5a52-6c2b-4a53-9d0e-3f6a7c1d2b90")
-# Courtesy aborts in flight at once (one message each, see Engine._courtesy_aborts); past it
-# they are skipped, which presumed abort makes safe.
+# Courtesy aborts (one message each, see Engine._courtesy_aborts): how many may wait, how many
+# are sent at once (their own slots: a burst to an unreachable host must not hold phase 2's),
+# and how long one may take. Past the first bound they are skipped, which presumed abort
+# makes safe.
 MAX_COURTESY_ABORTS = 1024
+MAX_COURTESY_INFLIGHT = 16
+COURTESY_ABORT_TIMEOUT_S = 2.0
 
 
 def txid_for_key(key: str) -> str:
@@ -101,6 +105,7 @@ class Engine:
         self._epoch = 0
         self._phase2_slots = asyncio.Semaphore(settings.max_inflight_phase2)
         self._courtesy: set[asyncio.Task[None]] = set()
+        self._courtesy_slots = asyncio.Semaphore(MAX_COURTESY_INFLIGHT)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -321,7 +326,7 @@ class Engine:
         participant that is gone would keep the transaction unfinished for ever, when the
         outcome is already safe). But a participant that prepared late (after
         prepare_timeout_s) or failed to answer (a 5xx) would otherwise hold its prepared
-        work, and its locks, until its next recovery pass. Bounded by the phase-2 slots."""
+        work, and its locks, until its next recovery pass."""
         for p in silent:
             if len(self._courtesy) >= MAX_COURTESY_ABORTS:
                 self.metrics.courtesy_aborts_skipped.inc()
@@ -333,10 +338,8 @@ class Engine:
             task.add_done_callback(self._courtesy.discard)
 
     async def _courtesy_abort(self, txid: str, p: Participant) -> None:
-        async with self._phase2_slots:
-            reply = await self.client.call(
-                p.url, "abort", txid, p.name, self.settings.phase2_request_timeout_s
-            )
+        async with self._courtesy_slots:
+            reply = await self.client.call(p.url, "abort", txid, p.name, COURTESY_ABORT_TIMEOUT_S)
         self.metrics.participant_call(p.name, reply)
         if reply.status != 200:
             log.info(

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine import RootTransaction
 
 from participant_sdk import pg_fastpath as fast
@@ -128,6 +128,7 @@ class PgResourceManager(ParticipantBase):
             participant_token=participant_token,
         )
         self.engine = engine
+        self._schema_ok = False
 
     def create_tables(self) -> None:
         record.create_tables(self.engine)
@@ -142,6 +143,7 @@ class PgResourceManager(ParticipantBase):
     @contextlib.contextmanager
     def work(self, txid: str, coordinator_url: str | None = None) -> Iterator[PgWork]:
         validate_txid(txid)
+        self._check_schema()
         gid = make_gid(self.name, txid)
         self.coordinator_for(coordinator_url)  # fail before any work when none is known
         # Stored so that recovery knows whom to ask when no coordinator is configured.
@@ -189,6 +191,23 @@ class PgResourceManager(ParticipantBase):
                 f"work prepared but the enlistment's fate is unknown ({e}); "
                 "the coordinator's outcome will resolve it"
             ) from e
+
+    def _check_schema(self) -> None:
+        """Once per process: the SDK's tables are up to date. Why before any work: a request
+        whose record cannot be written fails only after its PREPARE, leaving prepared work
+        behind on every request (holding locks and prepared-transaction slots)."""
+        if self._schema_ok:
+            return
+        with self.engine.connect() as conn:
+            missing = [t for t in record.TABLE_NAMES if not inspect(conn).has_table(t)]
+        if missing:
+            raise ParticipantError(
+                f"the participant's tables are out of date (missing: {', '.join(missing)}): "
+                "run `txc migrate --branch participant` or create_tables()",
+                code="schema_out_of_date",
+                status=503,
+            )
+        self._schema_ok = True
 
     @contextlib.contextmanager
     def local_work(self) -> Iterator[PgWork]:

@@ -117,6 +117,9 @@ participant_xid = Table(
 )
 
 
+TABLE_NAMES = (TABLE_NAME, XID_TABLE_NAME)
+
+
 def create_tables(engine: Engine) -> None:
     """Create the record table if missing, and bring an existing one's indexes up to date
     (tests and demos; production runs the `participant` Alembic branch, migrations p0001 and

@@ -21,6 +21,7 @@ from participant_sdk import (
     TxcClient,
     WorkRefused,
     make_gid,
+    record,
 )
 from participant_sdk.signing import signed_headers
 
@@ -350,3 +351,29 @@ def test_work_above_read_committed_is_refused_before_anything_is_done(
     assert items(engine) == {} and prepared_gids(engine) == []
     assert record_state(engine, "svc", txid) is None and coord.fake.count("enlist") == 0
     rm.close()
+
+
+def test_work_refused_before_anything_while_the_tables_are_out_of_date(
+    engine: Engine, coord
+) -> None:
+    """New code on a database the participant migrations have not reached (no
+    txc_participant_xid): refused before any work, instead of failing after each PREPARE."""
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {record.XID_TABLE_NAME}"))
+    rm = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:9", coordinator_url=coord.url
+    )
+    try:
+        txid = str(httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"])
+        with pytest.raises(ParticipantError) as exc:
+            with rm.work(txid) as w:
+                w.connection.execute(text("INSERT INTO items VALUES ('s', 1)"))
+        assert exc.value.code == "schema_out_of_date" and exc.value.status == 503
+        assert "txc migrate --branch participant" in exc.value.message
+        assert prepared_gids(engine) == [] and items(engine) == {}
+        rm.create_tables()
+        with rm.work(txid) as w:
+            w.connection.execute(text("INSERT INTO items VALUES ('s', 1)"))
+        assert prepared_gids(engine) == [make_gid("svc", txid)]
+    finally:
+        rm.close()
