@@ -134,6 +134,18 @@ def _lost(*args, **kwargs):
     raise ConnectionError("the process died here")
 
 
+def _prepare_interrupted(cp, client, url: str, item: str, monkeypatch):
+    """A transaction whose prepare callback ran (the work is durable) and whose process then
+    died before the record noted the yes."""
+    tx = client.begin()
+    assert httpx.post(f"{url}/reserve/{item}", headers=tx.headers).status_code == 200
+    with monkeypatch.context() as m:
+        m.setattr(record, "finish_preparing", _lost)
+        with pytest.raises(ConnectionError):
+            cp.prepare(tx.txid)
+    return tx
+
+
 def test_prepare_interrupted_after_the_callback_is_aborted_by_recovery(
     service, coord, monkeypatch
 ) -> None:
@@ -142,12 +154,7 @@ def test_prepare_interrupted_after_the_callback_is_aborted_by_recovery(
     cp, store, url = service
     coord.fake.drive_phase2 = False
     with TxcClient(coord.url) as client:
-        tx = client.begin()
-        assert httpx.post(f"{url}/reserve/x", headers=tx.headers).status_code == 200
-        with monkeypatch.context() as m:
-            m.setattr(record, "finish_preparing", _lost)
-            with pytest.raises(ConnectionError):
-                cp.prepare(tx.txid)
+        tx = _prepare_interrupted(cp, client, url, "x", monkeypatch)
         assert store.prepared == {tx.txid: ["x"]}
         assert cp.resolve_in_doubt().actions() == {tx.txid: "left_pending"}
         # Asked again (a new leader re-runs prepare): it did not finish, so NO.
@@ -163,12 +170,7 @@ def test_recovery_finishes_what_a_crash_left_before_the_vote(service, coord, mon
     cp, store, url = service
     coord.fake.drive_phase2 = False
     with TxcClient(coord.url) as client:
-        tx = client.begin()
-        assert httpx.post(f"{url}/reserve/y", headers=tx.headers).status_code == 200
-        with monkeypatch.context() as m:
-            m.setattr(record, "finish_preparing", _lost)
-            with pytest.raises(ConnectionError):
-                cp.prepare(tx.txid)
+        tx = _prepare_interrupted(cp, client, url, "y", monkeypatch)
         client.abort(tx.txid)  # the coordinator counted the silence as NO
     assert cp.resolve_in_doubt().actions() == {tx.txid: "rolled_back"}
     assert store.prepared == {} and store.aborted == [tx.txid]

@@ -80,6 +80,18 @@ def test_concurrent_commit_and_abort_pick_one_outcome(
         assert prepared_gids(engine) == []
 
 
+def _finish_committed(rm: PgResourceManager, txid: str, finisher: str) -> None:
+    """Whatever meets a txid whose record says 'committed' next: a repeated phase-2 commit,
+    an abort (refused: a heuristic), or recovery (which commits without asking)."""
+    if finisher == "commit":
+        assert rm.commit(txid).status == 200
+    elif finisher == "abort":
+        reply = rm.abort(txid)
+        assert reply.status == 409 and reply.body["error"]["code"] == "heuristic_commit"
+    else:
+        assert rm.resolve_in_doubt().actions() == {txid: "committed"}
+
+
 def test_commit_interrupted_after_its_record_is_finished(
     engine: Engine, coord: Any, rm: PgResourceManager
 ) -> None:
@@ -92,13 +104,7 @@ def test_commit_interrupted_after_its_record_is_finished(
         with fast.autocommit_driver(engine) as driver:
             assert fast.claim_commit(driver, "svc", txid)  # ... and the process dies here
         assert prepared_gids(engine) == [make_gid("svc", txid)]
-        if finisher == "commit":
-            assert rm.commit(txid).status == 200
-        elif finisher == "abort":
-            reply = rm.abort(txid)
-            assert reply.status == 409 and reply.body["error"]["code"] == "heuristic_commit"
-        else:
-            assert rm.resolve_in_doubt().actions() == {txid: "committed"}
+        _finish_committed(rm, txid, finisher)
         assert prepared_gids(engine) == []
         assert items(engine)[finisher] == 1
         assert record_state(engine, "svc", txid) == "committed"
@@ -258,13 +264,7 @@ def test_a_duplicates_work_prepared_under_a_committed_gid_is_never_committed(
         gid = make_gid("svc", txid)
         _prepare_stray_duplicate(engine, gid, f"dup-{finisher}")
         assert prepared_gids(engine) == [gid]
-        if finisher == "commit":
-            assert rm.commit(txid).status == 200  # a repeated phase-2 commit
-        elif finisher == "abort":
-            reply = rm.abort(txid)
-            assert reply.status == 409 and reply.body["error"]["code"] == "heuristic_commit"
-        else:
-            assert rm.resolve_in_doubt().actions() == {txid: "committed"}
+        _finish_committed(rm, txid, finisher)  # a repeated commit, an abort, or recovery
         assert prepared_gids(engine) == []
         assert items(engine)[finisher] == 1 and f"dup-{finisher}" not in items(engine)
         assert record_state(engine, "svc", txid) == "committed"
