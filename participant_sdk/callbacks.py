@@ -124,7 +124,12 @@ class CallbackParticipant(ParticipantBase):
                 if rec.state == "prepared" and rec.gid == record.CALLBACK_PREPARING:
                     return self._vote_no(conn, txid, "an earlier prepare did not finish")
                 return ProtocolReply(200, {"vote": "yes"})
-            record.insert_if_absent(conn, self.name, txid, "prepared", record.CALLBACK_PREPARING)
+            if not record.insert_if_absent(
+                conn, self.name, txid, "prepared", record.CALLBACK_PREPARING
+            ):
+                # Only another process sharing a SQLite record store (whose lock is local to
+                # a process) can get here: answer "try again" rather than run the callback.
+                return ProtocolReply.error(503, "busy", "the record changed meanwhile")
             try:
                 vote = self._prepare_cb(txid)
             except Exception as e:

@@ -53,10 +53,10 @@ READ_COMMITTED = "read committed"
 # The record check rides along with taking the lock (one round trip). Its snapshot may predate
 # the lock, so it can miss a record another lock holder has just written: that only costs a
 # PREPARE that the record insert below then refuses (and rolls back, still under the lock).
-# Should the process die before that rollback, the record's xid (read here too) shows the
-# prepared transaction is not the recorded one, and whoever meets it next rolls it back.
-# It also reads the work transaction's id (the 32-bit xid that pg_prepared_xacts shows once it
-# is prepared; pg_current_xact_id() adds the epoch above it), for the record.
+# Should the process die before that rollback, the record's xid shows the prepared
+# transaction is not the recorded one, and whoever meets it next rolls it back: so the
+# statement also reads the work transaction's id (the 32-bit xid that pg_prepared_xacts shows
+# once it is prepared; pg_current_xact_id() adds the epoch above it).
 _LOCK_AND_STATE_SQL = (
     "SELECT pg_advisory_lock(%s, hashtext(%s)), "
     f"(SELECT state FROM {_T} WHERE participant = %s AND txid = %s), "
