@@ -121,9 +121,10 @@ TABLE_NAMES = (TABLE_NAME, XID_TABLE_NAME)
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the record table if missing, and bring an existing one's indexes up to date
-    (tests and demos; production runs the `participant` Alembic branch, migrations p0001 and
-    p0003, which make the same table)."""
+    """Create the record tables if missing, and bring an existing record table's indexes up
+    to date (tests and demos; production runs the `participant` Alembic branch, migrations
+    p0001, p0003 and p0004, which make the same tables). Takes no lock that waits for
+    prepared transactions (see `participant_xid`)."""
     metadata.create_all(engine, checkfirst=True)
     with engine.begin() as conn:
         # create_all skips a table that exists, indexes included: a database made by an
