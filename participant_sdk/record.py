@@ -24,6 +24,7 @@ Works on PostgreSQL and, for `CallbackParticipant`, on SQLite (process-local loc
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import zlib
 from collections.abc import Iterator
@@ -49,8 +50,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 
 from participant_sdk.headers import MAX_PARTICIPANT_NAME, MAX_TXID, PG_GID_MAX_BYTES
+
+log = logging.getLogger("txc.sdk.record")
 
 TABLE_NAME = "txc_participant_record"
 STATES = ("prepared", "committed", "aborted")
@@ -67,6 +71,7 @@ XID_TABLE_NAME = "txc_participant_xid"  # migration p0004
 # outcome can only be ABORT, and recovery asks and aborts it like any prepared record.
 CALLBACK_PREPARING = "txc-callback:preparing"
 OLD_STATE_INDEX = "ix_txc_participant_record_state"  # before migration p0003
+DROP_OLD_INDEX_LOCK_TIMEOUT_MS = 2000
 
 metadata = MetaData()
 
@@ -123,15 +128,29 @@ TABLE_NAMES = (TABLE_NAME, XID_TABLE_NAME)
 def create_tables(engine: Engine) -> None:
     """Create the record tables if missing, and bring an existing record table's indexes up
     to date (tests and demos; production runs the `participant` Alembic branch, migrations
-    p0001, p0003 and p0004, which make the same tables). Takes no lock that waits for
-    prepared transactions (see `participant_xid`)."""
+    p0001, p0003 and p0004, which make the same tables). Never waits for prepared
+    transactions (see `participant_xid`): a participant starts to resolve them."""
     metadata.create_all(engine, checkfirst=True)
     with engine.begin() as conn:
         # create_all skips a table that exists, indexes included: a database made by an
-        # earlier version gets the current index here and loses the one it replaces.
+        # earlier version gets the current index here (CREATE INDEX's lock does not conflict
+        # with the ACCESS SHARE that prepared work transactions hold on the table) ...
         for index in participant_record.indexes:
             index.create(conn, checkfirst=True)
-        conn.execute(text(f"DROP INDEX IF EXISTS {OLD_STATE_INDEX}"))
+    # ... and loses the one it replaces, unless work is in doubt: DROP INDEX needs an ACCESS
+    # EXCLUSIVE lock, which waits for every prepared transaction that read the table. The old
+    # index only costs speed, so it is then kept until a later start.
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text(f"SET LOCAL lock_timeout = '{DROP_OLD_INDEX_LOCK_TIMEOUT_MS}ms'"))
+            conn.execute(text(f"DROP INDEX IF EXISTS {OLD_STATE_INDEX}"))
+    except OperationalError as e:
+        log.warning(
+            "kept the old index %s for now (work in doubt holds the table): %s",
+            OLD_STATE_INDEX,
+            e.orig,
+        )
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,13 @@ def test_schema_upgrades_do_not_wait_for_work_in_doubt(
     until it is resolved, which the starting participant does only after its tables are
     ready. So neither create_tables (run at each start) nor migration p0004 may take a lock
     that waits for it (ALTER TABLE on the record table would, for ever)."""
+    # A database from before p0003 (its old index), with work in doubt.
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f"CREATE INDEX {record.OLD_STATE_INDEX} ON {record.TABLE_NAME} (participant, state)"
+            )
+        )
     gid = "txc:doubt:t-1"
     with engine.connect() as conn:
         conn.execute(text(f"SELECT count(*) FROM {record.TABLE_NAME}"))
@@ -132,6 +139,8 @@ def test_schema_upgrades_do_not_wait_for_work_in_doubt(
 
         threading.Thread(target=start_up, daemon=True).start()
         assert done.wait(UPGRADE_WAIT_S), "create_tables waited for a prepared transaction"
+        # The old index could not be dropped without waiting: kept for a later start.
+        assert record.OLD_STATE_INDEX in _index_names(engine)
 
         # A database at p0003 with work in doubt: p0004 applies without waiting.
         old = make_engine(pg.new_database("p3"))
@@ -162,6 +171,12 @@ def test_schema_upgrades_do_not_wait_for_work_in_doubt(
                     text("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
                 ).scalars():
                     conn.exec_driver_sql(f"ROLLBACK PREPARED '{g}'")
+    record.create_tables(engine)  # nothing in doubt now: the old index goes
+    assert _index_names(engine) == {record.PREPARED_INDEX}
+
+
+def _index_names(engine: Engine) -> set[str]:
+    return {i["name"] for i in inspect(engine).get_indexes(record.TABLE_NAME)}
 
 
 def _migrate(engine: Engine, name: str, step: str) -> None:
