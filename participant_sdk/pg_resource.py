@@ -129,6 +129,7 @@ class PgResourceManager(ParticipantBase):
         )
         self.engine = engine
         self._schema_ok = False
+        self._xid_table: bool | None = None  # see _has_xid_table
 
     def create_tables(self) -> None:
         record.create_tables(self.engine)
@@ -192,6 +193,13 @@ class PgResourceManager(ParticipantBase):
                 "the coordinator's outcome will resolve it"
             ) from e
 
+    def _has_xid_table(self, conn: Connection) -> bool:
+        """Whether migration p0004 has run (looked up once): recovery, and `txc recover`,
+        also run against an older database, where no record has an xid."""
+        if self._xid_table is None:
+            self._xid_table = inspect(conn).has_table(record.XID_TABLE_NAME)
+        return self._xid_table
+
     def _check_schema(self) -> None:
         """Once per process: the SDK's tables are up to date. Why before any work: a request
         whose record cannot be written fails only after its PREPARE, leaving prepared work
@@ -200,6 +208,7 @@ class PgResourceManager(ParticipantBase):
             return
         with self.engine.connect() as conn:
             missing = [t for t in record.TABLE_NAMES if not inspect(conn).has_table(t)]
+        self._xid_table = record.XID_TABLE_NAME not in missing
         if missing:
             raise ParticipantError(
                 f"the participant's tables are out of date (missing: {', '.join(missing)}): "
@@ -327,7 +336,7 @@ class PgResourceManager(ParticipantBase):
         duplicate's work would be committed. The record's xid tells them apart; a stray one
         (no live request holds it: we have the lock it prepared under) is rolled back."""
         xid = self._prepared_xid(conn, gid)
-        if xid is None or rec is None:
+        if xid is None or rec is None or not self._has_xid_table(conn):
             return xid
         recorded = record.recorded_xid(conn, self.name, rec.txid)
         if recorded is None or recorded == xid:

@@ -268,3 +268,27 @@ def test_a_duplicates_work_prepared_under_a_committed_gid_is_never_committed(
         assert prepared_gids(engine) == []
         assert items(engine)[finisher] == 1 and f"dup-{finisher}" not in items(engine)
         assert record_state(engine, "svc", txid) == "committed"
+
+
+def test_recovery_works_on_a_database_before_p0004(engine: Engine, coord: Any) -> None:
+    """Recovery (and `txc recover`) may meet a database the p0004 migration has not reached:
+    no xid is known there, and a commit interrupted after its record is finished as before."""
+    coord.fake.drive_phase2 = False
+    setup = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:9", coordinator_url=coord.url
+    )
+    txid = _begin(coord)
+    _do_work(setup, txid, "old-db")  # written by the current code, table still there
+    setup.close()
+    with fast.autocommit_driver(engine) as driver:
+        assert fast.claim_commit(driver, "svc", txid)  # ... and the process dies here
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE txc_participant_xid"))
+    rm = PgResourceManager(
+        "svc", engine, public_url="http://127.0.0.1:9", coordinator_url=coord.url
+    )
+    try:
+        assert rm.resolve_in_doubt().actions() == {txid: "committed"}
+        assert items(engine) == {"old-db": 1} and prepared_gids(engine) == []
+    finally:
+        rm.close()
