@@ -29,6 +29,17 @@ depends_on = None
 TABLE = "txc_participant_record"
 
 
+# DROP INDEX waits for an ACCESS EXCLUSIVE lock, i.e. behind every prepared transaction that
+# read the record table (each work transaction does): fail with advice instead of hanging.
+LOCK_TIMEOUT_MS = 10_000
+IN_DOUBT_ADVICE = (
+    "migration p0003 could not lock txc_participant_record within 10 s: the participant has "
+    "work in doubt (see pg_prepared_xacts). Resolve it first (`txc recover --participant NAME "
+    "--database-url URL --apply`, or run the previous release until its recovery has), then "
+    "migrate again."
+)
+
+
 def upgrade() -> None:
     op.create_index(
         "ix_txc_participant_record_prepared",
@@ -37,7 +48,15 @@ def upgrade() -> None:
         postgresql_where=sa.text("state = 'prepared'"),
         sqlite_where=sa.text("state = 'prepared'"),
     )
-    op.drop_index("ix_txc_participant_record_state", table_name=TABLE)
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        op.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'"))
+    try:
+        op.drop_index("ix_txc_participant_record_state", table_name=TABLE)
+    except sa.exc.OperationalError as e:
+        raise RuntimeError(IN_DOUBT_ADVICE) from e
+    if bind.dialect.name == "postgresql":
+        op.execute(sa.text("SET LOCAL lock_timeout = 0"))
 
 
 def downgrade() -> None:

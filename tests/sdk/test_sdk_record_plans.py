@@ -14,6 +14,7 @@ import re
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, inspect, text
 
 from participant_sdk import pg_fastpath, record
@@ -179,7 +180,29 @@ def _index_names(engine: Engine) -> set[str]:
     return {i["name"] for i in inspect(engine).get_indexes(record.TABLE_NAME)}
 
 
-def _migrate(engine: Engine, name: str, step: str) -> None:
+def test_migration_p0003_with_work_in_doubt_fails_with_advice(pg, make_engine) -> None:
+    """p0003 drops an index, which waits behind prepared transactions that read the record
+    table: it gives up after its lock timeout with what to do, instead of hanging, and
+    changes nothing."""
+    eng = make_engine(pg.new_database("p2"))
+    _migrate(eng, "p0001_participant_record", "upgrade")
+    _migrate(eng, "p0002_demo_bank", "upgrade")
+    with eng.connect() as conn:
+        conn.execute(text(f"SELECT count(*) FROM {record.TABLE_NAME}"))
+        conn.exec_driver_sql("PREPARE TRANSACTION 'txc:doubt:t-3'")
+    try:
+        with pytest.raises(RuntimeError, match="txc recover"):
+            _migrate(eng, "p0003_participant_record_prepared_index", "upgrade", LOCK_TIMEOUT_MS=300)
+        assert _index_names(eng) == {record.OLD_STATE_INDEX}
+    finally:
+        with eng.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("ROLLBACK PREPARED 'txc:doubt:t-3'")
+    _migrate(eng, "p0003_participant_record_prepared_index", "upgrade")
+    assert _index_names(eng) == {record.PREPARED_INDEX}
+
+
+def _migrate(engine: Engine, name: str, step: str, **overrides: object) -> None:
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
 
@@ -187,5 +210,7 @@ def _migrate(engine: Engine, name: str, step: str) -> None:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    for key, value in overrides.items():
+        setattr(module, key, value)
     with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
         getattr(module, step)()
