@@ -63,7 +63,8 @@ _WANTED = {
         "content-length",
     )
 }
-MAX_NONCES = 100_000  # stream nonces remembered (each for MAX_CLOCK_SKEW_S) against replay
+# Stream nonces and length signatures remembered (each for 2 * MAX_CLOCK_SKEW_S) against replay.
+MAX_NONCES = 100_000
 WS_POLICY_VIOLATION = 1008
 WS_TOO_BIG = 1009
 
@@ -147,8 +148,13 @@ class RaftEndpoint:
         length = int(announced)
         if length <= MAX_BODY_BYTES or length > MAX_SIGNED_BODY_BYTES:
             return MAX_BODY_BYTES
+        now = time.time()
         try:
-            self._signer(raft, headers, length_signed_body(length), time.time(), HEADER_LENGTH_SIG)
+            self._signer(raft, headers, length_signed_body(length), now, HEADER_LENGTH_SIG)
+            # Once only: a header seen on the wire (plain HTTP) and replayed must not make
+            # this node buffer the announced length again before the body's check fails.
+            if not self._first_use("length:" + headers[HEADER_LENGTH_SIG.lower()], now):
+                raise AuthError("length signature already used")
         except AuthError as e:
             client = scope.get("client")
             self.node.refused_peer(client[0] if client else "?", f"length signature: {e}")
@@ -156,13 +162,18 @@ class RaftEndpoint:
         return length
 
     def _fresh_nonce(self, nonce: str, now: float) -> bool:
-        if len(nonce) != 2 * NONCE_BYTES or nonce in self.nonces:
+        return len(nonce) == 2 * NONCE_BYTES and self._first_use(nonce, now)
+
+    def _first_use(self, key: str, now: float) -> bool:
+        """True the first time `key` is seen within the signature window (remembered for as
+        long as a signed request carrying it could be accepted)."""
+        if key in self.nonces:
             return False
         if len(self.nonces) >= MAX_NONCES:
             self.nonces = {n: t for n, t in self.nonces.items() if t > now}
             if len(self.nonces) >= MAX_NONCES:
                 return False  # a flood of handshakes: refuse rather than forget too early
-        self.nonces[nonce] = now + 2 * MAX_CLOCK_SKEW_S
+        self.nonces[key] = now + 2 * MAX_CLOCK_SKEW_S
         return True
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:

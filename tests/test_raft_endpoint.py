@@ -364,6 +364,21 @@ async def test_a_body_over_the_limit_needs_a_signed_length(
     assert bool(node.refused) == (case in ("other secret", "other length"))  # logged
 
 
+async def test_a_signed_length_is_good_for_one_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen on the wire (plain HTTP) and replayed, a signed length must not make the node
+    buffer the announced size again: the second use is refused before the body is read."""
+    monkeypatch.setattr("coordinator.raft_endpoint.MAX_BODY_BYTES", 100)
+    body = _batch()[:-1] + b" " * 200 + b"]"
+    headers = _length_signed(body, len(body))
+    node = FakeNode()
+    async with _client(node) as c:
+        first = await c.post(RAFT_PATH, content=body, headers=headers)
+        again = await c.post(RAFT_PATH, content=body, headers=headers)
+    assert first.status_code == 204 and again.status_code == 413
+    assert node.raft is not None and len(node.raft.delivered) == 1
+    assert any("already used" in why for why in node.refused)
+
+
 async def test_the_transport_sends_a_big_batch_with_a_signed_length(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
