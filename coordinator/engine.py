@@ -338,8 +338,14 @@ class Engine:
             task.add_done_callback(self._courtesy.discard)
 
     async def _courtesy_abort(self, txid: str, p: Participant) -> None:
-        async with self._courtesy_slots:
-            reply = await self.client.call(p.url, "abort", txid, p.name, COURTESY_ABORT_TIMEOUT_S)
+        try:
+            async with self._courtesy_slots:
+                reply = await self.client.call(
+                    p.url, "abort", txid, p.name, COURTESY_ABORT_TIMEOUT_S
+                )
+        except Exception as e:  # e.g. the engine stopped meanwhile: best effort only
+            log.debug("courtesy abort of %s to %s not sent: %s", txid, p.name, e)
+            return
         self.metrics.participant_call(p.name, reply)
         if reply.status != 200:
             log.info(

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -35,6 +37,8 @@ from participant_sdk.recovery import RECOVERY_INTERVAL_S, InDoubt
 log = logging.getLogger("txc.sdk.callbacks")
 
 VOTES = ("yes", "no", "read_only")
+# Coordinator URLs taken from callers' headers, kept from a txid's work to its prepare.
+MAX_REMEMBERED_COORDINATORS = 10_000
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class CallbackParticipant(ParticipantBase):
         self._commit_cb = commit
         self._abort_cb = abort
         self.engine = record_engine
+        self._coordinator_urls: OrderedDict[str, str] = OrderedDict()  # see work()
+        self._urls_lock = threading.Lock()
 
     def create_tables(self) -> None:
         record.create_tables(self.engine)
@@ -89,13 +95,14 @@ class CallbackParticipant(ParticipantBase):
         the same txid before it is prepared."""
         validate_txid(txid)
         self.coordinator_for(coordinator_url)
-        with record.autocommit(self.engine) as conn:
-            existing = record.get(conn, self.name, txid)
-        if existing is not None:
-            if existing.state == "aborted":
-                raise WorkRefused("the transaction was aborted here", code="aborted")
-            raise WorkRefused("the transaction is already prepared here", code="already_prepared")
+        self._refuse_if_recorded(txid)
+        if coordinator_url and not self.coordinator_url:
+            self._remember_coordinator(txid, coordinator_url)
         yield CallbackWork(txid, self.name)
+        # Again after the work: a prepare (or an abort) that began while it ran may not have
+        # seen it, so the request must not pass for part of the transaction. One that begins
+        # after this check runs its callback after the work was done.
+        self._refuse_if_recorded(txid, late=True)
         try:
             self.enlist(txid, coordinator_url, None)
         except TxcError as e:
@@ -105,6 +112,27 @@ class CallbackParticipant(ParticipantBase):
                     f"the coordinator refused the enlistment: {e}", code="enlistment_refused"
                 ) from e
             raise EnlistmentUncertain(f"the enlistment's fate is unknown: {e}") from e
+
+    def _refuse_if_recorded(self, txid: str, late: bool = False) -> None:
+        with record.autocommit(self.engine) as conn:
+            existing = record.get(conn, self.name, txid)
+        if existing is None:
+            return
+        when = " while this request worked" if late else ""
+        if existing.state == "aborted":
+            raise WorkRefused(f"the transaction was aborted here{when}", code="aborted")
+        raise WorkRefused(
+            f"the transaction was already prepared here{when}", code="already_prepared"
+        )
+
+    def _remember_coordinator(self, txid: str, url: str) -> None:
+        """The coordinator a caller named (no configured one), kept until this txid's prepare
+        writes it into the record: recovery must know whom to ask after a crash."""
+        with self._urls_lock:
+            self._coordinator_urls[txid] = url
+            self._coordinator_urls.move_to_end(txid)
+            while len(self._coordinator_urls) > MAX_REMEMBERED_COORDINATORS:
+                self._coordinator_urls.popitem(last=False)
 
     @contextlib.contextmanager
     def local_work(self) -> Iterator[CallbackWork]:
@@ -124,8 +152,10 @@ class CallbackParticipant(ParticipantBase):
                 if rec.state == "prepared" and rec.gid == record.CALLBACK_PREPARING:
                     return self._vote_no(conn, txid, "an earlier prepare did not finish")
                 return ProtocolReply(200, {"vote": "yes"})
+            with self._urls_lock:
+                url = self._coordinator_urls.pop(txid, None)
             if not record.insert_if_absent(
-                conn, self.name, txid, "prepared", record.CALLBACK_PREPARING
+                conn, self.name, txid, "prepared", record.CALLBACK_PREPARING, url
             ):
                 # Only another process sharing a SQLite record store (whose lock is local to
                 # a process) can get here: answer "try again" rather than run the callback.
@@ -140,8 +170,12 @@ class CallbackParticipant(ParticipantBase):
             if vote not in VOTES:
                 vote, reason = "no", f"prepare callback returned {vote!r}"
             if vote == "yes":
-                record.finish_preparing(conn, self.name, txid)
-                return ProtocolReply(200, {"vote": "yes"})
+                if record.finish_preparing(conn, self.name, txid):
+                    return ProtocolReply(200, {"vote": "yes"})
+                # Aborted meanwhile by another process (the txid lock did not hold): undo
+                # what the callback just prepared, since nothing else will.
+                self._abort_cb(txid)
+                return ProtocolReply(409, {"vote": "no", "reason": "aborted here meanwhile"})
             if vote == "read_only":
                 record.forget_preparing(conn, self.name, txid)
                 return ProtocolReply(200, {"vote": "read_only"})

@@ -271,15 +271,24 @@ def claim_commit(conn: Connection, participant: str, txid: str, gid: str | None 
     return _claim(conn, participant, txid, "committed", "aborted", gid)
 
 
-def finish_preparing(conn: Connection, participant: str, txid: str) -> None:
-    """The prepare callback voted yes: the record stops saying CALLBACK_PREPARING."""
+def finish_preparing(conn: Connection, participant: str, txid: str) -> bool:
+    """The prepare callback voted yes: the record stops saying CALLBACK_PREPARING. False when
+    the record no longer says 'prepared' with that mark (someone aborted it meanwhile: only
+    possible where the txid lock did not hold, e.g. two processes on one SQLite store)."""
     t = participant_record
-    conn.execute(
+    row = conn.execute(
         update(t)
-        .where(t.c.participant == participant, t.c.txid == txid, t.c.gid == CALLBACK_PREPARING)
+        .where(
+            t.c.participant == participant,
+            t.c.txid == txid,
+            t.c.state == "prepared",
+            t.c.gid == CALLBACK_PREPARING,
+        )
         .values(gid=None, updated_at=func.now())
-    )
+        .returning(t.c.txid)
+    ).first()
     _commit_if_needed(conn)
+    return row is not None
 
 
 def forget_preparing(conn: Connection, participant: str, txid: str) -> None:

@@ -14,6 +14,7 @@ from participant_sdk import (
     CallbackWork,
     TransactionAborted,
     TxcClient,
+    WorkRefused,
     create_tables,
     record,
 )
@@ -214,3 +215,92 @@ def test_read_only_vote_keeps_no_record(service, coord, record_engine: Engine) -
         assert cp.prepare(tx.txid).body == {"vote": "read_only"}
     with record.autocommit(record_engine) as conn:
         assert record.get(conn, "reserver", tx.txid) is None
+
+
+def test_work_that_a_prepare_overtook_is_refused(service, coord) -> None:
+    """A prepare that began while a request worked may not have seen its work: the request
+    must not pass for part of the transaction (found by review)."""
+    cp, store, _url = service
+    coord.fake.drive_phase2 = False
+    with TxcClient(coord.url) as client:
+        tx = client.begin()
+        with pytest.raises(WorkRefused) as exc:
+            with cp.work(tx.txid) as w:
+                store.pending.setdefault(w.txid, []).append("late")
+                assert cp.prepare(tx.txid).body == {"vote": "yes"}  # overtakes the work
+        assert exc.value.code == "already_prepared" and "while" in exc.value.message
+        aborted = client.begin()
+        assert cp.abort(aborted.txid).status == 200
+        with pytest.raises(WorkRefused) as exc:
+            with cp.work(aborted.txid):
+                pass
+        assert exc.value.code == "aborted"
+
+
+def test_a_prepare_aborted_meanwhile_elsewhere_undoes_its_work(
+    service, coord, record_engine: Engine
+) -> None:
+    """Another process aborted the txid while this one's callback prepared (the txid lock
+    does not span processes on SQLite, nor survives a lost PostgreSQL session): the record
+    says 'aborted', so the work just prepared is undone and the vote is NO (found by
+    review: it was left prepared with nothing to resolve it)."""
+    cp, store, url = service
+    coord.fake.drive_phase2 = False
+    with TxcClient(coord.url) as client:
+        tx = client.begin()
+        assert httpx.post(f"{url}/reserve/w", headers=tx.headers).status_code == 200
+        real_prepare = cp._prepare_cb
+
+        def prepare_while_aborted_elsewhere(txid: str) -> str:
+            with record.autocommit(record_engine) as other:  # "another process"
+                record.set_state(other, "reserver", txid, "aborted")
+            return real_prepare(txid)
+
+        cp._prepare_cb = prepare_while_aborted_elsewhere
+        reply = cp.prepare(tx.txid)
+    assert reply.status == 409 and reply.body["vote"] == "no"
+    assert store.prepared == {} and store.aborted == [tx.txid]
+
+
+def test_recovery_asks_the_coordinator_the_caller_named(
+    record_engine: Engine, coord, monkeypatch
+) -> None:
+    """No coordinator configured: the one named by the work request's Txc-Coordinator header
+    goes into the record at prepare, so recovery knows whom to ask after a crash (found by
+    review: the record had no URL and recovery failed with no_coordinator on every pass)."""
+    store = Store()
+    port = free_port()
+    cp = CallbackParticipant(
+        "reserver",
+        prepare=store.prepare,
+        commit=store.commit,
+        abort=store.abort,
+        record_engine=record_engine,
+        public_url=f"http://127.0.0.1:{port}",
+    )
+    app = FastAPI()
+    cp.install(app, recovery=False)
+
+    @app.post("/reserve/{item}")
+    def reserve(item: str, work: CallbackWork = cp.join()) -> dict:
+        assert work.txid is not None
+        store.pending.setdefault(work.txid, []).append(item)
+        return {"txid": work.txid}
+
+    server = ServerThread(app, port).start()
+    coord.fake.drive_phase2 = False
+    try:
+        with TxcClient(coord.url) as client:
+            tx = client.begin()
+            headers = tx.headers | {"Txc-Coordinator": coord.url}
+            assert httpx.post(f"{server.url}/reserve/v", headers=headers).status_code == 200
+            with monkeypatch.context() as m:
+                m.setattr(record, "finish_preparing", _lost)
+                with pytest.raises(ConnectionError):
+                    cp.prepare(tx.txid)
+            client.abort(tx.txid)
+        assert cp.resolve_in_doubt().actions() == {tx.txid: "rolled_back"}
+        assert store.prepared == {} and store.aborted == [tx.txid]
+    finally:
+        server.stop()
+        cp.close()
