@@ -3,6 +3,8 @@ the SDK's record makes every step idempotent (PostgreSQL and SQLite record store
 
 from __future__ import annotations
 
+import contextlib
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -54,8 +56,9 @@ def record_engine(request, db_url: str, make_engine, tmp_path) -> Engine:
     return eng
 
 
-@pytest.fixture
-def service(record_engine: Engine, coord):
+@contextlib.contextmanager
+def _reserver(record_engine: Engine, coordinator: TxcClient | None):
+    """The callback participant over `Store`, served with its `POST /reserve/{item}`."""
     store = Store()
     port = free_port()
     cp = CallbackParticipant(
@@ -65,7 +68,7 @@ def service(record_engine: Engine, coord):
         abort=store.abort,
         record_engine=record_engine,
         public_url=f"http://127.0.0.1:{port}",
-        coordinator=TxcClient(coord.url, retries=1),
+        coordinator=coordinator,
     )
     app = FastAPI()
     cp.install(app, recovery=False)
@@ -77,9 +80,17 @@ def service(record_engine: Engine, coord):
         return {"txid": work.txid}
 
     server = ServerThread(app, port).start()
-    yield cp, store, server.url
-    server.stop()
-    cp.close()
+    try:
+        yield cp, store, server.url
+    finally:
+        server.stop()
+        cp.close()
+
+
+@pytest.fixture
+def service(record_engine: Engine, coord):
+    with _reserver(record_engine, TxcClient(coord.url, retries=1)) as served:
+        yield served
 
 
 def test_commit_runs_prepare_then_commit(service, coord) -> None:
@@ -268,39 +279,15 @@ def test_recovery_asks_the_coordinator_the_caller_named(
     """No coordinator configured: the one named by the work request's Txc-Coordinator header
     goes into the record at prepare, so recovery knows whom to ask after a crash (found by
     review: the record had no URL and recovery failed with no_coordinator on every pass)."""
-    store = Store()
-    port = free_port()
-    cp = CallbackParticipant(
-        "reserver",
-        prepare=store.prepare,
-        commit=store.commit,
-        abort=store.abort,
-        record_engine=record_engine,
-        public_url=f"http://127.0.0.1:{port}",
-    )
-    app = FastAPI()
-    cp.install(app, recovery=False)
-
-    @app.post("/reserve/{item}")
-    def reserve(item: str, work: CallbackWork = cp.join()) -> dict:
-        assert work.txid is not None
-        store.pending.setdefault(work.txid, []).append(item)
-        return {"txid": work.txid}
-
-    server = ServerThread(app, port).start()
     coord.fake.drive_phase2 = False
-    try:
-        with TxcClient(coord.url) as client:
-            tx = client.begin()
-            headers = tx.headers | {"Txc-Coordinator": coord.url}
-            assert httpx.post(f"{server.url}/reserve/v", headers=headers).status_code == 200
-            with monkeypatch.context() as m:
-                m.setattr(record, "finish_preparing", _lost)
-                with pytest.raises(ConnectionError):
-                    cp.prepare(tx.txid)
-            client.abort(tx.txid)
+    with _reserver(record_engine, None) as (cp, store, url), TxcClient(coord.url) as client:
+        tx = client.begin()
+        headers = tx.headers | {"Txc-Coordinator": coord.url}
+        assert httpx.post(f"{url}/reserve/v", headers=headers).status_code == 200
+        with monkeypatch.context() as m:
+            m.setattr(record, "finish_preparing", _lost)
+            with pytest.raises(ConnectionError):
+                cp.prepare(tx.txid)
+        client.abort(tx.txid)
         assert cp.resolve_in_doubt().actions() == {tx.txid: "rolled_back"}
         assert store.prepared == {} and store.aborted == [tx.txid]
-    finally:
-        server.stop()
-        cp.close()
