@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coordinator import dashboard, logs, model
 from coordinator.auth import ANONYMOUS, AuthFailed, Principal, Role, TokenTable, parse_tokens
-from coordinator.engine import EngineError
+from coordinator.engine import Carried, EngineError
 from coordinator.hot_routes import HotRoute, HotRoutes
 from coordinator.log import LogUnavailable, NotLeader
 from coordinator.model import Outcome, Transaction, TxState, Vote
@@ -35,10 +35,12 @@ from coordinator.raft.transport import RAFT_PATH
 from coordinator.raft_endpoint import RaftEndpoint
 from coordinator.statemachine import Status
 from coordinator.store import ListFilter
+from participant_sdk.signing import enlistment_valid
 
 TXID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_IDEMPOTENCY_KEY = 200
+MAX_SIGNATURE = 128  # "e1=" and 64 hex digits (participant_sdk/signing.py)
 NODE_STOP_TIMEOUT_S = 15.0  # the node's own shutdown (tasks, connections) on SIGTERM
 ISO_SECONDS_CACHED = 4096  # formatted whole seconds kept for `iso` (timestamps cluster)
 
@@ -91,14 +93,18 @@ class BeginRequest(BaseModel):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        if len(v) > model.MAX_LABELS:
-            raise ValueError(f"at most {model.MAX_LABELS} labels")
-        for k, val in v.items():
-            if not 0 < len(k) <= model.MAX_LABEL_KEY:
-                raise ValueError(f"label keys are 1 to {model.MAX_LABEL_KEY} characters")
-            if len(val) > model.MAX_LABEL_VALUE:
-                raise ValueError(f"label values are at most {model.MAX_LABEL_VALUE} characters")
-        return v
+        return check_labels(v)
+
+
+def check_labels(v: dict[str, str]) -> dict[str, str]:
+    if len(v) > model.MAX_LABELS:
+        raise ValueError(f"at most {model.MAX_LABELS} labels")
+    for k, val in v.items():
+        if not 0 < len(k) <= model.MAX_LABEL_KEY:
+            raise ValueError(f"label keys are 1 to {model.MAX_LABEL_KEY} characters")
+        if len(val) > model.MAX_LABEL_VALUE:
+            raise ValueError(f"label values are at most {model.MAX_LABEL_VALUE} characters")
+    return v
 
 
 class EnlistRequest(BaseModel):
@@ -120,6 +126,45 @@ class EnlistRequest(BaseModel):
     @classmethod
     def _url(cls, v: str) -> str:
         return validate_participant_url(v)
+
+
+class CarriedEnlistment(EnlistRequest):
+    """An enlistment a participant handed to the client (its `Txc-Enlistment` response
+    header) instead of sending it: the client brings it to the commit."""
+
+    sig: str | None = Field(default=None, max_length=MAX_SIGNATURE)
+
+
+class LazyBegin(BaseModel):
+    """Begin the transaction with its commit when the coordinator does not know it yet (the
+    client chose the txid and skipped `POST /v1/transactions`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    timeout_s: float | None = Field(default=None, ge=model.MIN_TIMEOUT_S, le=model.MAX_TIMEOUT_S)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_labels(v)
+
+
+class CommitRequest(BaseModel):
+    """The commit's optional body: what lets a transaction take one log round in all."""
+
+    model_config = ConfigDict(extra="forbid")
+    participants: list[CarriedEnlistment] = Field(
+        default_factory=list, max_length=model.MAX_PARTICIPANTS
+    )
+    begin: LazyBegin | None = None
+
+    @field_validator("participants")
+    @classmethod
+    def _unique(cls, v: list[CarriedEnlistment]) -> list[CarriedEnlistment]:
+        names = [p.name for p in v]
+        if len(set(names)) != len(names):
+            raise ValueError("a participant is named twice")
+        return v
 
 
 def validate_participant_url(v: str) -> str:
@@ -487,12 +532,32 @@ def create_app(node: Any) -> FastAPI:
         return FastJSON(txn_json(t), status_code=201)
 
     @app.post("/v1/transactions/{txid}/commit", dependencies=[Clients])
-    async def commit(txid: str) -> Any:
-        return await do_commit(check_txid(txid), None)
+    async def commit(txid: str, body: Annotated[CommitRequest | None, Body()] = None) -> Any:
+        return await do_commit(check_txid(txid), body)
 
-    async def do_commit(txid: str | None, _body: None) -> Response:
+    def carried(txid: str, body: CommitRequest) -> Carried:
+        secret = settings.participant_token
+        for p in body.participants:
+            # With a participant secret configured (production), only a participant can
+            # enlist: the client must show each one's signature. Without one (development
+            # mode) nothing is signed, as the protocol requests themselves are not.
+            if secret and not enlistment_valid(secret, txid, p.name, p.url, p.vote, p.sig):
+                raise ApiError(
+                    403,
+                    "bad_enlistment_signature",
+                    f"the enlistment of {p.name!r} is not signed by a participant",
+                )
+        return engine.carried(
+            txid,
+            [(p.name, p.url, Vote.YES if p.vote == "yes" else None) for p in body.participants],
+            body.begin.timeout_s if body.begin else None,
+            body.begin.labels if body.begin else None,
+            lazy_begin=body.begin is not None,
+        )
+
+    async def do_commit(txid: str | None, body: CommitRequest | None) -> Response:
         assert txid is not None
-        t = await engine.commit(txid)
+        t = await engine.commit(txid, carried(txid, body) if body is not None else None)
         if t.outcome is Outcome.ABORT:
             return error_response(
                 409,
@@ -506,8 +571,13 @@ def create_app(node: Any) -> FastAPI:
         return FastJSON(txn_json(t))
 
     @app.post("/v1/transactions/{txid}/abort", dependencies=[Clients])
-    async def abort(txid: str, request: Request) -> Any:
-        t = await engine.abort(check_txid(txid))
+    async def abort(
+        txid: str, request: Request, body: Annotated[CommitRequest | None, Body()] = None
+    ) -> Any:
+        check_txid(txid)
+        # The same optional body as commit's: a lazily begun transaction's participants
+        # learn the abort from phase 2 instead of from their recovery's next pass.
+        t = await engine.abort(txid, carried=carried(txid, body) if body is not None else None)
         if who(request).role is Role.ADMIN and t.outcome is Outcome.ABORT:
             await node.audit(who(request), "abort", txid)
         if t.outcome is Outcome.COMMIT:
@@ -658,7 +728,7 @@ def create_app(node: Any) -> FastAPI:
         txid_re=TXID_RE,
         begin=HotRoute({Role.CLIENT}, BeginRequest, do_begin),
         enlist=HotRoute({Role.PARTICIPANT}, EnlistRequest, do_enlist),
-        commit=HotRoute({Role.CLIENT}, None, do_commit),
+        commit=HotRoute({Role.CLIENT}, CommitRequest, do_commit, body_optional=True),
         answers=answer,
     )
     app.add_middleware(ForwardToLeader, node=node)

@@ -47,6 +47,16 @@ class Begin(Command):
     timeout_s: float = 60.0
     labels: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
+    # Begun by its own commit (a client-chosen txid, `POST .../commit` with "begin"): the
+    # txid may already be known, so the store must look it up (a keyless Begin's random
+    # txid needs no look-up).
+    lazy: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if not self.lazy:
+            del d["lazy"]  # as before the field existed: older nodes decode it
+        return d
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,20 @@ class VoteReply:
     answered: bool = True
 
 
+@dataclass(frozen=True)
+class Carried:
+    """What a commit may bring along so that the whole transaction takes one log round: a
+    lazy begin (the client chose the txid and never called begin) and enlistments that the
+    participants handed to the client instead of sending them (deferred enlistment; the API
+    checked their signatures). Applied in order before the decision, in the same entry."""
+
+    begin: Begin | None
+    enlists: list[Enlist]
+
+    def commands(self) -> list[Command]:
+        return [*([self.begin] if self.begin is not None else []), *self.enlists]
+
+
 class Engine:
     def __init__(
         self,
@@ -165,23 +179,65 @@ class Engine:
             await self.log.read_barrier()
         return await self.store.get(txid)
 
-    async def commit(self, txid: str) -> Transaction:
+    async def commit(self, txid: str, carried: Carried | None = None) -> Transaction:
         """Run 2PC (or join the run already going for this transaction) and return the
-        transaction once decided; waits a little for phase 2 so the answer is usually final."""
+        transaction once decided; waits a little for phase 2 so the answer is usually final.
+
+        `carried`: a lazy begin and the enlistments the client brings along (see `Carried`),
+        applied in the same log round as the decision."""
         # No read barrier: the flow's first command goes through the log, and its result is
         # the transaction's state at that point (linearizable by construction).
-        t = await asyncio.shield(self._commit_task(txid))
+        t = await asyncio.shield(self._commit_task(txid, carried))
         return await self._wait_phase2(t)
 
-    def _commit_task(self, txid: str) -> asyncio.Task[Transaction]:
+    def carried(
+        self,
+        txid: str,
+        enlist: list[tuple[str, str, Vote | None]],
+        begin_timeout_s: float | None,
+        labels: dict[str, str] | None,
+        lazy_begin: bool,
+    ) -> Carried:
+        """The commands a commit brings along, stamped now."""
+        at = self.clock()
+        begin = None
+        if lazy_begin:
+            begin = Begin(
+                txid=txid,
+                at=at,
+                timeout_s=begin_timeout_s or self.settings.default_timeout_s,
+                labels=dict(labels or {}),
+                lazy=True,
+            )
+        enlists = [Enlist(txid=txid, at=at, name=n, url=u, vote=v) for n, u, v in enlist]
+        return Carried(begin, enlists)
+
+    def _commit_task(self, txid: str, carried: Carried | None) -> asyncio.Task[Transaction]:
         task = self._commits.get(txid)
         if task is None:
-            task = asyncio.create_task(self._commit_flow(txid), name=f"txc-commit-{txid}")
+            # A commit already running for this txid is joined as it is: its own carried
+            # commands (if any) stand; a repeat's are the same ones, and an enlistment left
+            # out is a prepared participant that its recovery resolves by the outcome.
+            task = asyncio.create_task(self._commit_flow(txid, carried), name=f"txc-commit-{txid}")
             self._commits[txid] = task
             task.add_done_callback(lambda _t: self._commits.pop(txid, None))
         return task
 
-    async def abort(self, txid: str, reason: str = "aborted by client") -> Transaction:
+    async def abort(
+        self, txid: str, reason: str = "aborted by client", carried: Carried | None = None
+    ) -> Transaction:
+        if carried is not None:
+            # One round: the lazy begin and enlistments, then the decision (a no-op if the
+            # transaction is already decided: the first decision stands).
+            decision = Decide(txid=txid, at=self.clock(), outcome=Outcome.ABORT, reason=reason)
+            results = await self.log.propose([*carried.commands(), decision])
+            self._note_carried(carried, results)
+            r = results[-1]
+            if r.txn is None:
+                raise EngineError(r.status, r.message)
+            if r.changed:
+                self._after_decision(r.txn)
+            return await self._wait_phase2(r.txn)
         t = await self.get(txid)
         if t is None:
             raise EngineError(Status.NOT_FOUND, f"transaction {txid} not found")
@@ -229,32 +285,38 @@ class Engine:
 
     # -- phase 1 ----------------------------------------------------------------------------
 
-    async def _commit_flow(self, txid: str) -> Transaction:
+    async def _commit_flow(self, txid: str, carried: Carried | None) -> Transaction:
         with tracing.span("txc.commit", **{"txc.txid": txid}) as span:
-            t = await self._commit_flow_traced(txid)
+            t = await self._commit_flow_traced(txid, carried)
             if span is not None and t.outcome is not None:
                 span.set_attribute("txc.outcome", t.outcome.value)
             return t
 
-    async def _commit_flow_traced(self, txid: str) -> Transaction:
+    async def _commit_flow_traced(self, txid: str, carried: Carried | None) -> Transaction:
         txid_var.set(txid)
         started = self.clock()
         known = self.store.inflight.get(txid)
-        if (
+        prefix = carried.commands() if carried is not None else []
+        if prefix or (
             known is not None
             and known.outcome is None
             and known.participants
             and all(p.vote in (Vote.YES, Vote.READ_ONLY) for p in known.participants)
         ):
-            # Every participant prepared before enlisting (the SDK's way): close enlistment
-            # and decide in one log round. If a vote turns out to be missing when applied,
-            # the conditional decision is a no-op and phase 1 runs below as usual.
-            first, decided = await self.log.propose(
+            # Every participant prepared before enlisting (the SDK's way), or the client
+            # brings the enlistments (and the begin): close enlistment and decide in one log
+            # round. If a vote turns out to be missing when applied, the conditional
+            # decision is a no-op and phase 1 runs below as usual.
+            results = await self.log.propose(
                 [
+                    *prefix,
                     StartPrepare(txid=txid, at=started),
                     Decide(txid=txid, at=started, outcome=Outcome.COMMIT, only_if_unanimous=True),
                 ]
             )
+            first, decided = results[-2], results[-1]
+            if carried is not None:
+                self._note_carried(carried, results)
             if first.txn is None:
                 raise EngineError(first.status, first.message)
             if decided.txn is not None and decided.txn.outcome is not None:
@@ -317,6 +379,16 @@ class Engine:
         if final.outcome is Outcome.ABORT and silent:
             self._courtesy_aborts(final, silent)
         return final
+
+    def _note_carried(self, carried: Carried, results: list[Result]) -> None:
+        if carried.begin is not None and results[0].status is Status.CREATED:
+            self.metrics.begun.inc()
+        offset = 1 if carried.begin is not None else 0
+        for cmd, r in zip(carried.enlists, results[offset:], strict=False):
+            if not r.ok and r.txn is not None and not r.txn.state.decided:
+                # e.g. a name enlisted under another URL: that participant is not asked,
+                # its prepared work follows the outcome through its recovery (it asks).
+                log.warning("carried enlistment of %s refused: %s", cmd.name, r.message)
 
     def _courtesy_aborts(self, t: Transaction, silent: list[Participant]) -> None:
         """One abort message, not tracked, to each participant that did not answer prepare.
@@ -506,7 +578,7 @@ class Engine:
             elif t.state is TxState.PREPARING and t.txid not in self._commits:
                 # A commit whose driver died with the previous leader or process: run it again
                 # (prepare is idempotent at participants).
-                self._commit_task(t.txid)
+                self._commit_task(t.txid, None)
         if expired:
             results = await self.log.propose(expired)
             for r in results:

@@ -37,10 +37,17 @@ Handler = Callable[[str | None, Any], Awaitable[Response]]
 class HotRoute:
     """One call: who may make it, its body model (None: no body) and what it does."""
 
-    def __init__(self, roles: set[Role], model: type[BaseModel] | None, run: Handler) -> None:
+    def __init__(
+        self,
+        roles: set[Role],
+        model: type[BaseModel] | None,
+        run: Handler,
+        body_optional: bool = False,
+    ) -> None:
         self.roles = roles | {Role.ADMIN}
         self.model = model
         self.run = run
+        self.body_optional = body_optional  # an empty body is None for `run`
 
 
 class HotRoutes:
@@ -94,7 +101,7 @@ class HotRoutes:
             return
         fast = not more and self._admitted(route, headers, txid)
         parsed: Any = None
-        if fast and route.model is not None:
+        if fast and route.model is not None and not (route.body_optional and not body):
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             try:
                 fast = ctype == b"application/json"

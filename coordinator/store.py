@@ -105,10 +105,11 @@ def _reads(cmd: Command) -> bool:
     """Whether applying `cmd` needs its transaction's current record. An audit note names no
     record. A Begin without an idempotency key names a txid the leader drew at random (uuid4,
     coordinator/engine.py `begin`), so no record can exist under it: looking it up cost a
-    database round trip per applied batch on every node, in the Raft loop."""
+    database round trip per applied batch on every node, in the Raft loop. A lazy Begin's
+    txid was chosen by the client: it is looked up."""
     if isinstance(cmd, AuditNote):
         return False
-    return not (isinstance(cmd, Begin) and cmd.idempotency_key is None)
+    return not (isinstance(cmd, Begin) and cmd.idempotency_key is None and not cmd.lazy)
 
 
 def _history_detail(cmd: Command, result: Result) -> dict[str, Any]:

@@ -44,6 +44,8 @@ from participant_sdk.errors import (
 )
 from participant_sdk.headers import (
     COORDINATOR_HEADER,
+    ENLIST_HEADER,
+    ENLISTMENT_HEADER,
     LEADER_HEADER,
     TRANSACTION_HEADER,
     make_gid,
@@ -62,6 +64,8 @@ from participant_sdk.recovery import (
 
 __all__ = [
     "COORDINATOR_HEADER",
+    "ENLISTMENT_HEADER",
+    "ENLIST_HEADER",
     "LEADER_HEADER",
     "RECOVERY_INTERVAL_S",
     "TRANSACTION_HEADER",

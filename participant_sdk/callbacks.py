@@ -88,8 +88,15 @@ class CallbackParticipant(ParticipantBase):
 
     # -- the application's work -----------------------------------------------------------------
 
+    # Deferred enlistment is not offered: until the coordinator calls prepare, the work
+    # exists only where the application keeps it, and a client that never brought the
+    # enlistment to its commit would leave it there with nobody ever sending an abort.
+    supports_deferred = False
+
     @contextlib.contextmanager
-    def work(self, txid: str, coordinator_url: str | None = None) -> Iterator[CallbackWork]:
+    def work(
+        self, txid: str, coordinator_url: str | None = None, deferred: bool = False
+    ) -> Iterator[CallbackWork]:
         """Refuse when the txid is already decided or prepared here; after the block, enlist
         (without a vote: the coordinator will call /prepare). Several requests may work for
         the same txid before it is prepared."""
@@ -103,6 +110,7 @@ class CallbackParticipant(ParticipantBase):
         # seen it, so the request must not pass for part of the transaction. One that begins
         # after this check runs its callback after the work was done.
         self._refuse_if_recorded(txid, late=True)
+        # `deferred` is never set here (`supports_deferred`): always enlist.
         try:
             self.enlist(txid, coordinator_url, None)
         except TxcError as e:

@@ -50,6 +50,9 @@ from participant_sdk.errors import (
     TxcError,
 )
 from participant_sdk.headers import (
+    ENLIST_DEFERRED,
+    ENLIST_HEADER,
+    ENLISTMENT_HEADER,
     LEADER_HEADER,
     propagation_headers,
     validate_base_url,
@@ -247,6 +250,30 @@ def _tx_call(op: str, method: str, txid: str, suffix: str = "") -> _Call:
     return _Call(op, method, f"/v1/transactions/{validate_txid(txid)}{suffix}")
 
 
+def _decision_call(
+    op: str,
+    txid: str,
+    participants: Sequence[dict[str, Any]] | None,
+    begin: dict[str, Any] | None,
+) -> _Call:
+    """commit or abort; with a body when the client brings enlistments or a lazy begin."""
+    body: dict[str, Any] | None = None
+    if participants or begin is not None:
+        body = {"participants": list(participants or [])}
+        if begin is not None:
+            body["begin"] = begin
+    return _Call(op, "POST", f"/v1/transactions/{validate_txid(txid)}/{op}", body)
+
+
+def _lazy_begin_body(timeout_s: float | None, labels: dict[str, str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if timeout_s is not None:
+        body["timeout_s"] = float(timeout_s)
+    if labels:
+        body["labels"] = dict(labels)
+    return body
+
+
 def _enlist_call(txid: str, name: str, url: str, vote: str | None) -> _Call:
     body: dict[str, Any] = {"name": name, "url": url}
     if vote is not None:
@@ -278,6 +305,10 @@ class _TransactionBase:
     coordinator_url: str
     data: dict[str, Any] = field(default_factory=dict)
     outcome: str | None = None  # set once this handle committed or aborted
+    # A lazy transaction (`begin_lazy`): begun by its commit, its participants' enlistments
+    # collected from their answers and brought along (one coordinator call in all).
+    lazy_begin: dict[str, Any] | None = None
+    enlistments: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def expires_at(self) -> str | None:
@@ -287,7 +318,32 @@ class _TransactionBase:
     @property
     def headers(self) -> dict[str, str]:
         """Pass these on every call to a participant that should join the transaction."""
-        return propagation_headers(self.txid, self.coordinator_url)
+        headers = propagation_headers(self.txid, self.coordinator_url)
+        if self.lazy_begin is not None:
+            headers[ENLIST_HEADER] = ENLIST_DEFERRED
+        return headers
+
+    def collect(self, response: Any) -> None:
+        """Keep the enlistment a participant handed over in its answer (`response`: any
+        HTTP response with `.headers`: httpx, requests, aiohttp). Call it for every
+        successful participant call of a lazy transaction. One left out is not lost: that
+        participant's prepared work follows the outcome when its recovery asks (seconds
+        later, holding its locks until then)."""
+        value = response.headers.get(ENLISTMENT_HEADER)
+        if not value:
+            return
+        try:
+            entry = json.loads(value)
+        except ValueError:
+            raise InvalidRequest(
+                f"malformed {ENLISTMENT_HEADER} header from a participant", code="bad_enlistment"
+            ) from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise InvalidRequest(
+                f"malformed {ENLISTMENT_HEADER} header from a participant", code="bad_enlistment"
+            )
+        self.enlistments = [e for e in self.enlistments if e.get("name") != entry["name"]]
+        self.enlistments.append(entry)
 
 
 @dataclass
@@ -297,7 +353,7 @@ class Transaction(_TransactionBase):
     def commit(self) -> dict[str, Any]:
         assert self.client is not None
         try:
-            result = self.client.commit(self.txid)
+            result = self.client.commit(self.txid, self.enlistments, self.lazy_begin)
         except TransactionAborted:
             self.outcome = "abort"
             raise
@@ -306,7 +362,7 @@ class Transaction(_TransactionBase):
 
     def abort(self) -> dict[str, Any]:
         assert self.client is not None
-        result = self.client.abort(self.txid)
+        result = self.client.abort(self.txid, self.enlistments, self.lazy_begin)
         self.outcome = "abort"
         return result
 
@@ -318,7 +374,7 @@ class AsyncTransaction(_TransactionBase):
     async def commit(self) -> dict[str, Any]:
         assert self.client is not None
         try:
-            result = await self.client.commit(self.txid)
+            result = await self.client.commit(self.txid, self.enlistments, self.lazy_begin)
         except TransactionAborted:
             self.outcome = "abort"
             raise
@@ -327,7 +383,7 @@ class AsyncTransaction(_TransactionBase):
 
     async def abort(self) -> dict[str, Any]:
         assert self.client is not None
-        result = await self.client.abort(self.txid)
+        result = await self.client.abort(self.txid, self.enlistments, self.lazy_begin)
         self.outcome = "abort"
         return result
 
@@ -445,14 +501,41 @@ class TxcClient(_ClientBase):
     def get(self, txid: str) -> dict[str, Any]:
         return self._request(_tx_call("get", "GET", txid))
 
-    def commit(self, txid: str) -> dict[str, Any]:
-        """Run 2PC. Returns the answer on COMMIT; raises TransactionAborted on ABORT and
-        CoordinatorUnavailable when the outcome could not be learned (it may still commit)."""
-        return self._request(_tx_call("commit", "POST", txid, "/commit"))
+    def begin_lazy(
+        self, timeout_s: float | None = None, labels: dict[str, str] | None = None
+    ) -> Transaction:
+        """A transaction the coordinator learns of only at its commit (or abort): no call
+        now. Its headers ask participants to hand over their enlistment (`Txc-Enlist:
+        deferred`); pass each participant's answer to `tx.collect()`. Every participant
+        must offer deferred enlistment (the SDK's PostgreSQL one does). Trade-offs: see
+        README "Lazy transactions"."""
+        return Transaction(
+            txid=str(uuid.uuid4()),
+            coordinator_url=self.base_url,
+            client=self,
+            lazy_begin=_lazy_begin_body(timeout_s, labels),
+        )
 
-    def abort(self, txid: str) -> dict[str, Any]:
+    def commit(
+        self,
+        txid: str,
+        participants: Sequence[dict[str, Any]] | None = None,
+        begin: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run 2PC. Returns the answer on COMMIT; raises TransactionAborted on ABORT and
+        CoordinatorUnavailable when the outcome could not be learned (it may still commit).
+        `participants` (deferred enlistments) and `begin` (a lazy begin's timeout_s and
+        labels) go in the same log round as the decision."""
+        return self._request(_decision_call("commit", txid, participants, begin))
+
+    def abort(
+        self,
+        txid: str,
+        participants: Sequence[dict[str, Any]] | None = None,
+        begin: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Abort; raises TransactionAlreadyCommitted when the outcome is COMMIT."""
-        return self._request(_tx_call("abort", "POST", txid, "/abort"))
+        return self._request(_decision_call("abort", txid, participants, begin))
 
     def outcome(self, txid: str) -> str:
         """ "commit", "abort" or "pending" (an unknown txid becomes a durable "abort")."""
@@ -468,10 +551,18 @@ class TxcClient(_ClientBase):
         timeout_s: float | None = None,
         labels: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        lazy: bool = False,
     ) -> Iterator[Transaction]:
         """Begin; commit when the block ends normally (unless the block already committed or
-        aborted through the handle); abort when it raises, then re-raise."""
-        tx = self.begin(timeout_s=timeout_s, labels=labels, idempotency_key=idempotency_key)
+        aborted through the handle); abort when it raises, then re-raise. `lazy`: see
+        `begin_lazy` (no idempotency key: the txid itself is the client's)."""
+        if lazy and idempotency_key is not None:
+            raise ValueError("a lazy transaction takes no idempotency key (its txid is one)")
+        tx = (
+            self.begin_lazy(timeout_s=timeout_s, labels=labels)
+            if lazy
+            else self.begin(timeout_s=timeout_s, labels=labels, idempotency_key=idempotency_key)
+        )
         try:
             yield tx
         except BaseException:
@@ -543,11 +634,32 @@ class AsyncTxcClient(_ClientBase):
     async def get(self, txid: str) -> dict[str, Any]:
         return await self._request(_tx_call("get", "GET", txid))
 
-    async def commit(self, txid: str) -> dict[str, Any]:
-        return await self._request(_tx_call("commit", "POST", txid, "/commit"))
+    def begin_lazy(
+        self, timeout_s: float | None = None, labels: dict[str, str] | None = None
+    ) -> AsyncTransaction:
+        """See `TxcClient.begin_lazy` (no coordinator call: not a coroutine)."""
+        return AsyncTransaction(
+            txid=str(uuid.uuid4()),
+            coordinator_url=self.base_url,
+            client=self,
+            lazy_begin=_lazy_begin_body(timeout_s, labels),
+        )
 
-    async def abort(self, txid: str) -> dict[str, Any]:
-        return await self._request(_tx_call("abort", "POST", txid, "/abort"))
+    async def commit(
+        self,
+        txid: str,
+        participants: Sequence[dict[str, Any]] | None = None,
+        begin: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return await self._request(_decision_call("commit", txid, participants, begin))
+
+    async def abort(
+        self,
+        txid: str,
+        participants: Sequence[dict[str, Any]] | None = None,
+        begin: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return await self._request(_decision_call("abort", txid, participants, begin))
 
     async def outcome(self, txid: str) -> str:
         return _outcome_of(await self._request(_tx_call("outcome", "GET", txid, "/outcome")))
@@ -563,8 +675,17 @@ class AsyncTxcClient(_ClientBase):
         timeout_s: float | None = None,
         labels: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        lazy: bool = False,
     ) -> AsyncIterator[AsyncTransaction]:
-        tx = await self.begin(timeout_s=timeout_s, labels=labels, idempotency_key=idempotency_key)
+        if lazy and idempotency_key is not None:
+            raise ValueError("a lazy transaction takes no idempotency key (its txid is one)")
+        tx = (
+            self.begin_lazy(timeout_s=timeout_s, labels=labels)
+            if lazy
+            else await self.begin(
+                timeout_s=timeout_s, labels=labels, idempotency_key=idempotency_key
+            )
+        )
         try:
             yield tx
         except BaseException:

@@ -13,6 +13,12 @@ import re
 TRANSACTION_HEADER = "Txc-Transaction"
 COORDINATOR_HEADER = "Txc-Coordinator"
 LEADER_HEADER = "Txc-Leader"
+# Deferred enlistment: a client that will bring the enlistments to its commit asks for them
+# with `Txc-Enlist: deferred`; a participant then answers with `Txc-Enlistment` (one JSON
+# object: name, url, vote, sig) instead of enlisting itself.
+ENLIST_HEADER = "Txc-Enlist"
+ENLIST_DEFERRED = "deferred"
+ENLISTMENT_HEADER = "Txc-Enlistment"
 
 GID_PREFIX = "txc"
 PG_GID_MAX_BYTES = 199  # PostgreSQL's GIDSIZE is 200 bytes including the terminating NUL

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -50,6 +51,9 @@ from participant_sdk.errors import (
 )
 from participant_sdk.headers import (
     COORDINATOR_HEADER,
+    ENLIST_DEFERRED,
+    ENLIST_HEADER,
+    ENLISTMENT_HEADER,
     MAX_PARTICIPANT_NAME,
     MAX_TXID,
     TRANSACTION_HEADER,
@@ -68,6 +72,7 @@ from participant_sdk.signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     SignatureError,
+    enlistment_signature,
 )
 from participant_sdk.signing import verify as verify_signature
 
@@ -138,9 +143,15 @@ class AsyncJoin(Generic[W]):
     that never calls `run` takes no part in the transaction: nothing is prepared or enlisted.
     """
 
-    def __init__(self, txid: str | None, opener: Callable[[], AbstractContextManager[W]]) -> None:
+    def __init__(
+        self,
+        txid: str | None,
+        opener: Callable[[], AbstractContextManager[W]],
+        on_success: Callable[[], None] | None = None,
+    ) -> None:
         self.txid = txid  # None: a local transaction (join_async(required=False), no header)
         self._opener = opener
+        self._on_success = on_success  # after the unit (e.g. the deferred enlistment header)
         self._used = False
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
@@ -156,9 +167,12 @@ class AsyncJoin(Generic[W]):
     def _unit(self, fn: Callable[..., R], args: tuple[Any, ...]) -> R:
         try:
             with self._opener() as work:
-                return fn(work, *args)
+                result = fn(work, *args)
         except ParticipantError as e:
             raise JoinFailed(e) from e
+        if self._on_success is not None:
+            self._on_success()
+        return result
 
 
 ACCESS_LOGGER = "uvicorn.access"
@@ -206,11 +220,15 @@ class ParticipantBase(ABC):
         coordinator: TxcClient | None = None,
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
         participant_token: str | None = None,
+        deferred_enlistment: bool = True,
     ) -> None:
         """`token`: sent to the coordinator (its API token). `participant_token`: the secret
         the coordinator signs its protocol requests with (its `participant_token` setting);
-        when set, unsigned or badly signed protocol requests are refused. Defaults to
-        `token`, so one shared secret is enough for simple setups."""
+        when set, unsigned or badly signed protocol requests are refused, and deferred
+        enlistments are signed with it. Defaults to `token`, so one shared secret is enough
+        for simple setups. `deferred_enlistment`: honour a caller's `Txc-Enlist: deferred`
+        (hand the enlistment to the caller, who brings it to the commit) instead of always
+        enlisting with the coordinator during the request."""
         self.name = validate_participant_name(name)
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
             raise ValueError(f"prefix must start and not end with '/', got {prefix!r}")
@@ -232,6 +250,7 @@ class ParticipantBase(ABC):
             self._clients[coordinator.base_url] = coordinator
         self._recovery: RecoveryLoop | None = None
         self._router: APIRouter | None = None
+        self.deferred_enlistment = deferred_enlistment
 
     # -- what each participant kind implements ------------------------------------------------
 
@@ -256,8 +275,17 @@ class ParticipantBase(ABC):
         action taken, re-checking under the txid lock."""
 
     @abstractmethod
-    def work(self, txid: str, coordinator_url: str | None = None) -> AbstractContextManager[Any]:
-        """Do one request's work inside global transaction `txid` (outside FastAPI too)."""
+    def work(
+        self, txid: str, coordinator_url: str | None = None, deferred: bool = False
+    ) -> AbstractContextManager[Any]:
+        """Do one request's work inside global transaction `txid` (outside FastAPI too).
+        `deferred`: do not enlist with the coordinator; the caller hands
+        `enlistment(txid)` to the client, which brings it to the commit."""
+
+    # Whether this kind can hand its enlistment to the caller, and the vote it then carries
+    # ("yes": the work is prepared by the end of the request).
+    supports_deferred = True
+    deferred_vote: str | None = "yes"
 
     @abstractmethod
     def local_work(self) -> AbstractContextManager[Any]:
@@ -296,6 +324,29 @@ class ParticipantBase(ABC):
         Raises the client's TxcError; the caller decides what it means for its prepared work
         (see `enlistment_definitely_failed`)."""
         self.coordinator_for(coordinator_url).enlist(txid, self.name, self.protocol_url, vote)
+
+    def enlistment(self, txid: str) -> str:
+        """The `Txc-Enlistment` header value of a deferred enlistment: what the client puts
+        in its commit's `participants`. Signed with the participant secret when there is one
+        (the coordinator then refuses an enlistment a client made up)."""
+        vote = self.deferred_vote
+        entry: dict[str, str] = {"name": self.name, "url": self.protocol_url}
+        if vote is not None:
+            entry["vote"] = vote
+        if self.participant_token:
+            entry["sig"] = enlistment_signature(
+                self.participant_token, txid, self.name, self.protocol_url, vote
+            )
+        return orjson.dumps(entry).decode()
+
+    def _wants_deferred(self, request: Request) -> bool:
+        value = request.headers.get(ENLIST_HEADER)
+        return (
+            self.supports_deferred
+            and self.deferred_enlistment
+            and value is not None
+            and value.strip().lower() == ENLIST_DEFERRED
+        )
 
     @staticmethod
     def enlistment_definitely_failed(e: TxcError) -> bool:
@@ -427,7 +478,7 @@ class ParticipantBase(ABC):
         With `required=False`, a request without `Txc-Transaction` runs as a plain local
         transaction instead of failing with 400."""
 
-        def dependency(request: Request) -> Iterator[Any]:
+        def dependency(request: Request, response: Response) -> Iterator[Any]:
             txid = request.headers.get(TRANSACTION_HEADER)
             if not txid:
                 if required:
@@ -439,8 +490,14 @@ class ParticipantBase(ABC):
                 return
             if not is_valid_txid(txid):
                 raise JoinFailed(MissingTransaction(f"malformed {TRANSACTION_HEADER}: {txid!r}"))
+            deferred = self._wants_deferred(request)
+            if deferred:
+                # Set now: FastAPI copies these headers into the answer before it runs this
+                # dependency's exit. They reach the caller only with a successful answer (a
+                # failure there becomes an error answer, built without them).
+                response.headers[ENLISTMENT_HEADER] = self.enlistment(txid)
             try:
-                with self.work(txid, request.headers.get(COORDINATOR_HEADER)) as w:
+                with self.work(txid, request.headers.get(COORDINATOR_HEADER), deferred) as w:
                     yield w
             except ParticipantError as e:
                 raise JoinFailed(e) from e
@@ -462,7 +519,7 @@ class ParticipantBase(ABC):
                 return await join.run(move, body.account, -body.amount)
         """
 
-        async def dependency(request: Request) -> AsyncJoin[Any]:
+        async def dependency(request: Request, response: Response) -> AsyncJoin[Any]:
             # `async def`: FastAPI calls it on the event loop, without a worker thread.
             txid = request.headers.get(TRANSACTION_HEADER)
             if not txid:
@@ -474,7 +531,13 @@ class ParticipantBase(ABC):
             if not is_valid_txid(txid):
                 raise JoinFailed(MissingTransaction(f"malformed {TRANSACTION_HEADER}: {txid!r}"))
             coordinator_url = request.headers.get(COORDINATOR_HEADER)
-            return AsyncJoin(txid, lambda: self.work(txid, coordinator_url))
+            if not self._wants_deferred(request):
+                return AsyncJoin(txid, lambda: self.work(txid, coordinator_url))
+
+            def hand_over() -> None:
+                response.headers[ENLISTMENT_HEADER] = self.enlistment(txid)
+
+            return AsyncJoin(txid, lambda: self.work(txid, coordinator_url, True), hand_over)
 
         return Depends(dependency)
 

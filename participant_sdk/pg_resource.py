@@ -142,7 +142,9 @@ class PgResourceManager(ParticipantBase):
     # -- the application's work -----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def work(self, txid: str, coordinator_url: str | None = None) -> Iterator[PgWork]:
+    def work(
+        self, txid: str, coordinator_url: str | None = None, deferred: bool = False
+    ) -> Iterator[PgWork]:
         validate_txid(txid)
         self._check_schema()
         gid = make_gid(self.name, txid)
@@ -179,6 +181,10 @@ class PgResourceManager(ParticipantBase):
                     "the application ended the SDK's transaction", code="transaction_ended"
                 )
             self._prepare(conn, driver, trans, txid, gid, stored_url)
+        if deferred:
+            # The client brings our enlistment to the commit. If it never does, the
+            # prepared work follows the transaction's outcome through recovery (which asks).
+            return
         # The connection is back in the pool: nothing is held across the network call.
         try:
             self.enlist(txid, coordinator_url, "yes")

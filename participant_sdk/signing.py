@@ -68,3 +68,32 @@ def verify(
     expected = signature(secret, timestamp, method, path, body)
     if not hmac.compare_digest(expected.encode(), given.encode()):
         raise SignatureError(403, "bad_signature", "signature does not match")
+
+
+# -- enlistments a client carries to the commit (deferred enlistment) -------------------------
+
+ENLISTMENT_SCHEME = "e1"
+_ENLISTMENT_DOMAIN = b"txc-enlistment\n"  # never the start of a request's signed bytes
+
+
+def enlistment_signature(secret: str, txid: str, name: str, url: str, vote: str | None) -> str:
+    """The participant's proof that it did its part of `txid` (and, with vote "yes", that
+    it prepared it) when the client, not the participant, enlists it with the commit.
+
+    Why a signature: enlisting is the participant role's call; a client token must not be
+    able to name a participant (and a URL the coordinator will then send signed phase-2
+    messages to) on its own. The signed bytes start with a fixed domain, so no protocol
+    request signature (which starts with a timestamp) can pass for one, or the reverse."""
+    mac = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+    mac.update(_ENLISTMENT_DOMAIN)
+    mac.update(f"{txid}\n{name}\n{url}\n{vote or ''}".encode())
+    return f"{ENLISTMENT_SCHEME}={mac.hexdigest()}"
+
+
+def enlistment_valid(
+    secret: str, txid: str, name: str, url: str, vote: str | None, given: str | None
+) -> bool:
+    if not given:
+        return False
+    expected = enlistment_signature(secret, txid, name, url, vote)
+    return hmac.compare_digest(expected.encode(), given.encode())

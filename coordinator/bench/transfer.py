@@ -46,11 +46,21 @@ import aiohttp
 from coordinator.bench import loadgen, profiling, report, stack
 from coordinator.bench.args import positive_ints
 from coordinator.bench.loadgen import Run, Sample
-from coordinator.bench.txclient import AiohttpCoordinator, Coordinator, SdkCoordinator, TxFailed
+from coordinator.bench.txclient import (
+    AiohttpCoordinator,
+    Coordinator,
+    SdkCoordinator,
+    Tx,
+    TxFailed,
+)
 from coordinator.embedded_pg import EmbeddedPostgres
 from coordinator.procs import Proc, stop_all
+from participant_sdk.headers import ENLISTMENT_HEADER
 
-SCENARIOS = {"baseline": 0, "txc-1": 1, "txc-3": 3}
+# name -> coordinator nodes; "-lazy": lazy transactions with deferred enlistment (README
+# "Lazy transactions": begun by the commit, which brings the banks' enlistments).
+SCENARIOS = {"baseline": 0, "txc-1": 1, "txc-3": 3, "txc-1-lazy": 1, "txc-3-lazy": 3}
+DEFAULT_SCENARIOS = "baseline,txc-1,txc-3,txc-3-lazy"
 FAILOVER = "txc-3-failover"
 DEFAULT_CONCURRENCY = "8,32"
 DEFAULT_DURATION_S = 15.0
@@ -93,8 +103,10 @@ class Transfers:
         accounts: int,
         concurrency: int,
         seed: int,
+        lazy: bool = False,
     ) -> None:
         assert accounts >= concurrency, "each worker needs its own accounts"
+        self.lazy = lazy
         self.session = session
         self.bank_a, self.bank_b = bank_urls
         self.coordinator = coordinator
@@ -107,12 +119,15 @@ class Transfers:
         self.timeout = aiohttp.ClientTimeout(total=BUSINESS_TIMEOUT_S)
         self.partial = 0  # baseline: debited but not credited (what atomicity prevents)
 
-    async def _business(self, url: str, account: str, headers: dict[str, str]) -> str | None:
+    async def _business(self, url: str, account: str, tx: Tx | None) -> str | None:
         """None when the bank did its part, else what went wrong."""
         body = {"account": account, "amount": AMOUNT}
+        headers = tx.headers if tx is not None else {}
         async with self.session.post(url, json=body, headers=headers, timeout=self.timeout) as r:
             if r.status == 200:
                 await r.read()
+                if tx is not None:
+                    tx.collect(r.headers.get(ENLISTMENT_HEADER))
                 return None
             try:
                 data = await r.json(content_type=None)
@@ -128,32 +143,32 @@ class Transfers:
         debit_url = self.bank_a + "/transfer/debit"
         credit_url = self.bank_b + "/transfer/credit"
         started = time.monotonic()
-        txid: str | None = None
+        tx: Tx | None = None
         try:
             if self.coordinator is None:
-                err = await self._business(debit_url, src, {})
+                err = await self._business(debit_url, src, None)
                 if err is None:
-                    err = await self._business(credit_url, dst, {})
+                    err = await self._business(credit_url, dst, None)
                     if err is not None:
                         self.partial += 1
                 return Sample(started, time.monotonic(), err is None, err)
-            txid, headers = await self.coordinator.begin()
-            err = await self._business(debit_url, src, headers)
+            tx = await self.coordinator.begin(self.lazy)
+            err = await self._business(debit_url, src, tx)
             if err is None:
-                err = await self._business(credit_url, dst, headers)
+                err = await self._business(credit_url, dst, tx)
             if err is not None:
-                await self.coordinator.abort(txid)
+                await self.coordinator.abort(tx)
                 return Sample(started, time.monotonic(), False, err)
             asked = time.monotonic()
-            await self.coordinator.commit(txid)
+            await self.coordinator.commit(tx)
             done = time.monotonic()
             return Sample(started, done, True, None, done - asked)
         except TxFailed as e:
             return Sample(started, time.monotonic(), False, e.kind)
         except (aiohttp.ClientError, TimeoutError) as e:
-            if self.coordinator is not None and txid is not None:
+            if self.coordinator is not None and tx is not None:
                 with contextlib.suppress(TxFailed, aiohttp.ClientError, TimeoutError):
-                    await self.coordinator.abort(txid)
+                    await self.coordinator.abort(tx)
             return Sample(started, time.monotonic(), False, type(e).__name__)
 
 
@@ -340,7 +355,15 @@ async def _scenario(
         if sc.node_procs:
             await stack.find_leader(session, sc.node_procs, _read_headers(creds))
         for i, c in enumerate(levels):
-            op = Transfers(session, sc.bank_urls, coordinator, args.accounts, c, args.seed + i)
+            op = Transfers(
+                session,
+                sc.bank_urls,
+                coordinator,
+                args.accounts,
+                c,
+                args.seed + i,
+                lazy=name.endswith("-lazy"),
+            )
             await _wait_idle(args)
             _, summary = await _measure(sc, pg, op, c, args)
             partial += op.partial
@@ -391,7 +414,15 @@ async def _profile(
     out_dir = Path(args.out_dir)
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     recs: list[profiling.Recording] = []
-    op = Transfers(session, sc.bank_urls, coordinator, args.accounts, concurrency, args.seed + 99)
+    op = Transfers(
+        session,
+        sc.bank_urls,
+        coordinator,
+        args.accounts,
+        concurrency,
+        args.seed + 99,
+        lazy=args.profile_scenario.endswith("-lazy"),
+    )
 
     async def record(run: Run) -> None:
         for name, p in targets.items():
@@ -558,8 +589,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accounts", type=int, default=DEFAULT_ACCOUNTS, help="per bank")
     p.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
-        help=f"which, in order (default {','.join(SCENARIOS)})",
+        default=DEFAULT_SCENARIOS,
+        help=f"which, in order (default {DEFAULT_SCENARIOS}; known: {', '.join(SCENARIOS)})",
     )
     p.add_argument(
         "--failover",

@@ -14,19 +14,22 @@ The business calls (debit, credit) use the same aiohttp session in every scenari
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
 
-from participant_sdk.headers import propagation_headers
+from participant_sdk.headers import ENLIST_DEFERRED, ENLIST_HEADER, propagation_headers
 
 RETRY_FOR_S = 30.0  # a call that found no leader for this long fails
 RETRY_PAUSE_S = 0.02
 REQUEST_TIMEOUT_S = 30.0  # one HTTP request (a commit waits up to 2 s for phase 2)
 TX_TIMEOUT_S = 30.0  # the global transaction's timeout at the coordinator
 MAX_LEADER_HOPS = 5
+LAZY_BEGIN = {"timeout_s": TX_TIMEOUT_S, "labels": {"kind": "bench"}}
 
 
 class TxFailed(Exception):
@@ -37,16 +40,44 @@ class TxFailed(Exception):
         self.kind = kind
 
 
+@dataclass
+class Tx:
+    """One transfer's transaction as the load generator holds it. `lazy`: begun by its commit,
+    with the participants' deferred enlistments (their `Txc-Enlistment` answers) brought
+    along (README "Lazy transactions")."""
+
+    txid: str
+    headers: dict[str, str]
+    lazy: bool = False
+    enlistments: list[dict[str, Any]] = field(default_factory=list)
+
+    def collect(self, header: str | None) -> None:
+        if self.lazy and header:
+            self.enlistments.append(json.loads(header))
+
+    def body(self) -> dict[str, Any] | None:
+        if not self.lazy:
+            return None
+        return {"participants": self.enlistments, "begin": LAZY_BEGIN}
+
+
+def lazy_tx(coordinator_url: str) -> Tx:
+    txid = str(uuid.uuid4())
+    headers = propagation_headers(txid, coordinator_url)
+    headers[ENLIST_HEADER] = ENLIST_DEFERRED
+    return Tx(txid, headers, lazy=True)
+
+
 class Coordinator(Protocol):
-    async def begin(self) -> tuple[str, dict[str, str]]:
-        """Begin; returns the txid and the headers to pass to participants."""
+    async def begin(self, lazy: bool = False) -> Tx:
+        """Begin (lazy: no call, see `Tx`); the headers go to participants."""
         ...
 
-    async def commit(self, txid: str) -> None:
+    async def commit(self, tx: Tx) -> None:
         """Raises TxFailed unless the outcome is COMMIT."""
         ...
 
-    async def abort(self, txid: str) -> None: ...
+    async def abort(self, tx: Tx) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -89,26 +120,24 @@ class AiohttpCoordinator:
                 raise TxFailed(f"{path.rsplit('/', 1)[-1] or 'begin'}: no leader")
             await asyncio.sleep(RETRY_PAUSE_S)
 
-    async def begin(self) -> tuple[str, dict[str, str]]:
-        body = {
-            "timeout_s": TX_TIMEOUT_S,
-            "labels": {"kind": "bench"},
-            "idempotency_key": uuid.uuid4().hex,
-        }
+    async def begin(self, lazy: bool = False) -> Tx:
+        if lazy:
+            return lazy_tx(self.current)
+        body = {**LAZY_BEGIN, "idempotency_key": uuid.uuid4().hex}
         status, data = await self._call("POST", "/v1/transactions", body)
         if status not in (200, 201):
             raise TxFailed(f"begin: HTTP {status}")
         txid = str(data["txid"])
-        return txid, propagation_headers(txid, self.current)
+        return Tx(txid, propagation_headers(txid, self.current))
 
-    async def commit(self, txid: str) -> None:
-        status, data = await self._call("POST", f"/v1/transactions/{txid}/commit")
+    async def commit(self, tx: Tx) -> None:
+        status, data = await self._call("POST", f"/v1/transactions/{tx.txid}/commit", tx.body())
         if status != 200:
             code = (data.get("error") or {}).get("code") if isinstance(data, dict) else None
             raise TxFailed(f"commit: HTTP {status} {code or ''}".strip())
 
-    async def abort(self, txid: str) -> None:
-        await self._call("POST", f"/v1/transactions/{txid}/abort")
+    async def abort(self, tx: Tx) -> None:
+        await self._call("POST", f"/v1/transactions/{tx.txid}/abort", tx.body())
 
     async def aclose(self) -> None:
         pass  # the session belongs to the caller
@@ -122,28 +151,32 @@ class SdkCoordinator:
 
         self.client = AsyncTxcClient(urls, token=token, timeout=REQUEST_TIMEOUT_S)
 
-    async def begin(self) -> tuple[str, dict[str, str]]:
+    async def begin(self, lazy: bool = False) -> Tx:
         from participant_sdk import TxcError
 
+        if lazy:
+            return lazy_tx(self.client.base_url)
         try:
             tx = await self.client.begin(timeout_s=TX_TIMEOUT_S, labels={"kind": "bench"})
         except TxcError as e:
             raise TxFailed(f"begin: {type(e).__name__}") from e
-        return tx.txid, tx.headers
+        return Tx(tx.txid, tx.headers)
 
-    async def commit(self, txid: str) -> None:
+    async def commit(self, tx: Tx) -> None:
         from participant_sdk import TxcError
 
+        body = tx.body() or {}
         try:
-            await self.client.commit(txid)
+            await self.client.commit(tx.txid, body.get("participants"), body.get("begin"))
         except TxcError as e:
             raise TxFailed(f"commit: {type(e).__name__}") from e
 
-    async def abort(self, txid: str) -> None:
+    async def abort(self, tx: Tx) -> None:
         from participant_sdk import TxcError
 
+        body = tx.body() or {}
         try:
-            await self.client.abort(txid)
+            await self.client.abort(tx.txid, body.get("participants"), body.get("begin"))
         except TxcError:
             pass
 

@@ -40,7 +40,8 @@ def test_transfers_report_and_conservation(tmp_path: Path) -> None:
     )
     assert report["benchmark"] == "transfers"
     assert {"cpu", "cores", "postgresql"} <= report["machine"].keys()
-    assert [s["name"] for s in report["scenarios"]] == ["baseline", "txc-1", "txc-3"]
+    names = [s["name"] for s in report["scenarios"]]
+    assert names == ["baseline", "txc-1", "txc-3", "txc-3-lazy"]
     for s in report["scenarios"]:
         _money_conserved(s)
         [level] = s["levels"]
@@ -69,8 +70,9 @@ def test_transfers_report_and_conservation(tmp_path: Path) -> None:
     assert {(r["scenario"], r["concurrency"]) for r in report["ratios"]} == {
         ("txc-1", 2),
         ("txc-3", 2),
+        ("txc-3-lazy", 2),
     }
-    assert len(report["targets"]) == 3
+    assert len(report["targets"]) == 4
     assert "failover" not in report
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from coordinator import migrate
 from coordinator.embedded_pg import free_port
-from participant_sdk import AsyncTxcClient, TransactionAborted, TxcError
+from participant_sdk import AsyncTxcClient, TransactionAborted, TransactionNotFound, TxcError
 from tests.conftest import PgServer
 from tests.e2e.test_bank_transfers import SEED_TOTAL, Bank, start_bank
 from tests.processes import cluster_of
@@ -45,6 +45,7 @@ async def test_transfers_survive_leader_kills(pg: PgServer, tmp_path: Path) -> N
             for b in banks.values():
                 await asyncio.to_thread(b.proc.wait_ready, "/healthz")
             outcomes: dict[str, str] = {}
+            lazy_txids: set[str] = set()
             committed_at: list[float] = []
             stop = asyncio.Event()
             accounts = ["alice", "bob", "carol"]
@@ -55,16 +56,25 @@ async def test_transfers_survive_leader_kills(pg: PgServer, tmp_path: Path) -> N
             ):
 
                 async def worker(w: int) -> None:
+                    # Odd workers run lazy transactions: begun by their commit, which brings
+                    # the banks' deferred enlistments (one log round before phase 2).
+                    lazy = w % 2 == 1
                     i = 0
                     while not stop.is_set():
                         i += 1
                         frm, to = accounts[w % 3], accounts[(w + 1) % 3]
                         try:
-                            tx = await client.begin(timeout_s=20)
+                            tx = (
+                                client.begin_lazy(timeout_s=20)
+                                if lazy
+                                else await client.begin(timeout_s=20)
+                            )
                         except TxcError:
                             await asyncio.sleep(0.05)
                             continue
                         outcomes[tx.txid] = "unknown"
+                        if lazy:
+                            lazy_txids.add(tx.txid)
                         try:
                             for bank, op, account in (
                                 ("bank-a", "debit", frm),
@@ -77,6 +87,7 @@ async def test_transfers_survive_leader_kills(pg: PgServer, tmp_path: Path) -> N
                                 )
                                 if r.status_code != 200:
                                     raise TransactionAborted(f"{bank}: {r.status_code}")
+                                tx.collect(r)
                             await tx.commit()
                             outcomes[tx.txid] = "commit"
                             committed_at.append(time.monotonic())
@@ -106,7 +117,13 @@ async def test_transfers_survive_leader_kills(pg: PgServer, tmp_path: Path) -> N
                 deadline = time.monotonic() + 60
                 for txid in outcomes:
                     while True:
-                        t = await client.get(txid)
+                        try:
+                            t = await client.get(txid)
+                        except TransactionNotFound:
+                            # A lazy transaction whose commit and abort never got through:
+                            # asking for its outcome makes the presumed abort durable.
+                            assert await client.outcome(txid) == "abort"
+                            continue
                         if t["state"] in ("committed", "aborted") or time.monotonic() > deadline:
                             break
                         if t["state"] == "active":
@@ -138,6 +155,10 @@ async def test_transfers_survive_leader_kills(pg: PgServer, tmp_path: Path) -> N
                 assert total == SEED_TOTAL * 2
                 n_commit = sum(1 for o in outcomes.values() if o == "commit")
                 assert n_commit > 0
+                lazy_committed = [
+                    txid for txid, o in outcomes.items() if o == "commit" and txid in lazy_txids
+                ]
+                assert lazy_committed, "no lazy transaction committed"
                 print(f"\ntransfers: {len(outcomes)}, committed: {n_commit}")
         finally:
             for b in banks.values():

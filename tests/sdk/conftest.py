@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 from fake_coordinator import FakeCoordinator
 from sdk_helpers import rollback_all_prepared
+from sdk_real import coordinator_url, two_banks  # noqa: F401  (fixtures)
 from sdk_servers import serve
 from sqlalchemy import Engine, create_engine, text
 

@@ -1,0 +1,71 @@
+"""A real coordinator (one standalone node, in-process) and two demo banks for the SDK's
+tests, with the API token and the participant token set to different values."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from sdk_servers import ServerThread, free_port
+
+from coordinator import migrate
+from coordinator.config import Settings
+from coordinator.node import build_app
+from txc_demo.bank import create_app
+
+API_TOKEN = "api-secret-0123456789"
+PARTICIPANT_TOKEN = "participant-secret"
+FAST = dict(
+    phase2_backoff_initial_s=0.05,
+    phase2_backoff_max_s=0.3,
+    phase2_inline_wait_s=1.0,
+    sweep_interval_s=0.1,
+    prepare_timeout_s=2.0,
+)
+POLL_TIMEOUT_S = 20.0
+POLL_STEP_S = 0.05
+
+
+def eventually(predicate, within_s: float = POLL_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(POLL_STEP_S)
+
+
+@pytest.fixture
+def coordinator_url(pg) -> Iterator[str]:
+    db = pg.new_database("coord")
+    migrate.upgrade(db, "coordinator")
+    port = free_port()
+    settings = Settings(
+        database_url=db,
+        port=port,
+        api_token=API_TOKEN,
+        participant_token=PARTICIPANT_TOKEN,
+        **FAST,
+    )
+    server = ServerThread(build_app(settings, run_migrations=False), port).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def two_banks(pg, coordinator_url: str) -> Iterator[tuple[str, str]]:
+    servers = []
+    for name in ("bank-a", "bank-b"):
+        port = free_port()
+        app = create_app(
+            name,
+            pg.new_database("bank"),
+            coordinator_url,
+            f"http://127.0.0.1:{port}",
+            token=API_TOKEN,
+            participant_token=PARTICIPANT_TOKEN,
+        )
+        servers.append(ServerThread(app, port).start())
+    yield servers[0].url, servers[1].url
+    for s in servers:
+        s.stop()

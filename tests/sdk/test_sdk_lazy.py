@@ -1,0 +1,208 @@
+"""Lazy transactions against the real coordinator: begun by their commit, which brings the
+participants' deferred enlistments (signed with the participant secret), so a whole
+transaction is one coordinator call and one log round before phase 2."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import pytest
+from sdk_apps import serve_items
+from sdk_helpers import items, prepared_gids, record_state
+from sdk_real import API_TOKEN, PARTICIPANT_TOKEN, eventually
+from sdk_servers import free_port
+from sqlalchemy import Engine, text
+
+from participant_sdk import (
+    ENLISTMENT_HEADER,
+    AuthenticationFailed,
+    InvalidRequest,
+    PgResourceManager,
+    TransactionAborted,
+    TransactionNotFound,
+    TxcClient,
+)
+from participant_sdk.signing import enlistment_signature
+
+
+def balance(bank: str, account: str) -> int:
+    return int(httpx.get(f"{bank}/accounts/{account}").json()["balance"])
+
+
+def move(bank: str, path: str, account: str, amount: int, tx) -> httpx.Response:
+    return httpx.post(
+        f"{bank}/transfer/{path}", json={"account": account, "amount": amount}, headers=tx.headers
+    )
+
+
+def test_lazy_transfer_is_one_coordinator_call(coordinator_url: str, two_banks) -> None:
+    a, b = two_banks
+    with TxcClient(coordinator_url, token=API_TOKEN) as client:
+        with client.transaction(lazy=True, timeout_s=20, labels={"kind": "lazy"}) as tx:
+            for bank, path, account in ((a, "debit", "alice"), (b, "credit", "bob")):
+                r = move(bank, path, account, 25, tx)
+                assert r.status_code == 200, r.text
+                tx.collect(r)
+            # The coordinator has not heard of it yet; both banks hold prepared work.
+            with pytest.raises(TransactionNotFound):
+                client.get(tx.txid)
+            assert [e["name"] for e in tx.enlistments] == ["bank-a", "bank-b"]
+            assert all(e["vote"] == "yes" and e["sig"].startswith("e1=") for e in tx.enlistments)
+        assert tx.outcome == "commit"
+        t = client.get(tx.txid)
+        assert t["state"] == "committed" and t["labels"] == {"kind": "lazy"}
+        assert sorted((p["name"], p["vote"]) for p in t["participants"]) == [
+            ("bank-a", "yes"),
+            ("bank-b", "yes"),
+        ]
+        # Repeating the commit (a retry after a lost answer) reports the same outcome.
+        assert client.commit(tx.txid, tx.enlistments, tx.lazy_begin)["outcome"] == "commit"
+    eventually(lambda: balance(a, "alice") == 975 and balance(b, "bob") == 1025)
+
+
+def test_lazy_abort_reaches_the_prepared_participant_at_once(
+    coordinator_url: str, two_banks
+) -> None:
+    """The credit fails (unknown account): the abort brings bank A's enlistment, so phase 2
+    rolls back its prepared debit now rather than at its next recovery pass."""
+    a, b = two_banks
+    with TxcClient(coordinator_url, token=API_TOKEN) as client:
+        tx = client.begin_lazy()
+        r = move(a, "debit", "alice", 30, tx)
+        assert r.status_code == 200
+        tx.collect(r)
+        assert move(b, "credit", "nobody", 30, tx).status_code == 404
+        assert balance(a, "alice") == 1000  # prepared, not visible
+        tx.abort()
+        t = client.get(tx.txid)
+        assert t["outcome"] == "abort" and [p["name"] for p in t["participants"]] == ["bank-a"]
+        eventually(lambda: client.get(tx.txid)["state"] == "aborted")
+        with pytest.raises(TransactionAborted):
+            client.commit(tx.txid, tx.enlistments, tx.lazy_begin)
+    assert balance(a, "alice") == 1000
+
+
+def test_forged_or_unsigned_enlistment_is_refused(coordinator_url: str) -> None:
+    """Only a participant (holder of the participant secret) can enlist: a client cannot
+    name a participant, or a URL for signed phase-2 messages, on its own. Nothing is
+    proposed: the coordinator still does not know the transaction."""
+    txid = str(uuid.uuid4())
+    url = f"http://127.0.0.1:{free_port()}/txc"
+    good = enlistment_signature(PARTICIPANT_TOKEN, txid, "svc", url, "yes")
+    cases = [
+        {"name": "svc", "url": url, "vote": "yes"},  # unsigned
+        {"name": "svc", "url": url, "vote": "yes", "sig": "e1=" + "0" * 64},
+        {"name": "svc", "url": url + "/elsewhere", "vote": "yes", "sig": good},  # URL changed
+        {"name": "svc", "url": url, "sig": good},  # vote dropped
+    ]
+    with TxcClient(coordinator_url, token=API_TOKEN) as client:
+        for entry in cases:
+            with pytest.raises(AuthenticationFailed) as e:
+                client.commit(txid, [entry], {})
+            assert e.value.status == 403 and e.value.code == "bad_enlistment_signature"
+        with pytest.raises(TransactionNotFound):
+            client.get(txid)
+
+
+def test_malformed_commit_bodies(coordinator_url: str) -> None:
+    txid = str(uuid.uuid4())
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    url = f"{coordinator_url}/v1/transactions/{txid}/commit"
+    twice = {"participants": [{"name": "a", "url": "http://h/txc"}] * 2, "begin": {}}
+    r = httpx.post(url, json=twice, headers=headers)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    r = httpx.post(url, json={"begin": {"timeout_s": -1}}, headers=headers)
+    assert r.status_code == 422
+    r = httpx.post(url, json={"begin": {}, "surprise": 1}, headers=headers)
+    assert r.status_code == 422
+    json_headers = {**headers, "content-type": "application/json"}
+    r = httpx.post(url, content=b"{not json", headers=json_headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
+    # Without a begin, an unknown transaction is not created by its commit.
+    r = httpx.post(url, json={"participants": []}, headers=headers)
+    assert r.status_code == 404
+    with TxcClient(coordinator_url, token=API_TOKEN) as client:
+        with pytest.raises(InvalidRequest):
+            client.commit(txid, [{"name": "bad name!", "url": "http://h"}], {})
+
+
+def test_enlistment_left_out_follows_the_outcome_through_recovery(
+    coordinator_url: str, engine: Engine
+) -> None:
+    """A client that does not bring a participant's enlistment (lost, forgotten): the
+    transaction commits without it, and the participant's prepared work follows the outcome
+    when its recovery asks. Atomicity holds; only the locks are held longer."""
+    rm = PgResourceManager(
+        "svc",
+        engine,
+        public_url=f"http://127.0.0.1:{free_port()}",
+        coordinator_url=coordinator_url,
+        token=API_TOKEN,
+        participant_token=PARTICIPANT_TOKEN,
+    )
+    try:
+        with TxcClient(coordinator_url, token=API_TOKEN) as client:
+            tx = client.begin_lazy()
+            with rm.work(tx.txid, deferred=True) as w:
+                w.connection.execute(text("INSERT INTO items VALUES ('left-out', 1)"))
+            assert record_state(engine, "svc", tx.txid) == "prepared"
+            tx.commit()  # no enlistment collected
+            assert client.get(tx.txid)["participants"] == []
+        assert rm.resolve_in_doubt().actions() == {tx.txid: "committed"}
+        assert items(engine) == {"left-out": 1} and prepared_gids(engine) == []
+    finally:
+        rm.close()
+
+
+def test_presumed_abort_before_the_lazy_commit_wins(coordinator_url: str, engine: Engine) -> None:
+    """The participant's recovery asked before the client committed (a slow client): the
+    unknown transaction became a durable ABORT, the work is rolled back, and the late
+    commit is told so (DESIGN §3 rule 3)."""
+    rm = PgResourceManager(
+        "svc",
+        engine,
+        public_url=f"http://127.0.0.1:{free_port()}",
+        coordinator_url=coordinator_url,
+        token=API_TOKEN,
+        participant_token=PARTICIPANT_TOKEN,
+    )
+    try:
+        with TxcClient(coordinator_url, token=API_TOKEN) as client:
+            tx = client.begin_lazy()
+            with rm.work(tx.txid, deferred=True) as w:
+                w.connection.execute(text("INSERT INTO items VALUES ('late', 1)"))
+            tx.enlistments.append(json.loads(rm.enlistment(tx.txid)))
+            assert rm.resolve_in_doubt().actions() == {tx.txid: "rolled_back"}
+            with pytest.raises(TransactionAborted):
+                tx.commit()
+            assert client.get(tx.txid)["outcome"] == "abort"
+        assert items(engine) == {} and prepared_gids(engine) == []
+    finally:
+        rm.close()
+
+
+def test_sync_join_hands_over_the_enlistment(engine: Engine, coord) -> None:
+    """`join()` (a `def` endpoint) with `Txc-Enlist: deferred`: the answer carries the
+    enlistment and the participant did not call the coordinator."""
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin_lazy()
+        r = httpx.post(f"{svc.url}/items/a?value=3", headers=tx.headers)
+        assert r.status_code == 200, r.text
+        assert tx.txid not in coord.fake.txs
+        tx.collect(r)
+        [entry] = tx.enlistments
+        assert entry == {"name": "svc", "url": f"{svc.url}/txc", "vote": "yes"}  # no secret
+        assert r.headers[ENLISTMENT_HEADER]
+        assert record_state(engine, "svc", tx.txid) == "prepared"
+        # Without the request header, the same endpoint enlists itself as before.
+        tx2 = client.begin()
+        r = httpx.post(f"{svc.url}/items/b", headers=tx2.headers)
+        assert r.status_code == 200 and ENLISTMENT_HEADER not in r.headers
+        assert "svc" in coord.fake.txs[tx2.txid].participants
+        # A failed request hands over nothing (its work was rolled back).
+        tx3 = client.begin_lazy()
+        r = httpx.post(f"{svc.url}/items/c?fail=true", headers=tx3.headers)
+        assert r.status_code == 422 and ENLISTMENT_HEADER not in r.headers
+        assert record_state(engine, "svc", tx3.txid) is None
