@@ -13,6 +13,8 @@ server (fsync and synchronous_commit on):
   (`txc_demo.bank`, SDK: PREPARE TRANSACTION and enlist with vote yes), commit (2PC; the
   answer comes after phase 2, which the node waits for inline).
 - txc-3: the same through a 3-node Raft group (every command replicated to a majority).
+- txc-3-lazy (and txc-1-lazy): lazy transactions (README "Lazy transactions"): no begin
+  call; the banks hand their signed enlistments to the client, whose commit brings them.
 - txc-3-failover (`--failover`, on by default): txc-3 under load, the leader SIGKILLed a
   third of the way in; reports the window without commits and latency around the kill.
 
