@@ -12,17 +12,11 @@ from sdk_servers import ServerThread, free_port
 from coordinator import migrate
 from coordinator.config import Settings
 from coordinator.node import build_app
+from tests.test_node import FAST  # the same quick timeouts as the node tests
 from txc_demo.bank import create_app
 
 API_TOKEN = "api-secret-0123456789"
 PARTICIPANT_TOKEN = "participant-secret"
-FAST = dict(
-    phase2_backoff_initial_s=0.05,
-    phase2_backoff_max_s=0.3,
-    phase2_inline_wait_s=1.0,
-    sweep_interval_s=0.1,
-    prepare_timeout_s=2.0,
-)
 POLL_TIMEOUT_S = 20.0
 POLL_STEP_S = 0.05
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -128,59 +129,55 @@ def test_malformed_commit_bodies(coordinator_url: str) -> None:
             client.commit(txid, [{"name": "bad name!", "url": "http://h"}], {})
 
 
+@pytest.fixture
+def svc(coordinator_url: str, engine: Engine) -> Iterator[PgResourceManager]:
+    """A participant outside FastAPI (`rm.work(..., deferred=True)`), with no server: the
+    coordinator cannot reach it, so only its recovery settles its work."""
+    rm = PgResourceManager(
+        "svc",
+        engine,
+        public_url=f"http://127.0.0.1:{free_port()}",
+        coordinator_url=coordinator_url,
+        token=API_TOKEN,
+        participant_token=PARTICIPANT_TOKEN,
+    )
+    yield rm
+    rm.close()
+
+
 def test_enlistment_left_out_follows_the_outcome_through_recovery(
-    coordinator_url: str, engine: Engine
+    coordinator_url: str, engine: Engine, svc: PgResourceManager
 ) -> None:
     """A client that does not bring a participant's enlistment (lost, forgotten): the
     transaction commits without it, and the participant's prepared work follows the outcome
     when its recovery asks. Atomicity holds; only the locks are held longer."""
-    rm = PgResourceManager(
-        "svc",
-        engine,
-        public_url=f"http://127.0.0.1:{free_port()}",
-        coordinator_url=coordinator_url,
-        token=API_TOKEN,
-        participant_token=PARTICIPANT_TOKEN,
-    )
-    try:
-        with TxcClient(coordinator_url, token=API_TOKEN) as client:
-            tx = client.begin_lazy()
-            with rm.work(tx.txid, deferred=True) as w:
-                w.connection.execute(text("INSERT INTO items VALUES ('left-out', 1)"))
-            assert record_state(engine, "svc", tx.txid) == "prepared"
-            tx.commit()  # no enlistment collected
-            assert client.get(tx.txid)["participants"] == []
-        assert rm.resolve_in_doubt().actions() == {tx.txid: "committed"}
-        assert items(engine) == {"left-out": 1} and prepared_gids(engine) == []
-    finally:
-        rm.close()
+    with TxcClient(coordinator_url, token=API_TOKEN) as client:
+        tx = client.begin_lazy()
+        with svc.work(tx.txid, deferred=True) as w:
+            w.connection.execute(text("INSERT INTO items VALUES ('left-out', 1)"))
+        assert record_state(engine, "svc", tx.txid) == "prepared"
+        tx.commit()  # no enlistment collected
+        assert client.get(tx.txid)["participants"] == []
+    assert svc.resolve_in_doubt().actions() == {tx.txid: "committed"}
+    assert items(engine) == {"left-out": 1} and prepared_gids(engine) == []
 
 
-def test_presumed_abort_before_the_lazy_commit_wins(coordinator_url: str, engine: Engine) -> None:
+def test_presumed_abort_before_the_lazy_commit_wins(
+    coordinator_url: str, engine: Engine, svc: PgResourceManager
+) -> None:
     """The participant's recovery asked before the client committed (a slow client): the
     unknown transaction became a durable ABORT, the work is rolled back, and the late
     commit is told so (DESIGN §3 rule 3)."""
-    rm = PgResourceManager(
-        "svc",
-        engine,
-        public_url=f"http://127.0.0.1:{free_port()}",
-        coordinator_url=coordinator_url,
-        token=API_TOKEN,
-        participant_token=PARTICIPANT_TOKEN,
-    )
-    try:
-        with TxcClient(coordinator_url, token=API_TOKEN) as client:
-            tx = client.begin_lazy()
-            with rm.work(tx.txid, deferred=True) as w:
-                w.connection.execute(text("INSERT INTO items VALUES ('late', 1)"))
-            tx.enlistments.append(json.loads(rm.enlistment(tx.txid)))
-            assert rm.resolve_in_doubt().actions() == {tx.txid: "rolled_back"}
-            with pytest.raises(TransactionAborted):
-                tx.commit()
-            assert client.get(tx.txid)["outcome"] == "abort"
-        assert items(engine) == {} and prepared_gids(engine) == []
-    finally:
-        rm.close()
+    with TxcClient(coordinator_url, token=API_TOKEN) as client:
+        tx = client.begin_lazy()
+        with svc.work(tx.txid, deferred=True) as w:
+            w.connection.execute(text("INSERT INTO items VALUES ('late', 1)"))
+        tx.enlistments.append(json.loads(svc.enlistment(tx.txid)))
+        assert svc.resolve_in_doubt().actions() == {tx.txid: "rolled_back"}
+        with pytest.raises(TransactionAborted):
+            tx.commit()
+        assert client.get(tx.txid)["outcome"] == "abort"
+    assert items(engine) == {} and prepared_gids(engine) == []
 
 
 def test_sync_join_hands_over_the_enlistment(engine: Engine, coord) -> None:
