@@ -537,10 +537,19 @@ def create_app(node: Any) -> FastAPI:
 
     def carried(txid: str, body: CommitRequest) -> Carried:
         secret = settings.participant_token
+        if body.participants and not secret and tokens.enabled:
+            # API tokens but no participant secret: nothing could prove that a participant
+            # made these, and enlisting is the participant role's call, not a client's.
+            raise ApiError(
+                403,
+                "enlistment_unverifiable",
+                "deferred enlistments need the participant secret (TXC_PARTICIPANT_TOKEN) "
+                "on the coordinator and the participants",
+            )
         for p in body.participants:
             # With a participant secret configured (production), only a participant can
-            # enlist: the client must show each one's signature. Without one (development
-            # mode) nothing is signed, as the protocol requests themselves are not.
+            # enlist: the client must show each one's signature. With no auth at all
+            # (development mode) nothing is signed, as the protocol requests are not.
             if secret and not enlistment_valid(secret, txid, p.name, p.url, p.vote, p.sig):
                 raise ApiError(
                     403,

@@ -50,13 +50,6 @@ class Begin(Command):
     # Begun by its own commit (a client-chosen txid, `POST .../commit` with "begin"): the
     # txid may already be known, so the store must look it up (a keyless Begin's random
     # txid needs no look-up).
-    lazy: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        d = super().to_dict()
-        if not self.lazy:
-            del d["lazy"]  # as before the field existed: older nodes decode it
-        return d
 
 
 @dataclass(frozen=True)

@@ -86,13 +86,23 @@ class Carried:
     """What a commit may bring along so that the whole transaction takes one log round: a
     lazy begin (the client chose the txid and never called begin) and enlistments that the
     participants handed to the client instead of sending them (deferred enlistment; the API
-    checked their signatures). Applied in order before the decision, in the same entry."""
+    checked their signatures). Applied in order before the decision, in the same entry.
+
+    A lazy begin is a plain keyless Begin (what a node of an earlier release decodes too).
+    Its txid is the client's, so it may exist already: it is only ever proposed followed by
+    a decision for the same txid in the same entry, which makes the store load that txid's
+    record for the whole batch (coordinator/store.py `_reads`)."""
 
     begin: Begin | None
     enlists: list[Enlist]
 
     def commands(self) -> list[Command]:
         return [*([self.begin] if self.begin is not None else []), *self.enlists]
+
+    def then(self, decision: Decide, *before: Command) -> list[Command]:
+        """The proposal: these commands, then `before`, then `decision` (same txid)."""
+        assert all(c.txid == decision.txid for c in (*self.commands(), *before))
+        return [*self.commands(), *before, decision]
 
 
 class Engine:
@@ -207,7 +217,6 @@ class Engine:
                 at=at,
                 timeout_s=begin_timeout_s or self.settings.default_timeout_s,
                 labels=dict(labels or {}),
-                lazy=True,
             )
         enlists = [Enlist(txid=txid, at=at, name=n, url=u, vote=v) for n, u, v in enlist]
         return Carried(begin, enlists)
@@ -226,11 +235,12 @@ class Engine:
     async def abort(
         self, txid: str, reason: str = "aborted by client", carried: Carried | None = None
     ) -> Transaction:
-        if carried is not None:
+        if carried is not None and (carried.begin is not None or await self.get(txid)):
             # One round: the lazy begin and enlistments, then the decision (a no-op if the
-            # transaction is already decided: the first decision stands).
+            # transaction is already decided: the first decision stands). Without a begin,
+            # an unknown txid is a 404 as with a plain abort (below), not a new record.
             decision = Decide(txid=txid, at=self.clock(), outcome=Outcome.ABORT, reason=reason)
-            results = await self.log.propose([*carried.commands(), decision])
+            results = await self.log.propose(carried.then(decision))
             self._note_carried(carried, results)
             r = results[-1]
             if r.txn is None:
@@ -296,8 +306,7 @@ class Engine:
         txid_var.set(txid)
         started = self.clock()
         known = self.store.inflight.get(txid)
-        prefix = carried.commands() if carried is not None else []
-        if prefix or (
+        if carried is not None or (
             known is not None
             and known.outcome is None
             and known.participants
@@ -307,12 +316,10 @@ class Engine:
             # brings the enlistments (and the begin): close enlistment and decide in one log
             # round. If a vote turns out to be missing when applied, the conditional
             # decision is a no-op and phase 1 runs below as usual.
+            start = StartPrepare(txid=txid, at=started)
+            decide = Decide(txid=txid, at=started, outcome=Outcome.COMMIT, only_if_unanimous=True)
             results = await self.log.propose(
-                [
-                    *prefix,
-                    StartPrepare(txid=txid, at=started),
-                    Decide(txid=txid, at=started, outcome=Outcome.COMMIT, only_if_unanimous=True),
-                ]
+                carried.then(decide, start) if carried is not None else [start, decide]
             )
             first, decided = results[-2], results[-1]
             if carried is not None:

@@ -105,11 +105,14 @@ def _reads(cmd: Command) -> bool:
     """Whether applying `cmd` needs its transaction's current record. An audit note names no
     record. A Begin without an idempotency key names a txid the leader drew at random (uuid4,
     coordinator/engine.py `begin`), so no record can exist under it: looking it up cost a
-    database round trip per applied batch on every node, in the Raft loop. A lazy Begin's
-    txid was chosen by the client: it is looked up."""
+    database round trip per applied batch on every node, in the Raft loop. A lazy begin
+    (coordinator/engine.py `Carried`) is a keyless Begin whose txid the client chose: it is
+    never proposed alone, always in one entry with commands that read the same txid, and
+    `apply_batch` loads every txid any command of the batch reads, so it finds an existing
+    record (e.g. a presumed abort) and does not overwrite it."""
     if isinstance(cmd, AuditNote):
         return False
-    return not (isinstance(cmd, Begin) and cmd.idempotency_key is None and not cmd.lazy)
+    return not (isinstance(cmd, Begin) and cmd.idempotency_key is None)
 
 
 def _history_detail(cmd: Command, result: Result) -> dict[str, Any]:

@@ -220,15 +220,18 @@ class ParticipantBase(ABC):
         coordinator: TxcClient | None = None,
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
         participant_token: str | None = None,
-        deferred_enlistment: bool = True,
+        deferred_enlistment: bool = False,
     ) -> None:
         """`token`: sent to the coordinator (its API token). `participant_token`: the secret
         the coordinator signs its protocol requests with (its `participant_token` setting);
         when set, unsigned or badly signed protocol requests are refused, and deferred
         enlistments are signed with it. Defaults to `token`, so one shared secret is enough
-        for simple setups. `deferred_enlistment`: honour a caller's `Txc-Enlist: deferred`
-        (hand the enlistment to the caller, who brings it to the commit) instead of always
-        enlisting with the coordinator during the request."""
+        for simple setups. `deferred_enlistment` (off by default): honour a caller's
+        `Txc-Enlist: deferred` (hand the enlistment to the caller, who brings it to the
+        commit) instead of always enlisting with the coordinator during the request. Off,
+        a txid the coordinator never issued is refused at once (the enlist fails); on, any
+        caller of the business endpoints can have work prepared under a txid it made up,
+        held until recovery's next pass settles it (seconds)."""
         self.name = validate_participant_name(name)
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
             raise ValueError(f"prefix must start and not end with '/', got {prefix!r}")
@@ -329,6 +332,13 @@ class ParticipantBase(ABC):
         """The `Txc-Enlistment` header value of a deferred enlistment: what the client puts
         in its commit's `participants`. Signed with the participant secret when there is one
         (the coordinator then refuses an enlistment a client made up)."""
+        if not self.supports_deferred:
+            # e.g. a callback participant: a signed "yes" for work nobody prepared would let
+            # the coordinator commit without ever asking it.
+            raise WorkRefused(
+                f"{type(self).__name__} does not hand over its enlistment",
+                code="deferred_not_supported",
+            )
         vote = self.deferred_vote
         entry: dict[str, str] = {"name": self.name, "url": self.protocol_url}
         if vote is not None:

@@ -111,6 +111,7 @@ class PgResourceManager(ParticipantBase):
         coordinator: TxcClient | None = None,
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
         participant_token: str | None = None,
+        deferred_enlistment: bool = False,
     ) -> None:
         if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
             raise ValueError(
@@ -126,6 +127,7 @@ class PgResourceManager(ParticipantBase):
             coordinator=coordinator,
             recovery_interval_s=recovery_interval_s,
             participant_token=participant_token,
+            deferred_enlistment=deferred_enlistment,
         )
         self.engine = engine
         self._schema_ok = False

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from coordinator import migrate
-from coordinator.commands import Ack, Begin
+from coordinator.commands import Ack, Begin, Decide, Enlist, StartPrepare
 from coordinator.db import make_engine
-from coordinator.engine import txid_for_key
-from coordinator.model import Outcome, Transaction, TxState
+from coordinator.engine import Carried, txid_for_key
+from coordinator.model import Outcome, Transaction, TxState, Vote
 from coordinator.pgconn import HotConnection
 from coordinator.statemachine import Status
 from coordinator.store import LogEntry, Store
@@ -89,6 +89,40 @@ async def test_a_begin_without_a_key_is_applied_without_a_lookup(db_url: str) ->
         assert results[0].status is Status.CREATED and len(lookups) == 1
         results, _, _ = await store.apply_batch(db, [LogEntry(3, 1, Ack(txid="t-cold", at=now))])
         assert results[0].status is Status.NOT_FOUND and len(lookups) == 2
+    finally:
+        await db.close()
+        await engine.dispose()
+
+
+async def test_a_lazy_begin_finds_a_record_only_the_database_holds(db_url: str) -> None:
+    """A lazy begin is a keyless Begin (no look-up of its own) whose txid the client chose:
+    it comes in one entry with the decision for the same txid, so the batch loads that
+    record anyway. Here a presumed abort that only the database holds: the Begin reports it,
+    the enlistment is refused and the COMMIT is not taken (rule 3)."""
+    migrate.upgrade(db_url, "coordinator")
+    engine = make_engine(db_url)
+    store = Store(engine)
+    db = HotConnection(db_url)
+    txid = str(uuid.uuid4())
+    aborted = _txn(txid, TxState.ABORTED)
+
+    async def database(query: str, params: Any) -> list[tuple[Any, ...]]:
+        return [(aborted.to_dict(),)] if txid in params["txids"] else []
+
+    db.fetchall = database  # type: ignore[method-assign]
+    now = time.time()
+    enlist = Enlist(txid=txid, at=now, name="a", url="http://a", vote=Vote.YES)
+    carried = Carried(Begin(txid=txid, at=now), [enlist])
+    decide = Decide(txid=txid, at=now, outcome=Outcome.COMMIT, only_if_unanimous=True)
+    proposal = carried.then(decide, StartPrepare(txid=txid, at=now))
+    try:
+        entries = [LogEntry(1, seq, cmd) for seq, cmd in enumerate(proposal)]
+        results, changed, _ = await store.apply_batch(db, entries)
+        assert results[0].status is Status.OK and results[0].message == "transaction exists"
+        assert results[1].status is Status.CONFLICT  # not active: no enlistment
+        final = results[-1].txn
+        assert final is not None and final.outcome is Outcome.ABORT and not final.participants
+        assert changed == {}
     finally:
         await db.close()
         await engine.dispose()

@@ -176,6 +176,7 @@ def create_app(
         token=token,
         participant_token=participant_token,
         recovery_interval_s=recovery_interval_s,
+        deferred_enlistment=True,  # lazy transactions (README); the bench measures them
     )
 
     @contextlib.asynccontextmanager

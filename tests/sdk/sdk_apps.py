@@ -91,6 +91,7 @@ def serve_items(
     token: str | None = None,
     recovery: bool = False,
     recovery_interval_s: float = 5.0,
+    deferred_enlistment: bool = False,
 ) -> Iterator[Service]:
     port = free_port()
     public = f"http://127.0.0.1:{port}"
@@ -104,6 +105,7 @@ def serve_items(
         coordinator=coordinator,
         token=token,
         recovery_interval_s=recovery_interval_s,
+        deferred_enlistment=deferred_enlistment,
     )
     server = ServerThread(items_app(rm, recovery=recovery), port).start()
     try:

@@ -12,18 +12,23 @@ import httpx
 import pytest
 from sdk_apps import serve_items
 from sdk_helpers import items, prepared_gids, record_state
-from sdk_real import API_TOKEN, PARTICIPANT_TOKEN, eventually
-from sdk_servers import free_port
+from sdk_real import API_TOKEN, FAST, PARTICIPANT_TOKEN, eventually
+from sdk_servers import ServerThread, free_port
 from sqlalchemy import Engine, text
 
+from coordinator import migrate
+from coordinator.config import Settings
+from coordinator.node import build_app
 from participant_sdk import (
     ENLISTMENT_HEADER,
     AuthenticationFailed,
+    CallbackParticipant,
     InvalidRequest,
     PgResourceManager,
     TransactionAborted,
     TransactionNotFound,
     TxcClient,
+    WorkRefused,
 )
 from participant_sdk.signing import enlistment_signature
 
@@ -183,7 +188,10 @@ def test_presumed_abort_before_the_lazy_commit_wins(
 def test_sync_join_hands_over_the_enlistment(engine: Engine, coord) -> None:
     """`join()` (a `def` endpoint) with `Txc-Enlist: deferred`: the answer carries the
     enlistment and the participant did not call the coordinator."""
-    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+    with (
+        serve_items(engine, coord.url, deferred_enlistment=True) as svc,
+        TxcClient(coord.url) as client,
+    ):
         tx = client.begin_lazy()
         r = httpx.post(f"{svc.url}/items/a?value=3", headers=tx.headers)
         assert r.status_code == 200, r.text
@@ -203,3 +211,71 @@ def test_sync_join_hands_over_the_enlistment(engine: Engine, coord) -> None:
         r = httpx.post(f"{svc.url}/items/c?fail=true", headers=tx3.headers)
         assert r.status_code == 422 and ENLISTMENT_HEADER not in r.headers
         assert record_state(engine, "svc", tx3.txid) is None
+
+
+def test_deferred_enlistment_is_off_unless_the_participant_turns_it_on(
+    engine: Engine, coord
+) -> None:
+    """Off (the default), `Txc-Enlist: deferred` is ignored: the participant enlists, and a
+    txid the coordinator never issued is refused at once, with nothing left prepared."""
+    with serve_items(engine, coord.url) as svc, TxcClient(coord.url) as client:
+        tx = client.begin_lazy()
+        r = httpx.post(f"{svc.url}/items/a", headers=tx.headers)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "enlistment_refused"
+        assert ENLISTMENT_HEADER not in r.headers
+        assert prepared_gids(engine) == [] and items(engine) == {}
+
+
+def test_a_callback_participant_never_signs_an_enlistment(tmp_path) -> None:
+    """Its work is prepared only when the coordinator asks: a signed "yes" from it would let
+    a commit skip that question."""
+    from sqlalchemy import create_engine
+
+    cp = CallbackParticipant(
+        "cb",
+        prepare=lambda txid: "yes",
+        commit=lambda txid: None,
+        abort=lambda txid: None,
+        record_engine=create_engine(f"sqlite:///{tmp_path}/r.db"),
+        public_url="http://127.0.0.1:1",
+        coordinator_url="http://127.0.0.1:2",
+        participant_token=PARTICIPANT_TOKEN,
+    )
+    with pytest.raises(WorkRefused) as e:
+        cp.enlistment(str(uuid.uuid4()))
+    assert e.value.code == "deferred_not_supported"
+
+
+def test_abort_with_a_body_but_no_begin_of_an_unknown_txid_is_404(coordinator_url: str) -> None:
+    with TxcClient(coordinator_url, token=API_TOKEN) as client:
+        txid = str(uuid.uuid4())
+        sig = enlistment_signature(PARTICIPANT_TOKEN, txid, "x", "http://h/txc", None)
+        with pytest.raises(TransactionNotFound):
+            client.abort(txid, [{"name": "x", "url": "http://h/txc", "sig": sig}])
+        with pytest.raises(TransactionNotFound):
+            client.get(txid)
+        # With a begin, the abort records it (its participants then hear it in phase 2).
+        assert client.abort(txid, [], {})["outcome"] == "abort"
+
+
+def test_tokens_without_a_participant_secret_refuse_carried_enlistments(pg) -> None:
+    """API tokens on but no participant secret: nothing proves a participant made the
+    enlistment, and a client token may not enlist: refused, nothing proposed."""
+    db = pg.new_database("coord")
+    migrate.upgrade(db, "coordinator")
+    port = free_port()
+    settings = Settings(database_url=db, port=port, api_token=API_TOKEN, **FAST)
+    server = ServerThread(build_app(settings, run_migrations=False), port).start()
+    try:
+        with TxcClient(server.url, token=API_TOKEN) as client:
+            txid = str(uuid.uuid4())
+            entry = {"name": "svc", "url": "http://127.0.0.1:9/txc", "vote": "yes"}
+            with pytest.raises(AuthenticationFailed) as e:
+                client.commit(txid, [entry], {})
+            assert e.value.code == "enlistment_unverifiable"
+            with pytest.raises(TransactionNotFound):
+                client.get(txid)
+            # A lazy transaction with no participant still works (nothing to verify).
+            assert client.commit(txid, [], {})["outcome"] == "commit"
+    finally:
+        server.stop()
