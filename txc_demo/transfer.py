@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from participant_sdk import TransactionAborted, TxcClient, TxcError
+from participant_sdk import Transaction, TransactionAborted, TxcClient, TxcError
 
 HTTP_TIMEOUT_S = 30.0  # a bank call may wait for a row lock (bank.WORK_LOCK_TIMEOUT_MS)
 TRANSFER_TIMEOUT_S = 30.0  # the global transaction's timeout at the coordinator
@@ -33,14 +33,15 @@ class TransferFailed(Exception):
         self.bank_url, self.status, self.body = bank_url, status, body
 
 
-def _call(http: httpx.Client, url: str, payload: dict[str, Any], headers: dict[str, str]) -> Any:
-    resp = http.post(url, json=payload, headers=headers)
+def _call(http: httpx.Client, url: str, payload: dict[str, Any], tx: Transaction) -> Any:
+    resp = http.post(url, json=payload, headers=tx.headers)
     try:
         body = resp.json()
     except ValueError:
         body = resp.text
     if resp.status_code != 200:
         raise TransferFailed(url, resp.status_code, body)
+    tx.collect(resp)  # a lazy transaction's deferred enlistment (nothing otherwise)
     return body
 
 
@@ -54,6 +55,7 @@ def transfer(
     *,
     token: str | None = None,
     client: TxcClient | None = None,
+    lazy: bool = False,
 ) -> dict[str, Any]:
     """Returns {"txid", "outcome": "commit", "debit", "credit"}; raises TransferFailed (the
     transaction was aborted), TransactionAborted, or CoordinatorUnavailable (outcome unknown:
@@ -64,19 +66,19 @@ def transfer(
     try:
         with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
             with coordinator.transaction(
-                timeout_s=TRANSFER_TIMEOUT_S, labels={"kind": "transfer"}
+                timeout_s=TRANSFER_TIMEOUT_S, labels={"kind": "transfer"}, lazy=lazy
             ) as tx:
                 debit = _call(
                     http,
                     from_bank.rstrip("/") + "/transfer/debit",
                     {"account": from_account, "amount": amount},
-                    tx.headers,
+                    tx,
                 )
                 credit = _call(
                     http,
                     to_bank.rstrip("/") + "/transfer/credit",
                     {"account": to_account, "amount": amount},
-                    tx.headers,
+                    tx,
                 )
             return {"txid": tx.txid, "outcome": tx.outcome, "debit": debit, "credit": credit}
     finally:
@@ -99,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("TXC_CLIENT_TOKEN") or os.environ.get("TXC_API_TOKEN"),
         help="coordinator API token (default $TXC_CLIENT_TOKEN, else $TXC_API_TOKEN)",
     )
+    ap.add_argument(
+        "--lazy",
+        action="store_true",
+        help="a lazy transaction: no begin call, the banks' enlistments go with the commit",
+    )
     args = ap.parse_args(argv)
     try:
         result = transfer(
@@ -109,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             args.to_account,
             args.amount,
             token=args.token,
+            lazy=args.lazy,
         )
     except TransferFailed as e:
         print(json.dumps({"outcome": "abort", "error": str(e)}))

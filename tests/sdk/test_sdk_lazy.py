@@ -279,3 +279,18 @@ def test_tokens_without_a_participant_secret_refuse_carried_enlistments(pg) -> N
             assert client.commit(txid, [], {})["outcome"] == "commit"
     finally:
         server.stop()
+
+
+def test_demo_transfer_lazy(coordinator_url: str, two_banks) -> None:
+    """`python -m txc_demo.transfer --lazy`: the same transfer, one coordinator call."""
+    from txc_demo.transfer import TransferFailed, transfer
+
+    a, b = two_banks
+    result = transfer(coordinator_url, a, "alice", b, "bob", 7, token=API_TOKEN, lazy=True)
+    assert result["outcome"] == "commit"
+    with TxcClient(coordinator_url, token=API_TOKEN) as client:
+        t = client.get(result["txid"])
+        assert t["state"] in ("committing", "committed") and len(t["participants"]) == 2
+    eventually(lambda: balance(a, "alice") == 993 and balance(b, "bob") == 1007)
+    with pytest.raises(TransferFailed):  # unknown account (the lazy abort: test above)
+        transfer(coordinator_url, a, "alice", b, "nobody", 5, token=API_TOKEN, lazy=True)
