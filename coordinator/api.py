@@ -535,30 +535,47 @@ def create_app(node: Any) -> FastAPI:
     async def commit(txid: str, body: Annotated[CommitRequest | None, Body()] = None) -> Any:
         return await do_commit(check_txid(txid), body)
 
-    def carried(txid: str, body: CommitRequest) -> Carried:
+    def verified(txid: str, p: CarriedEnlistment) -> ApiError | None:
+        """Why this carried enlistment cannot be taken, or None."""
         secret = settings.participant_token
-        if body.participants and not secret and tokens.enabled:
+        if not secret and tokens.enabled:
             # API tokens but no participant secret: nothing could prove that a participant
-            # made these, and enlisting is the participant role's call, not a client's.
-            raise ApiError(
+            # made it, and enlisting is the participant role's call, not a client's.
+            return ApiError(
                 403,
                 "enlistment_unverifiable",
                 "deferred enlistments need the participant secret (TXC_PARTICIPANT_TOKEN) "
                 "on the coordinator and the participants",
             )
+        # With a participant secret configured (production), only a participant can enlist:
+        # the client must show its signature. With no auth at all (development mode)
+        # nothing is signed, as the protocol requests are not.
+        if secret and not enlistment_valid(secret, txid, p.name, p.url, p.vote, p.sig):
+            return ApiError(
+                403,
+                "bad_enlistment_signature",
+                f"the enlistment of {p.name!r} is not signed by a participant",
+            )
+        return None
+
+    def carried(txid: str, body: CommitRequest, aborting: bool = False) -> Carried:
+        """The commands a commit (or abort) body brings. A commit with an enlistment that
+        cannot be taken is refused whole (nothing proposed); an abort goes ahead without it
+        (the abort must not be lost; that participant learns it from its recovery)."""
+        taken: list[CarriedEnlistment] = []
         for p in body.participants:
-            # With a participant secret configured (production), only a participant can
-            # enlist: the client must show each one's signature. With no auth at all
-            # (development mode) nothing is signed, as the protocol requests are not.
-            if secret and not enlistment_valid(secret, txid, p.name, p.url, p.vote, p.sig):
-                raise ApiError(
-                    403,
-                    "bad_enlistment_signature",
-                    f"the enlistment of {p.name!r} is not signed by a participant",
+            refusal = verified(txid, p)
+            if refusal is None:
+                taken.append(p)
+            elif not aborting:
+                raise refusal
+            else:
+                logging.getLogger("txc.api").warning(
+                    "abort of %s: enlistment of %s left out (%s)", txid, p.name, refusal.code
                 )
         return engine.carried(
             txid,
-            [(p.name, p.url, Vote.YES if p.vote == "yes" else None) for p in body.participants],
+            [(p.name, p.url, Vote.YES if p.vote == "yes" else None) for p in taken],
             body.begin.timeout_s if body.begin else None,
             body.begin.labels if body.begin else None,
             lazy_begin=body.begin is not None,
@@ -586,7 +603,9 @@ def create_app(node: Any) -> FastAPI:
         check_txid(txid)
         # The same optional body as commit's: a lazily begun transaction's participants
         # learn the abort from phase 2 instead of from their recovery's next pass.
-        t = await engine.abort(txid, carried=carried(txid, body) if body is not None else None)
+        t = await engine.abort(
+            txid, carried=carried(txid, body, aborting=True) if body is not None else None
+        )
         if who(request).role is Role.ADMIN and t.outcome is Outcome.ABORT:
             await node.audit(who(request), "abort", txid)
         if t.outcome is Outcome.COMMIT:

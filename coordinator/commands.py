@@ -47,9 +47,6 @@ class Begin(Command):
     timeout_s: float = 60.0
     labels: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
-    # Begun by its own commit (a client-chosen txid, `POST .../commit` with "begin"): the
-    # txid may already be known, so the store must look it up (a keyless Begin's random
-    # txid needs no look-up).
 
 
 @dataclass(frozen=True)

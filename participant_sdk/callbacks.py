@@ -88,10 +88,10 @@ class CallbackParticipant(ParticipantBase):
 
     # -- the application's work -----------------------------------------------------------------
 
-    # Deferred enlistment is not offered: until the coordinator calls prepare, the work
-    # exists only where the application keeps it, and a client that never brought the
-    # enlistment to its commit would leave it there with nobody ever sending an abort.
-    supports_deferred = False
+    # Deferred enlistment is not offered (`supports_deferred` stays False): until the
+    # coordinator calls prepare, the work exists only where the application keeps it, and a
+    # client that never brought the enlistment to its commit would leave it there with
+    # nobody ever sending an abort.
 
     @contextlib.contextmanager
     def work(

@@ -286,8 +286,10 @@ class ParticipantBase(ABC):
         `enlistment(txid)` to the client, which brings it to the commit."""
 
     # Whether this kind can hand its enlistment to the caller, and the vote it then carries
-    # ("yes": the work is prepared by the end of the request).
-    supports_deferred = True
+    # ("yes": the work is prepared by the end of the request). Off unless a kind whose
+    # `work()` prepares says so (PgResourceManager): a signed "yes" for unprepared work
+    # would let a commit skip asking it.
+    supports_deferred = False
     deferred_vote: str | None = "yes"
 
     @abstractmethod
@@ -332,13 +334,7 @@ class ParticipantBase(ABC):
         """The `Txc-Enlistment` header value of a deferred enlistment: what the client puts
         in its commit's `participants`. Signed with the participant secret when there is one
         (the coordinator then refuses an enlistment a client made up)."""
-        if not self.supports_deferred:
-            # e.g. a callback participant: a signed "yes" for work nobody prepared would let
-            # the coordinator commit without ever asking it.
-            raise WorkRefused(
-                f"{type(self).__name__} does not hand over its enlistment",
-                code="deferred_not_supported",
-            )
+        self.check_deferred()
         vote = self.deferred_vote
         entry: dict[str, str] = {"name": self.name, "url": self.protocol_url}
         if vote is not None:
@@ -348,6 +344,22 @@ class ParticipantBase(ABC):
                 self.participant_token, txid, self.name, self.protocol_url, vote
             )
         return orjson.dumps(entry).decode()
+
+    def check_deferred(self) -> None:
+        """Raise unless this participant hands over its enlistment (its kind can, and
+        `deferred_enlistment` is on)."""
+        if not self.supports_deferred:
+            # e.g. a callback participant: a signed "yes" for work nobody prepared would let
+            # the coordinator commit without ever asking it.
+            raise WorkRefused(
+                f"{type(self).__name__} does not hand over its enlistment",
+                code="deferred_not_supported",
+            )
+        if not self.deferred_enlistment:
+            raise WorkRefused(
+                f"{self.name}: deferred enlistment is off (deferred_enlistment=True)",
+                code="deferred_not_enabled",
+            )
 
     def _wants_deferred(self, request: Request) -> bool:
         value = request.headers.get(ENLIST_HEADER)

@@ -99,6 +99,8 @@ class PgResourceManager(ParticipantBase):
     server must have `max_prepared_transactions > 0`, and which holds the record table
     (`create_tables()` or the `participant` Alembic branch)."""
 
+    supports_deferred = True  # work() prepares before the request's answer
+
     def __init__(
         self,
         name: str,
@@ -148,6 +150,8 @@ class PgResourceManager(ParticipantBase):
         self, txid: str, coordinator_url: str | None = None, deferred: bool = False
     ) -> Iterator[PgWork]:
         validate_txid(txid)
+        if deferred:
+            self.check_deferred()
         self._check_schema()
         gid = make_gid(self.name, txid)
         self.coordinator_for(coordinator_url)  # fail before any work when none is known

@@ -110,6 +110,9 @@ def test_forged_or_unsigned_enlistment_is_refused(coordinator_url: str) -> None:
             assert e.value.status == 403 and e.value.code == "bad_enlistment_signature"
         with pytest.raises(TransactionNotFound):
             client.get(txid)
+        # An abort with a forged enlistment still aborts (without that enlistment).
+        t = client.abort(txid, [cases[0]], {})
+        assert t["outcome"] == "abort" and t["participants"] == []
 
 
 def test_malformed_commit_bodies(coordinator_url: str) -> None:
@@ -145,6 +148,7 @@ def svc(coordinator_url: str, engine: Engine) -> Iterator[PgResourceManager]:
         coordinator_url=coordinator_url,
         token=API_TOKEN,
         participant_token=PARTICIPANT_TOKEN,
+        deferred_enlistment=True,
     )
     yield rm
     rm.close()
@@ -275,8 +279,11 @@ def test_tokens_without_a_participant_secret_refuse_carried_enlistments(pg) -> N
             assert e.value.code == "enlistment_unverifiable"
             with pytest.raises(TransactionNotFound):
                 client.get(txid)
+            # An abort is not lost for it: it goes ahead without the enlistment.
+            assert client.abort(txid, [entry], {})["outcome"] == "abort"
             # A lazy transaction with no participant still works (nothing to verify).
-            assert client.commit(txid, [], {})["outcome"] == "commit"
+            other = str(uuid.uuid4())
+            assert client.commit(other, [], {})["outcome"] == "commit"
     finally:
         server.stop()
 
@@ -294,3 +301,27 @@ def test_demo_transfer_lazy(coordinator_url: str, two_banks) -> None:
     eventually(lambda: balance(a, "alice") == 993 and balance(b, "bob") == 1007)
     with pytest.raises(TransferFailed):  # unknown account (the lazy abort: test above)
         transfer(coordinator_url, a, "alice", b, "nobody", 5, token=API_TOKEN, lazy=True)
+
+
+def test_deferred_work_needs_the_opt_in(coordinator_url: str, engine: Engine) -> None:
+    """Outside FastAPI too: `work(txid, deferred=True)` and `enlistment()` are refused
+    unless `deferred_enlistment=True`, before any work."""
+    rm = PgResourceManager(
+        "off",
+        engine,
+        public_url=f"http://127.0.0.1:{free_port()}",
+        coordinator_url=coordinator_url,
+        token=API_TOKEN,
+        participant_token=PARTICIPANT_TOKEN,
+    )
+    try:
+        txid = str(uuid.uuid4())
+        with pytest.raises(WorkRefused) as e:
+            with rm.work(txid, deferred=True):
+                raise AssertionError("the work must not start")
+        assert e.value.code == "deferred_not_enabled"
+        with pytest.raises(WorkRefused):
+            rm.enlistment(txid)
+        assert prepared_gids(engine) == []
+    finally:
+        rm.close()
