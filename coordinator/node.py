@@ -109,6 +109,8 @@ class Node:
         problems = []
         if not self.log.is_leader() and self.log.leader_url() is None:
             problems.append("no leader")
+        if isinstance(self.log, RaftLog) and self.log.leading_not_ready():
+            problems.append("leader of a new term, still applying the log it inherited")
         if self.raft is not None and self.raft.removed:
             problems.append("this node was removed from the group")
         try:

@@ -225,6 +225,11 @@ class RaftLog:
     def is_leader(self) -> bool:
         return self.role is Role.LEADER and self._leader_ready_index is None
 
+    def leading_not_ready(self) -> bool:
+        """Elected, but not yet applied up to the log it inherited: it answers nothing yet
+        (requests would be forwarded to itself and refused), so it is not ready either."""
+        return self.role is Role.LEADER and self._leader_ready_index is not None
+
     def leader_url(self) -> str | None:
         if self.leader == NONE:
             return None
