@@ -576,9 +576,7 @@ def create_app(node: Any) -> FastAPI:
         return engine.carried(
             txid,
             [(p.name, p.url, Vote.YES if p.vote == "yes" else None) for p in taken],
-            body.begin.timeout_s if body.begin else None,
-            body.begin.labels if body.begin else None,
-            lazy_begin=body.begin is not None,
+            (body.begin.timeout_s, body.begin.labels) if body.begin is not None else None,
         )
 
     async def do_commit(txid: str | None, body: CommitRequest | None) -> Response:

@@ -204,22 +204,22 @@ class Engine:
         self,
         txid: str,
         enlist: list[tuple[str, str, Vote | None]],
-        begin_timeout_s: float | None,
-        labels: dict[str, str] | None,
-        lazy_begin: bool,
+        begin: tuple[float | None, dict[str, str]] | None,
     ) -> Carried:
-        """The commands a commit brings along, stamped now."""
+        """The commands a commit brings along, stamped now: enlistments (name, url, vote)
+        and a lazy begin (timeout_s, labels) or None."""
         at = self.clock()
-        begin = None
-        if lazy_begin:
-            begin = Begin(
+        lazy = None
+        if begin is not None:
+            timeout_s, labels = begin
+            lazy = Begin(
                 txid=txid,
                 at=at,
-                timeout_s=begin_timeout_s or self.settings.default_timeout_s,
-                labels=dict(labels or {}),
+                timeout_s=timeout_s or self.settings.default_timeout_s,
+                labels=dict(labels),
             )
         enlists = [Enlist(txid=txid, at=at, name=n, url=u, vote=v) for n, u, v in enlist]
-        return Carried(begin, enlists)
+        return Carried(lazy, enlists)
 
     def _commit_task(self, txid: str, carried: Carried | None) -> asyncio.Task[Transaction]:
         task = self._commits.get(txid)

@@ -101,6 +101,8 @@ class CallbackParticipant(ParticipantBase):
         (without a vote: the coordinator will call /prepare). Several requests may work for
         the same txid before it is prepared."""
         validate_txid(txid)
+        if deferred:
+            self.check_deferred()  # raises, before any work: this kind never defers (above)
         self.coordinator_for(coordinator_url)
         self._refuse_if_recorded(txid)
         if coordinator_url and not self.coordinator_url:
@@ -110,7 +112,6 @@ class CallbackParticipant(ParticipantBase):
         # seen it, so the request must not pass for part of the transaction. One that begins
         # after this check runs its callback after the work was done.
         self._refuse_if_recorded(txid, late=True)
-        # `deferred` is never set here (`supports_deferred`): always enlist.
         try:
             self.enlist(txid, coordinator_url, None)
         except TxcError as e:

@@ -50,8 +50,6 @@ from participant_sdk.errors import (
     TxcError,
 )
 from participant_sdk.headers import (
-    ENLIST_DEFERRED,
-    ENLIST_HEADER,
     ENLISTMENT_HEADER,
     LEADER_HEADER,
     propagation_headers,
@@ -318,10 +316,9 @@ class _TransactionBase:
     @property
     def headers(self) -> dict[str, str]:
         """Pass these on every call to a participant that should join the transaction."""
-        headers = propagation_headers(self.txid, self.coordinator_url)
-        if self.lazy_begin is not None:
-            headers[ENLIST_HEADER] = ENLIST_DEFERRED
-        return headers
+        return propagation_headers(
+            self.txid, self.coordinator_url, deferred=self.lazy_begin is not None
+        )
 
     def collect(self, response: Any) -> None:
         """Keep the enlistment a participant handed over in its answer (`response`: any
@@ -335,9 +332,7 @@ class _TransactionBase:
         try:
             entry = json.loads(value)
         except ValueError:
-            raise InvalidRequest(
-                f"malformed {ENLISTMENT_HEADER} header from a participant", code="bad_enlistment"
-            ) from None
+            entry = None
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidRequest(
                 f"malformed {ENLISTMENT_HEADER} header from a participant", code="bad_enlistment"

@@ -84,9 +84,14 @@ def parse_gid(gid: str) -> tuple[str, str] | None:
     return name, txid
 
 
-def propagation_headers(txid: str, coordinator_url: str | None = None) -> dict[str, str]:
-    """Headers a client passes on every call to a participant inside the transaction."""
+def propagation_headers(
+    txid: str, coordinator_url: str | None = None, deferred: bool = False
+) -> dict[str, str]:
+    """Headers a client passes on every call to a participant inside the transaction
+    (`deferred`: a lazy transaction's, asking for the participants' enlistments)."""
     headers = {TRANSACTION_HEADER: validate_txid(txid)}
     if coordinator_url:
         headers[COORDINATOR_HEADER] = coordinator_url
+    if deferred:
+        headers[ENLIST_HEADER] = ENLIST_DEFERRED
     return headers

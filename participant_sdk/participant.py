@@ -285,12 +285,10 @@ class ParticipantBase(ABC):
         `deferred`: do not enlist with the coordinator; the caller hands
         `enlistment(txid)` to the client, which brings it to the commit."""
 
-    # Whether this kind can hand its enlistment to the caller, and the vote it then carries
-    # ("yes": the work is prepared by the end of the request). Off unless a kind whose
-    # `work()` prepares says so (PgResourceManager): a signed "yes" for unprepared work
-    # would let a commit skip asking it.
+    # Whether this kind can hand its enlistment (always with vote "yes") to the caller: only
+    # a kind whose `work()` has prepared by the end of the request (PgResourceManager). A
+    # signed "yes" for unprepared work would let a commit skip asking it.
     supports_deferred = False
-    deferred_vote: str | None = "yes"
 
     @abstractmethod
     def local_work(self) -> AbstractContextManager[Any]:
@@ -335,19 +333,21 @@ class ParticipantBase(ABC):
         in its commit's `participants`. Signed with the participant secret when there is one
         (the coordinator then refuses an enlistment a client made up)."""
         self.check_deferred()
-        vote = self.deferred_vote
-        entry: dict[str, str] = {"name": self.name, "url": self.protocol_url}
-        if vote is not None:
-            entry["vote"] = vote
+        entry = {"name": self.name, "url": self.protocol_url, "vote": "yes"}
         if self.participant_token:
             entry["sig"] = enlistment_signature(
-                self.participant_token, txid, self.name, self.protocol_url, vote
+                self.participant_token, txid, self.name, self.protocol_url, "yes"
             )
         return orjson.dumps(entry).decode()
 
-    def check_deferred(self) -> None:
-        """Raise unless this participant hands over its enlistment (its kind can, and
+    @property
+    def defers(self) -> bool:
+        """Whether this participant hands over its enlistment (its kind can, and
         `deferred_enlistment` is on)."""
+        return self.supports_deferred and self.deferred_enlistment
+
+    def check_deferred(self) -> None:
+        """Raise unless `defers`, saying which half is missing."""
         if not self.supports_deferred:
             # e.g. a callback participant: a signed "yes" for work nobody prepared would let
             # the coordinator commit without ever asking it.
@@ -363,12 +363,7 @@ class ParticipantBase(ABC):
 
     def _wants_deferred(self, request: Request) -> bool:
         value = request.headers.get(ENLIST_HEADER)
-        return (
-            self.supports_deferred
-            and self.deferred_enlistment
-            and value is not None
-            and value.strip().lower() == ENLIST_DEFERRED
-        )
+        return self.defers and value is not None and value.strip().lower() == ENLIST_DEFERRED
 
     @staticmethod
     def enlistment_definitely_failed(e: TxcError) -> bool:

@@ -22,14 +22,14 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from participant_sdk.headers import ENLIST_DEFERRED, ENLIST_HEADER, propagation_headers
+from participant_sdk.headers import propagation_headers
 
 RETRY_FOR_S = 30.0  # a call that found no leader for this long fails
 RETRY_PAUSE_S = 0.02
 REQUEST_TIMEOUT_S = 30.0  # one HTTP request (a commit waits up to 2 s for phase 2)
 TX_TIMEOUT_S = 30.0  # the global transaction's timeout at the coordinator
 MAX_LEADER_HOPS = 5
-LAZY_BEGIN = {"timeout_s": TX_TIMEOUT_S, "labels": {"kind": "bench"}}
+BEGIN = {"timeout_s": TX_TIMEOUT_S, "labels": {"kind": "bench"}}  # either kind of begin
 
 
 class TxFailed(Exception):
@@ -58,14 +58,12 @@ class Tx:
     def body(self) -> dict[str, Any] | None:
         if not self.lazy:
             return None
-        return {"participants": self.enlistments, "begin": LAZY_BEGIN}
+        return {"participants": self.enlistments, "begin": BEGIN}
 
 
 def lazy_tx(coordinator_url: str) -> Tx:
     txid = str(uuid.uuid4())
-    headers = propagation_headers(txid, coordinator_url)
-    headers[ENLIST_HEADER] = ENLIST_DEFERRED
-    return Tx(txid, headers, lazy=True)
+    return Tx(txid, propagation_headers(txid, coordinator_url, deferred=True), lazy=True)
 
 
 class Coordinator(Protocol):
@@ -123,7 +121,7 @@ class AiohttpCoordinator:
     async def begin(self, lazy: bool = False) -> Tx:
         if lazy:
             return lazy_tx(self.current)
-        body = {**LAZY_BEGIN, "idempotency_key": uuid.uuid4().hex}
+        body = {**BEGIN, "idempotency_key": uuid.uuid4().hex}
         status, data = await self._call("POST", "/v1/transactions", body)
         if status not in (200, 201):
             raise TxFailed(f"begin: HTTP {status}")

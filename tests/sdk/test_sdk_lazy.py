@@ -248,6 +248,10 @@ def test_a_callback_participant_never_signs_an_enlistment(tmp_path) -> None:
     with pytest.raises(WorkRefused) as e:
         cp.enlistment(str(uuid.uuid4()))
     assert e.value.code == "deferred_not_supported"
+    with pytest.raises(WorkRefused) as e:
+        with cp.work(str(uuid.uuid4()), deferred=True):
+            raise AssertionError("the work must not start")
+    assert e.value.code == "deferred_not_supported"
 
 
 def test_abort_with_a_body_but_no_begin_of_an_unknown_txid_is_404(coordinator_url: str) -> None:
