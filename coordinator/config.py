@@ -66,6 +66,11 @@ class Settings:
     phase2_inline_wait_s: float = 2.0  # how long commit waits for phase 2 before answering
     sweep_interval_s: float = 0.5  # how often expired transactions are looked for
     max_inflight_phase2: int = 256  # phase-2 drivers running at once
+    # Phase-2 batching (coordinator/phase2_batch.py): up to this many commit/abort messages
+    # in one request to a participant (1: one request per message), sent once this many
+    # requests are already out to it.
+    phase2_batch_max: int = 64
+    phase2_batch_inflight: int = 4
     max_body_bytes: int = 64 * 1024
     log_batch_max: int = 512  # commands written in one log transaction (group commit)
     log_queue_max: int = 10_000  # proposals waiting for the log before 503
@@ -136,6 +141,12 @@ class Settings:
             v = getattr(self, f.name)
             if f.name.endswith("_s") and v <= 0:
                 raise ConfigError(f"{f.name} must be > 0")
+        from coordinator.participant_client import MAX_BATCH_MESSAGES
+
+        if not 1 <= self.phase2_batch_max <= MAX_BATCH_MESSAGES:
+            raise ConfigError(f"phase2_batch_max must be between 1 and {MAX_BATCH_MESSAGES}")
+        if self.phase2_batch_inflight < 1:
+            raise ConfigError("phase2_batch_inflight must be >= 1")
         return self
 
 

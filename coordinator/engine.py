@@ -37,6 +37,7 @@ from coordinator.logs import txid_var
 from coordinator.metrics import Metrics
 from coordinator.model import Outcome, Participant, Phase2, Transaction, TxState, Vote
 from coordinator.participant_client import ParticipantClient, ProtocolCaller, Reply
+from coordinator.phase2_batch import Phase2Batcher
 from coordinator.statemachine import Result, Status
 from coordinator.store import Store
 
@@ -118,8 +119,19 @@ class Engine:
         self.settings = settings
         self.log = log_
         self.store = store
+        # Commit and abort messages to one participant travel in batches under load; a
+        # stand-in client without `call_batch` (tests) is used as it is.
+        self.batcher: Phase2Batcher | None = None
+        caller: ProtocolCaller = client
+        if callable(getattr(client, "call_batch", None)):
+            self.batcher = Phase2Batcher(
+                client,
+                max_batch=settings.phase2_batch_max,
+                max_inflight=settings.phase2_batch_inflight,
+            )
+            caller = self.batcher
         # Timed: the dashboard's participant latency comes from here.
-        self.client: ProtocolCaller = metrics.timed(client)
+        self.client: ProtocolCaller = metrics.timed(caller)
         self.metrics = metrics
         self.clock = clock
         self._commits: dict[str, asyncio.Task[Transaction]] = {}
@@ -148,6 +160,8 @@ class Engine:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self.batcher is not None:
+            await self.batcher.stop()
 
     # -- client calls ---------------------------------------------------------------------
 

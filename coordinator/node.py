@@ -148,6 +148,12 @@ class Node:
                 status.get("checkpoint_index", status.get("applied_index", 0))
             ),
         }
+        batcher = self.engine.batcher
+        if batcher is not None:
+            # Since this process started: requests to participants' /batch, and the phase-2
+            # messages they carried (their ratio is the mean batch size).
+            extra["txc_phase2_batches"] = float(batcher.batches_sent)
+            extra["txc_phase2_batched_messages"] = float(batcher.messages_batched)
         return self.metrics.render(extra)
 
     async def audit(self, who: Principal, action: str, txid: str = "", **detail: Any) -> None:

@@ -21,6 +21,12 @@ from participant_sdk.signing import signed_headers
 
 MAX_REPLY_BYTES = 64 * 1024  # a participant's answer is a small JSON document
 ACTIONS = ("prepare", "commit", "abort")
+# `POST {url}/batch` (participant_sdk: MAX_BATCH_MESSAGES there is 256, its answer < 1 KiB
+# per message).
+BATCH_ACTIONS = ("commit", "abort")
+MAX_BATCH_MESSAGES = 256
+MAX_BATCH_REPLY_BYTES = 1024 * 1024
+BATCH_UNSUPPORTED = (404, 405, 501)  # no batch endpoint there: send one by one
 
 
 @dataclass(frozen=True)
@@ -95,9 +101,71 @@ class ParticipantClient:
     async def _call(
         self, base_url: str, action: str, txid: str, participant: str, timeout_s: float
     ) -> Reply:
-        assert self._session is not None, "client not started"
         payload = json.dumps({"txid": txid, "participant": participant}).encode()
-        url = action_url(base_url, action)
+        return await self._post(action_url(base_url, action), action, payload, timeout_s)
+
+    async def call_batch(
+        self,
+        base_url: str,
+        participant: str,
+        messages: list[tuple[str, str]],
+        timeout_s: float,
+    ) -> list[Reply] | None:
+        """Several phase-2 messages, (action, txid) each, in one `POST {url}/batch`: one
+        Reply per message, in order, as its own `/commit` or `/abort` would have answered.
+        None when the participant has no batch endpoint (404, 405, 501: an SDK of an
+        earlier release, or not our SDK at all); the caller then sends them one by one. A
+        failure of the whole request (no answer, an error status, a garbled body) is every
+        message's Reply."""
+        assert 0 < len(messages) <= MAX_BATCH_MESSAGES
+        assert all(a in BATCH_ACTIONS for a, _ in messages)
+        payload = json.dumps(
+            {
+                "participant": participant,
+                "messages": [{"action": a, "txid": t} for a, t in messages],
+            }
+        ).encode()
+        with tracing.span(
+            "txc.participant.batch",
+            **{"txc.participant": participant, "txc.messages": len(messages)},
+        ):
+            reply = await self._post(
+                base_url.rstrip("/") + "/batch", "batch", payload, timeout_s, MAX_BATCH_REPLY_BYTES
+            )
+        if reply.status in BATCH_UNSUPPORTED:
+            return None
+        if reply.status != 200:
+            return [reply] * len(messages)
+        results = reply.body.get("results")
+        if not isinstance(results, list) or len(results) != len(messages):
+            return [Reply(None, error="batch: an answer that does not match the request")] * len(
+                messages
+            )
+        out = []
+        for (action, txid), r in zip(messages, results, strict=True):
+            ok = (
+                isinstance(r, dict)
+                and r.get("txid") == txid
+                and isinstance(r.get("status"), int)
+                and isinstance(r.get("body", {}), dict)
+            )
+            if not ok:
+                out.append(Reply(None, error=f"{action}: garbled result in a batch answer"))
+                continue
+            status, body = int(r["status"]), dict(r.get("body") or {})
+            error = f"{action}: HTTP {status} {_describe(body, b'')}" if status >= 300 else None
+            out.append(Reply(status, body, error))
+        return out
+
+    async def _post(
+        self,
+        url: str,
+        action: str,
+        payload: bytes,
+        timeout_s: float,
+        max_reply: int = MAX_REPLY_BYTES,
+    ) -> Reply:
+        assert self._session is not None, "client not started"
         headers = {"Content-Type": "application/json"}
         traceparent = traceparent_var.get()
         if traceparent:
@@ -112,7 +180,7 @@ class ParticipantClient:
                 timeout=aiohttp.ClientTimeout(total=max(timeout_s, 0.001)),
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.content.read(MAX_REPLY_BYTES)
+                raw = await _read_limited(resp, max_reply)
                 body: dict[str, Any] = {}
                 if raw:
                     try:
@@ -133,6 +201,20 @@ class ParticipantClient:
             return Reply(None, error=f"{action}: {type(e).__name__}: {e}"[:500])
         except OSError as e:
             return Reply(None, error=f"{action}: {type(e).__name__}: {e}"[:500])
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or its first `limit` bytes (one `read(n)` returns what has arrived so far,
+    which for a larger answer is only its first chunk)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await resp.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _describe(body: dict[str, Any], raw: bytes) -> str:

@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio.to_thread
 import orjson
@@ -82,6 +82,10 @@ DEFAULT_PREFIX = "/txc"
 MAX_COORDINATOR_CLIENTS = 16  # distinct coordinator URLs learned from Txc-Coordinator headers
 MAX_REASON = 500  # characters of a reason / error message sent back to the coordinator
 MAX_PROTOCOL_BODY = 4096  # a protocol request is {"txid", "participant"}: small
+# `POST {prefix}/batch`: many phase-2 messages in one request (see `_handle_batch`). The
+# coordinator sends at most its `phase2_batch_max` (64 by default); a message is < 200 bytes.
+MAX_BATCH_MESSAGES = 256
+MAX_BATCH_BODY = 64 * 1024
 # The participant's own calls to the coordinator (enlist during a business request, /outcome
 # during recovery) use tighter bounds than the client defaults: a business request waits for
 # the enlistment, and a black-holed coordinator must not pin it for minutes.
@@ -109,6 +113,19 @@ class ProtocolRequest(BaseModel):
     participant: str = Field(min_length=1, max_length=MAX_PARTICIPANT_NAME)
 
 
+class BatchMessage(BaseModel):
+    action: Literal["commit", "abort"]
+    txid: str = Field(min_length=1, max_length=MAX_TXID)
+
+
+class BatchRequest(BaseModel):
+    """The body of `POST {prefix}/batch`: phase-2 messages of one participant, each answered
+    as its own `/commit` or `/abort` would be."""
+
+    participant: str = Field(min_length=1, max_length=MAX_PARTICIPANT_NAME)
+    messages: list[BatchMessage] = Field(min_length=1, max_length=MAX_BATCH_MESSAGES)
+
+
 class JoinFailed(HTTPException):
     """The join dependency could not take part in the transaction. Rendered as
     `{"error": {"code", "message"}}` by `install()`'s handler (FastAPI's default handler
@@ -129,6 +146,7 @@ def _join_failed_handler(request: Request, exc: Exception) -> JSONResponse:
 
 W = TypeVar("W")
 R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
 
 
 class AsyncJoin(Generic[W]):
@@ -265,6 +283,13 @@ class ParticipantBase(ABC):
 
     @abstractmethod
     def abort(self, txid: str) -> ProtocolReply: ...
+
+    def commit_many(self, txids: list[str]) -> dict[str, ProtocolReply]:
+        """Commit several transactions (distinct txids) for one batch request; the answer of
+        each is what `commit` gives. A kind that can share work between them overrides this
+        (PgResourceManager decides them all in one statement). An exception here makes the
+        batch fall back to `commit` one by one."""
+        return {txid: self._handle_one("commit", txid) for txid in txids}
 
     @abstractmethod
     def in_doubt(self, min_age_s: float = 0.0) -> list[InDoubt]:
@@ -420,30 +445,64 @@ class ParticipantBase(ABC):
             return ProtocolReply.error(e.status, e.code, str(e)).response()
         return None
 
+    def _wrong_participant(self, name: str) -> ProtocolReply | None:
+        if name == self.name:
+            return None
+        return ProtocolReply.error(400, "wrong_participant", f"this is {self.name!r}, not {name!r}")
+
+    def _handle_one(self, action: str, txid: str) -> ProtocolReply:
+        """One protocol message, its failures included in the answer."""
+        if not is_valid_txid(txid):
+            return ProtocolReply.error(400, "invalid_txid", f"malformed txid {txid!r}")
+        handler: Callable[[str], ProtocolReply] = getattr(self, action)
+        try:
+            return handler(txid)
+        except Exception as e:  # the coordinator retries; tell it why
+            log.exception("%s %s of %s failed", self.name, action, txid)
+            return ProtocolReply.error(503, "participant_unavailable", f"{type(e).__name__}: {e}")
+
     def _handle(self, action: str, req: ProtocolRequest) -> JSONResponse:
-        if req.participant != self.name:
-            reply = ProtocolReply.error(
-                400, "wrong_participant", f"this is {self.name!r}, not {req.participant!r}"
-            )
-        elif not is_valid_txid(req.txid):
-            reply = ProtocolReply.error(400, "invalid_txid", f"malformed txid {req.txid!r}")
-        else:
-            handler: Callable[[str], ProtocolReply] = getattr(self, action)
-            try:
-                reply = handler(req.txid)
-            except Exception as e:  # the coordinator retries; tell it why
-                log.exception("%s %s of %s failed", self.name, action, req.txid)
-                reply = ProtocolReply.error(
-                    503, "participant_unavailable", f"{type(e).__name__}: {e}"
-                )
+        reply = self._wrong_participant(req.participant) or self._handle_one(action, req.txid)
         return reply.response()
+
+    def _handle_batch(self, req: BatchRequest) -> JSONResponse:
+        """`POST {prefix}/batch`: 200 with one result per message, in order, each the status
+        and body that `/commit` or `/abort` would have answered. Why it exists: under load the
+        coordinator has many transactions' phase 2 for the same participant at once, and one
+        request for all of them saves a request's fixed cost (HTTP, signature, worker-thread
+        hand-off) per transaction, and lets `commit_many` decide the commits together."""
+        wrong = self._wrong_participant(req.participant)
+        if wrong is not None:
+            return wrong.response()
+        commits = list(
+            dict.fromkeys(
+                m.txid for m in req.messages if m.action == "commit" and is_valid_txid(m.txid)
+            )
+        )
+        committed: dict[str, ProtocolReply] = {}
+        if commits:
+            try:
+                committed = self.commit_many(commits)
+            except Exception:
+                log.exception("%s: batched commit failed; committing one by one", self.name)
+                committed = {}
+        results = []
+        for m in req.messages:
+            reply = committed.get(m.txid) if m.action == "commit" else None
+            if reply is None:
+                reply = self._handle_one(m.action, m.txid)
+                if m.action == "commit":
+                    committed[m.txid] = reply
+            results.append({"txid": m.txid, "status": reply.status, "body": reply.body})
+        return JSONResponse(status_code=200, content={"results": results})
 
     def _build_router(self) -> APIRouter:
         router = APIRouter(prefix=self.prefix, tags=["txc"])
 
-        async def endpoint(action: str, request: Request) -> JSONResponse:
+        async def read(request: Request, limit: int, model: type[M]) -> M | JSONResponse:
+            """The body, within `limit`, signed by the coordinator, and valid: or the refusal."""
             body = await request.body()
-            if len(body) > MAX_PROTOCOL_BODY:
+            if len(body) > limit:
                 return ProtocolReply.error(
                     413, "body_too_large", "protocol body too large"
                 ).response()
@@ -451,10 +510,15 @@ class ParticipantBase(ABC):
             if refused is not None:
                 return refused
             try:
-                req = ProtocolRequest.model_validate_json(body)
+                return model.model_validate_json(body)
             except ValidationError as e:
                 msg = "; ".join(str(err.get("msg", "")) for err in e.errors())[:300]
                 return ProtocolReply.error(422, "invalid_request", msg).response()
+
+        async def endpoint(action: str, request: Request) -> JSONResponse:
+            req = await read(request, MAX_PROTOCOL_BODY, ProtocolRequest)
+            if isinstance(req, JSONResponse):
+                return req
             # The participant's handlers block on its database: run them off the event loop.
             return await run_in_threadpool(self._handle, action, req)
 
@@ -486,6 +550,41 @@ class ParticipantBase(ABC):
         @router.post("/abort", openapi_extra=body_doc)
         async def abort(request: Request) -> JSONResponse:
             return await endpoint("abort", request)
+
+        batch_doc = {
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["participant", "messages"],
+                            "properties": {
+                                "participant": {"type": "string"},
+                                "messages": {
+                                    "type": "array",
+                                    "maxItems": MAX_BATCH_MESSAGES,
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["action", "txid"],
+                                        "properties": {
+                                            "action": {"enum": ["commit", "abort"]},
+                                            "txid": {"type": "string"},
+                                        },
+                                    },
+                                },
+                            },
+                        }
+                    }
+                }
+            }
+        }
+
+        @router.post("/batch", openapi_extra=batch_doc)
+        async def batch(request: Request) -> JSONResponse:
+            req = await read(request, MAX_BATCH_BODY, BatchRequest)
+            if isinstance(req, JSONResponse):
+                return req
+            return await run_in_threadpool(self._handle_batch, req)
 
         return router
 

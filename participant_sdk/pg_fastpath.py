@@ -12,7 +12,8 @@ What one transfer costs a participant (see `pg_resource.py` for why each step is
   txid lock taken with a second record check at its end, then PREPARE TRANSACTION (whose
   command status says whether it prepared: no look-up in pg_prepared_xacts);
 - one statement that inserts the 'prepared' record and releases the txid lock;
-- phase 2: one statement moving the record 'prepared' -> 'committed', then COMMIT PREPARED.
+- phase 2: one statement moving the record 'prepared' -> 'committed', then COMMIT PREPARED;
+  a batch of commits (`POST {prefix}/batch`) moves all its records in one statement.
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ _UNLOCK_SQL = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
 _CLAIM_COMMIT_SQL = (
     f"UPDATE {_T} SET state = 'committed', updated_at = now() "
     "WHERE participant = %s AND txid = %s AND state = 'prepared' RETURNING 1"
+)
+# The same for a batch of txids (`POST {prefix}/batch`): one statement, one transaction, each
+# row decided exactly as the single-row statement would (READ COMMITTED re-checks a row that a
+# concurrent abort changed). PostgreSQL visits the rows in index order whatever the array's
+# order, so two batches over the same txids cannot deadlock on each other.
+_CLAIM_COMMITS_SQL = (
+    f"UPDATE {_T} SET state = 'committed', updated_at = now() "
+    "WHERE participant = %s AND txid = ANY(%s) AND state = 'prepared' RETURNING txid"
 )
 _FINISH = {"COMMIT": sql.SQL("COMMIT PREPARED {}"), "ROLLBACK": sql.SQL("ROLLBACK PREPARED {}")}
 
@@ -185,6 +194,13 @@ def claim_commit(driver: Driver, participant: str, txid: str) -> bool:
     """Move the record 'prepared' -> 'committed'; False when it is in any other state or
     absent (the caller then takes the careful path)."""
     return driver.execute(_CLAIM_COMMIT_SQL, (participant, txid)).fetchone() is not None
+
+
+def claim_commits(driver: Driver, participant: str, txids: list[str]) -> set[str]:
+    """`claim_commit` for several txids in one statement: the ones moved 'prepared' ->
+    'committed' (the others take the careful path, one by one)."""
+    rows = driver.execute(_CLAIM_COMMITS_SQL, (participant, txids)).fetchall()
+    return {str(r[0]) for r in rows}
 
 
 class PreparedBusy(Exception):

@@ -1,0 +1,200 @@
+"""Phase-2 batching: the commit and abort messages bound for one participant travel together.
+
+Why: under load, phase 2 has many transactions for the same participant at once, and each
+message sent on its own costs both sides a whole HTTP request (the participant also a
+signature check, a worker-thread hand-off and a database transaction to decide it). Here
+each participant gets a lane: a message is sent at once while fewer than `max_inflight`
+requests are out to that participant, and otherwise waits for the next request, which takes
+up to `max_batch` waiting messages as one `POST {url}/batch`. No timer: an idle participant
+gets every message at once, alone; batches form only when requests are already in flight
+(the same shape as the log's group commit).
+
+Nothing changes for the rules: each message still gets its own Reply, which the engine
+interprets exactly as a single request's answer, and a message is repeated the same way
+when it failed. A participant without the batch endpoint (an SDK of an earlier release, or
+another implementation of DESIGN §5) answers 404 and is sent messages one by one from then
+on, asked again after `UNSUPPORTED_RECHECK_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from coordinator.logs import traceparent_var
+from coordinator.participant_client import (
+    BATCH_ACTIONS,
+    MAX_BATCH_MESSAGES,
+    ProtocolCaller,
+    Reply,
+)
+
+log = logging.getLogger("txc.phase2_batch")
+
+# A participant that has no batch endpoint is asked again after this long (it may have been
+# upgraded meanwhile).
+UNSUPPORTED_RECHECK_S = 300.0
+MAX_QUEUED_PER_LANE = 4096  # past this a message goes on its own (the engine bounds phase 2)
+MAX_LANES = 10_000  # distinct (url, participant) pairs; past this, messages go on their own
+
+
+class BatchCaller(ProtocolCaller, Protocol):
+    async def call_batch(
+        self,
+        base_url: str,
+        participant: str,
+        messages: list[tuple[str, str]],
+        timeout_s: float,
+    ) -> list[Reply] | None: ...
+
+
+@dataclass
+class _Message:
+    action: str
+    txid: str
+    timeout_s: float
+    reply: asyncio.Future[Reply]
+
+
+@dataclass
+class _Lane:
+    """The messages waiting for one participant and the requests out to it."""
+
+    base_url: str
+    participant: str
+    queue: deque[_Message] = field(default_factory=deque)
+    inflight: int = 0
+    unsupported_until: float = 0.0
+
+
+class Phase2Batcher:
+    """A ProtocolCaller that sends commit and abort messages in batches (see the module's
+    docstring); prepare, and everything when `max_batch` is 1, goes straight through."""
+
+    def __init__(
+        self,
+        client: BatchCaller,
+        *,
+        max_batch: int,
+        max_inflight: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        assert 1 <= max_batch <= MAX_BATCH_MESSAGES
+        assert max_inflight >= 1
+        self.client = client
+        self.max_batch = max_batch
+        self.max_inflight = max_inflight
+        self.clock = clock
+        self._lanes: dict[tuple[str, str], _Lane] = {}
+        self._senders: set[asyncio.Task[None]] = set()
+        self._stopped = False
+        self.batches_sent = 0  # requests to /batch (for tests and the benchmark's report)
+        self.messages_batched = 0
+
+    async def call(
+        self, base_url: str, action: str, txid: str, participant: str, timeout_s: float
+    ) -> Reply:
+        batchable = action in BATCH_ACTIONS and not self._stopped
+        lane = self._lane(base_url, participant) if batchable else None
+        if lane is None or len(lane.queue) >= MAX_QUEUED_PER_LANE:
+            return await self.client.call(base_url, action, txid, participant, timeout_s)
+        if lane.unsupported_until > self.clock():
+            return await self.client.call(base_url, action, txid, participant, timeout_s)
+        message = _Message(action, txid, timeout_s, asyncio.get_running_loop().create_future())
+        lane.queue.append(message)
+        self._pump(lane)
+        # Shielded: a caller that gives up (e.g. the engine stopping) must not cancel the
+        # answer of a batch others share; the sender resolves it either way.
+        return await asyncio.shield(message.reply)
+
+    def _lane(self, base_url: str, participant: str) -> _Lane | None:
+        if self.max_batch <= 1:
+            return None
+        key = (base_url, participant)
+        lane = self._lanes.get(key)
+        if lane is None:
+            if len(self._lanes) >= MAX_LANES:
+                return None
+            lane = self._lanes[key] = _Lane(base_url, participant)
+        return lane
+
+    def _pump(self, lane: _Lane) -> None:
+        while not self._stopped and lane.queue and lane.inflight < self.max_inflight:
+            n = min(self.max_batch, len(lane.queue))
+            batch = [lane.queue.popleft() for _ in range(n)]
+            lane.inflight += 1
+            task = asyncio.create_task(self._send(lane, batch), name="txc-phase2-batch")
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+
+    async def _send(self, lane: _Lane, batch: list[_Message]) -> None:
+        # This task inherited the context of the message that started it; the batch belongs
+        # to no one trace.
+        traceparent_var.set(None)
+        try:
+            replies = await self._replies(lane, batch)
+            for m, r in zip(batch, replies, strict=True):
+                if not m.reply.done():
+                    m.reply.set_result(r)
+        except asyncio.CancelledError:
+            for m in batch:
+                if not m.reply.done():
+                    m.reply.set_result(Reply(None, error=f"{m.action}: not sent (stopping)"))
+            raise
+        except Exception as e:  # a bug here must not leave phase 2 waiting for ever
+            log.exception("phase-2 batch to %s failed", lane.participant)
+            for m in batch:
+                if not m.reply.done():
+                    m.reply.set_result(Reply(None, error=f"{m.action}: {type(e).__name__}: {e}"))
+        finally:
+            lane.inflight -= 1
+            assert lane.inflight >= 0
+            self._pump(lane)
+
+    async def _replies(self, lane: _Lane, batch: list[_Message]) -> list[Reply]:
+        if len(batch) > 1 and lane.unsupported_until <= self.clock():
+            replies = await self.client.call_batch(
+                lane.base_url,
+                lane.participant,
+                [(m.action, m.txid) for m in batch],
+                max(m.timeout_s for m in batch),
+            )
+            if replies is not None:
+                assert len(replies) == len(batch)
+                self.batches_sent += 1
+                self.messages_batched += len(batch)
+                return replies
+            log.info(
+                "%s has no batch endpoint: phase 2 sends it one message per request",
+                lane.participant,
+            )
+            lane.unsupported_until = self.clock() + UNSUPPORTED_RECHECK_S
+        return list(
+            await asyncio.gather(
+                *(
+                    self.client.call(lane.base_url, m.action, m.txid, lane.participant, m.timeout_s)
+                    for m in batch
+                )
+            )
+        )
+
+    async def stop(self) -> None:
+        """Answer every waiting message "not sent" and cancel the requests in flight (their
+        messages get the same answer); phase 2 repeats them under the next leader."""
+        self._stopped = True
+        for lane in self._lanes.values():
+            while lane.queue:
+                m = lane.queue.popleft()
+                if not m.reply.done():
+                    m.reply.set_result(Reply(None, error=f"{m.action}: not sent (stopping)"))
+        for task in list(self._senders):
+            task.cancel()
+        for task in list(self._senders):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
