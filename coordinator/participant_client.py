@@ -113,10 +113,13 @@ class ParticipantClient:
     ) -> list[Reply] | None:
         """Several phase-2 messages, (action, txid) each, in one `POST {url}/batch`: one
         Reply per message, in order, as its own `/commit` or `/abort` would have answered.
-        None when the participant has no batch endpoint (404, 405, 501: an SDK of an
-        earlier release, or not our SDK at all); the caller then sends them one by one. A
-        failure of the whole request (no answer, an error status, a garbled body) is every
-        message's Reply."""
+
+        None means "send them one by one": any answer but a conforming 200 (404/405/501: no
+        batch endpoint; another 4xx: something in front of the participant that knows only
+        the three DESIGN §5 paths, a catch-all route, a smaller body limit; a 200 whose
+        results do not match the messages one for one). Nothing in such an answer is taken
+        as a message's answer. No answer at all, or a 5xx, is every message's failure (its
+        status and error, never its body), retried like a single request's."""
         assert 0 < len(messages) <= MAX_BATCH_MESSAGES
         assert all(a in BATCH_ACTIONS for a, _ in messages)
         payload = json.dumps(
@@ -132,30 +135,11 @@ class ParticipantClient:
             reply = await self._post(
                 base_url.rstrip("/") + "/batch", "batch", payload, timeout_s, MAX_BATCH_REPLY_BYTES
             )
-        if reply.status in BATCH_UNSUPPORTED:
-            return None
+        if reply.status is None or (reply.status >= 500 and reply.status != 501):
+            return [Reply(reply.status, {}, reply.error)] * len(messages)
         if reply.status != 200:
-            return [reply] * len(messages)
-        results = reply.body.get("results")
-        if not isinstance(results, list) or len(results) != len(messages):
-            return [Reply(None, error="batch: an answer that does not match the request")] * len(
-                messages
-            )
-        out = []
-        for (action, txid), r in zip(messages, results, strict=True):
-            ok = (
-                isinstance(r, dict)
-                and r.get("txid") == txid
-                and isinstance(r.get("status"), int)
-                and isinstance(r.get("body", {}), dict)
-            )
-            if not ok:
-                out.append(Reply(None, error=f"{action}: garbled result in a batch answer"))
-                continue
-            status, body = int(r["status"]), dict(r.get("body") or {})
-            error = f"{action}: HTTP {status} {_describe(body, b'')}" if status >= 300 else None
-            out.append(Reply(status, body, error))
-        return out
+            return None
+        return _batch_replies(messages, reply.body.get("results"))
 
     async def _post(
         self,
@@ -201,6 +185,23 @@ class ParticipantClient:
             return Reply(None, error=f"{action}: {type(e).__name__}: {e}"[:500])
         except OSError as e:
             return Reply(None, error=f"{action}: {type(e).__name__}: {e}"[:500])
+
+
+def _batch_replies(messages: list[tuple[str, str]], results: object) -> list[Reply] | None:
+    """The replies in a batch answer's `results`, or None unless they match `messages` one
+    for one (same txid and action, in order, an HTTP status and an object body each)."""
+    if not isinstance(results, list) or len(results) != len(messages):
+        return None
+    out = []
+    for (action, txid), r in zip(messages, results, strict=True):
+        if not isinstance(r, dict) or r.get("txid") != txid or r.get("action") != action:
+            return None
+        status, body = r.get("status"), r.get("body")
+        if type(status) is not int or not 100 <= status < 600 or not isinstance(body, dict):
+            return None
+        error = f"{action}: HTTP {status} {_describe(body, b'')}" if status >= 300 else None
+        out.append(Reply(status, body, error))
+    return out
 
 
 async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:

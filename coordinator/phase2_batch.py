@@ -13,13 +13,21 @@ Nothing changes for the rules: each message still gets its own Reply, which the 
 interprets exactly as a single request's answer, and a message is repeated the same way
 when it failed. A participant without the batch endpoint (an SDK of an earlier release, or
 another implementation of DESIGN §5) answers 404 and is sent messages one by one from then
-on, asked again after `UNSUPPORTED_RECHECK_S`.
+on, asked again after `UNSUPPORTED_RECHECK_S`; so does one that answers the batch in any
+other way than as a whole (see `ParticipantClient.call_batch`).
+
+A message sent alone goes from its caller's own task (its trace and log context stay its
+own); a batch goes from a task with an empty context (it belongs to no one transaction),
+and when a batch falls back to one message per request, each request runs in the context
+of the message's caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import logging
 import time
 from collections import deque
@@ -27,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from coordinator.logs import traceparent_var
 from coordinator.participant_client import (
     BATCH_ACTIONS,
     MAX_BATCH_MESSAGES,
@@ -42,6 +49,9 @@ log = logging.getLogger("txc.phase2_batch")
 UNSUPPORTED_RECHECK_S = 300.0
 MAX_QUEUED_PER_LANE = 4096  # past this a message goes on its own (the engine bounds phase 2)
 MAX_LANES = 10_000  # distinct (url, participant) pairs; past this, messages go on their own
+# A participant handles a batch's messages one after another: a batch may take the request
+# timeout plus this much per message (its slow paths wait for locks) before it counts as lost.
+BATCH_TIMEOUT_PER_MESSAGE_S = 0.25
 
 
 class BatchCaller(ProtocolCaller, Protocol):
@@ -60,6 +70,7 @@ class _Message:
     txid: str
     timeout_s: float
     reply: asyncio.Future[Reply]
+    context: contextvars.Context  # its caller's (trace, txid for the logs)
 
 
 @dataclass
@@ -71,6 +82,11 @@ class _Lane:
     queue: deque[_Message] = field(default_factory=deque)
     inflight: int = 0
     unsupported_until: float = 0.0
+
+
+def _not_sent(m: _Message) -> None:
+    if not m.reply.done():
+        m.reply.set_result(Reply(None, error=f"{m.action}: not sent (stopping)"))
 
 
 class Phase2Batcher:
@@ -92,7 +108,7 @@ class Phase2Batcher:
         self.max_inflight = max_inflight
         self.clock = clock
         self._lanes: dict[tuple[str, str], _Lane] = {}
-        self._senders: set[asyncio.Task[None]] = set()
+        self._senders: dict[asyncio.Task[None], list[_Message]] = {}
         self._stopped = False
         self.batches_sent = 0  # requests to /batch (for tests and the benchmark's report)
         self.messages_batched = 0
@@ -102,11 +118,23 @@ class Phase2Batcher:
     ) -> Reply:
         batchable = action in BATCH_ACTIONS and not self._stopped
         lane = self._lane(base_url, participant) if batchable else None
-        if lane is None or len(lane.queue) >= MAX_QUEUED_PER_LANE:
+        if (
+            lane is None
+            or len(lane.queue) >= MAX_QUEUED_PER_LANE
+            or lane.unsupported_until > self.clock()
+        ):
             return await self.client.call(base_url, action, txid, participant, timeout_s)
-        if lane.unsupported_until > self.clock():
-            return await self.client.call(base_url, action, txid, participant, timeout_s)
-        message = _Message(action, txid, timeout_s, asyncio.get_running_loop().create_future())
+        if lane.inflight < self.max_inflight and not lane.queue:
+            # A free slot: this message goes now, alone, from its caller's task.
+            lane.inflight += 1
+            try:
+                return await self.client.call(base_url, action, txid, participant, timeout_s)
+            finally:
+                self._done(lane)
+        loop = asyncio.get_running_loop()
+        message = _Message(
+            action, txid, timeout_s, loop.create_future(), contextvars.copy_context()
+        )
         lane.queue.append(message)
         self._pump(lane)
         # Shielded: a caller that gives up (e.g. the engine stopping) must not cancel the
@@ -124,19 +152,30 @@ class Phase2Batcher:
             lane = self._lanes[key] = _Lane(base_url, participant)
         return lane
 
+    def _done(self, lane: _Lane) -> None:
+        """A request to `lane` ended: the next one takes what waits."""
+        lane.inflight -= 1
+        assert lane.inflight >= 0
+        self._pump(lane)
+
     def _pump(self, lane: _Lane) -> None:
         while not self._stopped and lane.queue and lane.inflight < self.max_inflight:
             n = min(self.max_batch, len(lane.queue))
             batch = [lane.queue.popleft() for _ in range(n)]
             lane.inflight += 1
-            task = asyncio.create_task(self._send(lane, batch), name="txc-phase2-batch")
-            self._senders.add(task)
-            task.add_done_callback(self._senders.discard)
+            task = asyncio.create_task(
+                self._send(lane, batch), name="txc-phase2-batch", context=contextvars.Context()
+            )
+            self._senders[task] = batch
+            # A done callback, not the task's own `finally`: it runs also for a task that
+            # was cancelled before it started.
+            task.add_done_callback(functools.partial(self._sender_done, lane=lane))
+
+    def _sender_done(self, task: asyncio.Task[None], *, lane: _Lane) -> None:
+        self._senders.pop(task, None)
+        self._done(lane)
 
     async def _send(self, lane: _Lane, batch: list[_Message]) -> None:
-        # This task inherited the context of the message that started it; the batch belongs
-        # to no one trace.
-        traceparent_var.set(None)
         try:
             replies = await self._replies(lane, batch)
             for m, r in zip(batch, replies, strict=True):
@@ -144,26 +183,19 @@ class Phase2Batcher:
                     m.reply.set_result(r)
         except asyncio.CancelledError:
             for m in batch:
-                if not m.reply.done():
-                    m.reply.set_result(Reply(None, error=f"{m.action}: not sent (stopping)"))
+                _not_sent(m)
             raise
         except Exception as e:  # a bug here must not leave phase 2 waiting for ever
             log.exception("phase-2 batch to %s failed", lane.participant)
             for m in batch:
                 if not m.reply.done():
                     m.reply.set_result(Reply(None, error=f"{m.action}: {type(e).__name__}: {e}"))
-        finally:
-            lane.inflight -= 1
-            assert lane.inflight >= 0
-            self._pump(lane)
 
     async def _replies(self, lane: _Lane, batch: list[_Message]) -> list[Reply]:
         if len(batch) > 1 and lane.unsupported_until <= self.clock():
+            timeout_s = max(m.timeout_s for m in batch) + BATCH_TIMEOUT_PER_MESSAGE_S * len(batch)
             replies = await self.client.call_batch(
-                lane.base_url,
-                lane.participant,
-                [(m.action, m.txid) for m in batch],
-                max(m.timeout_s for m in batch),
+                lane.base_url, lane.participant, [(m.action, m.txid) for m in batch], timeout_s
             )
             if replies is not None:
                 assert len(replies) == len(batch)
@@ -171,30 +203,40 @@ class Phase2Batcher:
                 self.messages_batched += len(batch)
                 return replies
             log.info(
-                "%s has no batch endpoint: phase 2 sends it one message per request",
+                "%s did not take a batch: phase 2 sends it one message per request "
+                "for the next %.0f s",
                 lane.participant,
+                UNSUPPORTED_RECHECK_S,
             )
             lane.unsupported_until = self.clock() + UNSUPPORTED_RECHECK_S
-        return list(
-            await asyncio.gather(
-                *(
-                    self.client.call(lane.base_url, m.action, m.txid, lane.participant, m.timeout_s)
-                    for m in batch
-                )
+        loop = asyncio.get_running_loop()
+        calls = [
+            loop.create_task(
+                self.client.call(lane.base_url, m.action, m.txid, lane.participant, m.timeout_s),
+                context=m.context,
             )
-        )
+            for m in batch
+        ]
+        try:
+            return list(await asyncio.gather(*calls))
+        except asyncio.CancelledError:
+            for c in calls:
+                c.cancel()
+            raise
 
     async def stop(self) -> None:
         """Answer every waiting message "not sent" and cancel the requests in flight (their
-        messages get the same answer); phase 2 repeats them under the next leader."""
+        messages get the same answer, also a batch cancelled before it started); phase 2
+        repeats them under the next leader."""
         self._stopped = True
         for lane in self._lanes.values():
             while lane.queue:
-                m = lane.queue.popleft()
-                if not m.reply.done():
-                    m.reply.set_result(Reply(None, error=f"{m.action}: not sent (stopping)"))
-        for task in list(self._senders):
+                _not_sent(lane.queue.popleft())
+        senders = dict(self._senders)
+        for task in senders:
             task.cancel()
-        for task in list(self._senders):
+        for task, batch in senders.items():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+            for m in batch:
+                _not_sent(m)

@@ -2,7 +2,8 @@
 
 A participant object (`PgResourceManager`, `CallbackParticipant`) gives a service:
 - `router`: the three protocol endpoints (`POST {prefix}/prepare|commit|abort`) the
-  coordinator calls, authenticated with the shared bearer token when one is configured;
+  coordinator calls, and `POST {prefix}/batch` (many commit/abort messages in one request,
+  see `_handle_batch`), all signed by the coordinator when a participant secret is set;
 - `join()`: a FastAPI dependency that joins the caller's global transaction (read from the
   `Txc-Transaction` header) for the duration of one business request (`def` endpoints);
 - `join_async()`: the same for `async def` endpoints, whose blocking parts (connection,
@@ -466,17 +467,23 @@ class ParticipantBase(ABC):
         return reply.response()
 
     def _handle_batch(self, req: BatchRequest) -> JSONResponse:
-        """`POST {prefix}/batch`: 200 with one result per message, in order, each the status
-        and body that `/commit` or `/abort` would have answered. Why it exists: under load the
-        coordinator has many transactions' phase 2 for the same participant at once, and one
-        request for all of them saves a request's fixed cost (HTTP, signature, worker-thread
-        hand-off) per transaction, and lets `commit_many` decide the commits together."""
+        """`POST {prefix}/batch`: 200 with one result per message, in order, each its txid,
+        action, and the status and body that `/commit` or `/abort` would have answered.
+        Why it exists: under load the coordinator has many transactions' phase 2 for the
+        same participant at once, and one request for all of them saves a request's fixed
+        cost (HTTP, signature, worker-thread hand-off) per transaction, and lets
+        `commit_many` decide the commits together."""
         wrong = self._wrong_participant(req.participant)
         if wrong is not None:
             return wrong.response()
+        # Decided together: the commits of txids that have no abort in this batch (the
+        # coordinator never sends both; were it to, those go one by one, in order).
+        aborts = {m.txid for m in req.messages if m.action == "abort"}
         commits = list(
             dict.fromkeys(
-                m.txid for m in req.messages if m.action == "commit" and is_valid_txid(m.txid)
+                m.txid
+                for m in req.messages
+                if m.action == "commit" and m.txid not in aborts and is_valid_txid(m.txid)
             )
         )
         committed: dict[str, ProtocolReply] = {}
@@ -491,9 +498,9 @@ class ParticipantBase(ABC):
             reply = committed.get(m.txid) if m.action == "commit" else None
             if reply is None:
                 reply = self._handle_one(m.action, m.txid)
-                if m.action == "commit":
-                    committed[m.txid] = reply
-            results.append({"txid": m.txid, "status": reply.status, "body": reply.body})
+            results.append(
+                {"txid": m.txid, "action": m.action, "status": reply.status, "body": reply.body}
+            )
         return JSONResponse(status_code=200, content={"results": results})
 
     def _build_router(self) -> APIRouter:

@@ -90,8 +90,9 @@ _CLAIM_COMMIT_SQL = (
 )
 # The same for a batch of txids (`POST {prefix}/batch`): one statement, one transaction, each
 # row decided exactly as the single-row statement would (READ COMMITTED re-checks a row that a
-# concurrent abort changed). PostgreSQL visits the rows in index order whatever the array's
-# order, so two batches over the same txids cannot deadlock on each other.
+# concurrent abort changed). Two batches over the same txids lock them in the order their
+# plans visit the rows (index order with the primary key); should they ever deadlock,
+# PostgreSQL fails one of them, and that batch's commits go one by one (commit_many's caller).
 _CLAIM_COMMITS_SQL = (
     f"UPDATE {_T} SET state = 'committed', updated_at = now() "
     "WHERE participant = %s AND txid = ANY(%s) AND state = 'prepared' RETURNING txid"

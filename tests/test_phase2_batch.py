@@ -4,6 +4,7 @@ gets its own answer whatever happens to the request that carried it."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
@@ -22,6 +23,7 @@ class FakeClient:
         self.release = asyncio.Event()
         self.batch_supported = batch_supported
         self.batch_error: Exception | None = None
+        self.batch_release: asyncio.Event | None = None  # None: `release` for batches too
 
     async def call(
         self, base_url: str, action: str, txid: str, participant: str, timeout_s: float
@@ -38,7 +40,7 @@ class FakeClient:
         timeout_s: float,
     ) -> list[Reply] | None:
         self.batches.append(list(messages))
-        await self.release.wait()
+        await (self.batch_release or self.release).wait()
         if self.batch_error is not None:
             raise self.batch_error
         if not self.batch_supported:
@@ -137,13 +139,81 @@ async def test_a_failing_batch_answers_every_message_and_the_lane_goes_on() -> N
 
 
 async def test_stop_answers_waiting_messages() -> None:
+    """Queued messages and batches in flight get "not sent" (phase 2 repeats them under the
+    next leader). A message sent alone is its caller's task's own (the engine cancels those
+    callers itself)."""
     client = FakeClient()
-    b = Phase2Batcher(client, max_batch=8, max_inflight=1)
-    tasks = [asyncio.create_task(b.call(URL, "abort", f"t{i}", "p", 5.0)) for i in range(3)]
+    client.batch_release = asyncio.Event()  # batches never get an answer here
+    b = Phase2Batcher(client, max_batch=2, max_inflight=1)
+    first = asyncio.create_task(b.call(URL, "abort", "t0", "p", 5.0))
     await settle()
+    tasks = [asyncio.create_task(b.call(URL, "abort", f"t{i}", "p", 5.0)) for i in range(1, 5)]
+    await settle()
+    client.release.set()
+    assert (await first).status == 200
+    await settle()
+    # t0 went alone and was answered; t1+t2 are a batch in flight, t3+t4 wait.
+    assert client.batches == [[("abort", "t1"), ("abort", "t2")]]
     await b.stop()
     replies = await asyncio.wait_for(asyncio.gather(*tasks), 2.0)
-    assert all(r.status is None for r in replies)
+    assert all(r.status is None and r.error and "not sent" in r.error for r in replies)
+    # After stop nothing is queued: a late message goes alone.
+    assert (await b.call(URL, "commit", "t9", "p", 5.0)).status == 200
+    assert len(client.batches) == 1
+
+
+async def test_stop_answers_a_batch_whose_sender_never_started() -> None:
+    client = FakeClient()
+    b = Phase2Batcher(client, max_batch=8, max_inflight=1)
+    first = asyncio.create_task(b.call(URL, "commit", "t0", "p", 5.0))
+    await settle()
+    rest = [asyncio.create_task(b.call(URL, "commit", f"t{i}", "p", 5.0)) for i in (1, 2)]
+    await settle()
+    # What the end of t0's request does (free its slot, start the next batch's task), and
+    # stop in the same step, before that task ever runs.
+    lane = b._lanes[(URL, "p")]
+    lane.inflight -= 1
+    b._pump(lane)
+    await b.stop()
+    replies = await asyncio.wait_for(asyncio.gather(*rest), 2.0)
+    assert all(r.status is None for r in replies) and client.batches == []
+    lane.inflight += 1  # t0's slot again, which its own end gives back
+    client.release.set()
+    assert (await first).status == 200 and lane.inflight == 0
+
+
+async def test_each_request_runs_in_its_callers_context() -> None:
+    """A message sent alone, or one by one after a batch was refused, keeps its caller's
+    context (trace and log fields); a batch has none of any one caller's."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="-")
+    seen: list[tuple[str, str]] = []
+
+    class Recording(FakeClient):
+        async def call(self, base_url, action, txid, participant, timeout_s):  # type: ignore[no-untyped-def]
+            seen.append((txid, var.get()))
+            return await super().call(base_url, action, txid, participant, timeout_s)
+
+        async def call_batch(self, base_url, participant, messages, timeout_s):  # type: ignore[no-untyped-def]
+            seen.append(("batch", var.get()))
+            return await super().call_batch(base_url, participant, messages, timeout_s)
+
+    client = Recording(batch_supported=False)
+    b = Phase2Batcher(client, max_batch=8, max_inflight=1)
+
+    async def caller(txid: str) -> Reply:
+        var.set(f"ctx-{txid}")
+        return await b.call(URL, "commit", txid, "p", 5.0)
+
+    tasks = [asyncio.create_task(caller(f"t{i}")) for i in range(3)]
+    await settle()
+    client.release.set()
+    await asyncio.gather(*tasks)
+    assert sorted(seen) == [
+        ("batch", "-"),
+        ("t0", "ctx-t0"),
+        ("t1", "ctx-t1"),
+        ("t2", "ctx-t2"),
+    ]
 
 
 async def test_a_caller_that_gives_up_does_not_cancel_the_others() -> None:
