@@ -71,6 +71,9 @@ class Settings:
     # requests are already out to it.
     phase2_batch_max: int = 64
     phase2_batch_inflight: int = 4
+    # Phase 2's results (acknowledgements, failed attempts) of several transactions share
+    # one log entry while earlier ones wait for the log (coordinator/proposal_batch.py).
+    phase2_coalesce_results: bool = True
     max_body_bytes: int = 64 * 1024
     log_batch_max: int = 512  # commands written in one log transaction (group commit)
     log_queue_max: int = 10_000  # proposals waiting for the log before 503

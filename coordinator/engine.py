@@ -38,6 +38,7 @@ from coordinator.metrics import Metrics
 from coordinator.model import Outcome, Participant, Phase2, Transaction, TxState, Vote
 from coordinator.participant_client import ParticipantClient, ProtocolCaller, Reply
 from coordinator.phase2_batch import Phase2Batcher
+from coordinator.proposal_batch import ProposalCoalescer
 from coordinator.statemachine import Result, Status
 from coordinator.store import Store
 
@@ -50,6 +51,9 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("6f0c5a52-6c2b-4a53-9d0e-3f6a7c1d2b90")
 # are sent at once (their own slots: a burst to an unreachable host must not hold phase 2's),
 # and how long one may take. Past the first bound they are skipped, which presumed abort
 # makes safe.
+# Phase-2 result proposals waiting for the log at once before the next ones share an entry
+# (coordinator/proposal_batch.py).
+RESULT_PROPOSALS_INFLIGHT = 2
 MAX_COURTESY_ABORTS = 1024
 MAX_COURTESY_INFLIGHT = 16
 COURTESY_ABORT_TIMEOUT_S = 2.0
@@ -132,6 +136,12 @@ class Engine:
             caller = self.batcher
         # Timed: the dashboard's participant latency comes from here.
         self.client: ProtocolCaller = metrics.timed(caller)
+        # Phase 2's acknowledgements of many transactions share log entries under load.
+        self.results_log: ProposalCoalescer | None = None
+        if settings.phase2_coalesce_results:
+            self.results_log = ProposalCoalescer(
+                log_, max_inflight=RESULT_PROPOSALS_INFLIGHT, max_commands=settings.log_batch_max
+            )
         self.metrics = metrics
         self.clock = clock
         self._commits: dict[str, asyncio.Task[Transaction]] = {}
@@ -162,6 +172,8 @@ class Engine:
                 await t
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.results_log is not None:
+            await self.results_log.stop()
 
     # -- client calls ---------------------------------------------------------------------
 
@@ -555,7 +567,8 @@ class Engine:
                 commands.append(
                     Phase2Attempt(txid=txid, at=now, name=p.name, error=reply.error or "no answer")
                 )
-        await self.log.propose(commands)
+        # Each command stands alone (applied to this transaction only): it may share an entry.
+        await (self.results_log or self.log).propose(commands)
         if incomplete:
             raise _Phase2Incomplete()
 

@@ -154,6 +154,9 @@ class Node:
             # messages they carried (their ratio is the mean batch size).
             extra["txc_phase2_batches"] = float(batcher.batches_sent)
             extra["txc_phase2_batched_messages"] = float(batcher.messages_batched)
+        if self.engine.results_log is not None:
+            # Phase-2 result proposals that rode in another one's log entry.
+            extra["txc_phase2_results_coalesced"] = float(self.engine.results_log.entries_saved)
         return self.metrics.render(extra)
 
     async def audit(self, who: Principal, action: str, txid: str = "", **detail: Any) -> None:

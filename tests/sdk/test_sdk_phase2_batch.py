@@ -302,7 +302,8 @@ def test_concurrent_transactions_phase2_in_batches(
     engine: Engine, pg, make_engine, batching_coordinator: str
 ) -> None:
     """Many transactions committed at once, lazy and classic, over two participants: each
-    commits at both exactly once, and the coordinator carried their phase 2 in batches."""
+    commits at both exactly once, the coordinator carried their phase 2 in batches, and
+    their acknowledgements shared log entries."""
     other = make_engine(pg.new_database("other"))
     create_tables(other)
     with other.begin() as conn:
@@ -345,3 +346,5 @@ def test_concurrent_transactions_phase2_in_batches(
     batches = metric(batching_coordinator, "txc_phase2_batches")
     batched = metric(batching_coordinator, "txc_phase2_batched_messages")
     assert batches >= 1 and batched >= 2  # a batch carries 2 messages or more
+    # ... and their acknowledgements shared log entries.
+    assert metric(batching_coordinator, "txc_phase2_results_coalesced") >= 1
