@@ -390,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     raftbench.add_arguments(raft_bench)
     raft_bench.set_defaults(func=raftbench.main)
+    phase2_bench = bench_sub.add_parser(
+        "phase2", help="CPU per phase-2 commit message: one per request against batches"
+    )
+    from coordinator.bench import phase2bench
+
+    phase2bench.add_arguments(phase2_bench)
+    phase2_bench.set_defaults(func=phase2bench.main)
 
     from coordinator.ops import cli as ops_cli
 

@@ -95,3 +95,19 @@ def test_failover_report_and_conservation(tmp_path: Path) -> None:
     assert fo["ledger_rows_added"] % 2 == 0
     for key in ("first_commit_after_kill_ms", "no_commit_window_ms", "around_kill", "timeline"):
         assert key in fo
+
+
+def test_phase2_report(tmp_path: Path) -> None:
+    """`txc bench phase2`: both modes commit every message (the bench fails otherwise) and
+    report CPU per message; nothing here compares the figures."""
+    argv = ["bench", "phase2", "--out-dir", str(tmp_path), "--rounds", "2", "--per-round", "20"]
+    args = build_parser().parse_args(argv)
+    assert args.func(args) == 0
+    report: dict[str, Any] = json.loads((tmp_path / "phase2.json").read_text())
+    assert report["benchmark"] == "phase2"
+    assert [r["mode"] for r in report["rows"]] == ["single", "batch-8"]
+    for r in report["rows"]:
+        assert r["messages"] == 40
+        assert r["total_us"] == pytest.approx(
+            r["participant_us"] + r["postgres_us"] + r["client_us"], abs=0.5
+        )
