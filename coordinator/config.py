@@ -70,7 +70,7 @@ class Settings:
     # in one request to a participant (1: one request per message), sent once this many
     # requests are already out to it.
     phase2_batch_max: int = 64
-    phase2_batch_inflight: int = 4
+    phase2_batch_inflight: int = 2
     # Phase 2's results (acknowledgements, failed attempts) of several transactions share
     # one log entry while earlier ones wait for the log (coordinator/proposal_batch.py).
     phase2_coalesce_results: bool = True
