@@ -51,9 +51,6 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("6f0c5a52-6c2b-4a53-9d0e-3f6a7c1d2b90")
 # are sent at once (their own slots: a burst to an unreachable host must not hold phase 2's),
 # and how long one may take. Past the first bound they are skipped, which presumed abort
 # makes safe.
-# Phase-2 result proposals waiting for the log at once before the next ones share an entry
-# (coordinator/proposal_batch.py).
-RESULT_PROPOSALS_INFLIGHT = 2
 MAX_COURTESY_ABORTS = 1024
 MAX_COURTESY_INFLIGHT = 16
 COURTESY_ABORT_TIMEOUT_S = 2.0
@@ -139,9 +136,7 @@ class Engine:
         # Phase 2's acknowledgements of many transactions share log entries under load.
         self.results_log: ProposalCoalescer | None = None
         if settings.phase2_coalesce_results:
-            self.results_log = ProposalCoalescer(
-                log_, max_inflight=RESULT_PROPOSALS_INFLIGHT, max_commands=settings.log_batch_max
-            )
+            self.results_log = ProposalCoalescer(log_, max_commands=settings.log_batch_max)
         self.metrics = metrics
         self.clock = clock
         self._commits: dict[str, asyncio.Task[Transaction]] = {}

@@ -38,6 +38,9 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ({"TXC_PREPARE_TIMEOUT_S": "0"}, "must be > 0"),
         ({"TXC_TLS_CERTFILE": "/nope.pem"}, "tls_certfile and tls_keyfile go together"),
         ({"TXC_ENVIRONMENT": "staging"}, "environment must be"),
+        ({"TXC_PHASE2_BATCH_MAX": "0"}, "phase2_batch_max must be between 1 and 256"),
+        ({"TXC_PHASE2_BATCH_MAX": "257"}, "phase2_batch_max must be between 1 and 256"),
+        ({"TXC_PHASE2_BATCH_INFLIGHT": "0"}, "phase2_batch_inflight must be >= 1"),
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(env: dict[str, str], message: str) -> None:
