@@ -3,8 +3,10 @@ tests, with the API token and the participant token set to different values."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sdk_servers import ServerThread, free_port
@@ -29,21 +31,31 @@ def eventually(predicate, within_s: float = POLL_TIMEOUT_S) -> None:
         time.sleep(POLL_STEP_S)
 
 
-@pytest.fixture
-def coordinator_url(pg) -> Iterator[str]:
+@contextlib.contextmanager
+def serve_coordinator(pg, **overrides: Any) -> Iterator[str]:
+    """A real standalone coordinator node on its own database; its URL. `overrides` are
+    Settings fields (the API and participant tokens above by default)."""
     db = pg.new_database("coord")
     migrate.upgrade(db, "coordinator")
     port = free_port()
-    settings = Settings(
-        database_url=db,
-        port=port,
-        api_token=API_TOKEN,
-        participant_token=PARTICIPANT_TOKEN,
+    values: dict[str, Any] = {
+        "api_token": API_TOKEN,
+        "participant_token": PARTICIPANT_TOKEN,
         **FAST,
-    )
+        **overrides,
+    }
+    settings = Settings(database_url=db, port=port, **values)
     server = ServerThread(build_app(settings, run_migrations=False), port).start()
-    yield server.url
-    server.stop()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def coordinator_url(pg) -> Iterator[str]:
+    with serve_coordinator(pg) as url:
+        yield url
 
 
 @pytest.fixture

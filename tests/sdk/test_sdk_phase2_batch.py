@@ -14,13 +14,9 @@ import httpx
 import pytest
 from sdk_apps import serve_items
 from sdk_helpers import items, prepared_gids, record_state
-from sdk_real import API_TOKEN, FAST, eventually
-from sdk_servers import ServerThread, free_port
+from sdk_real import API_TOKEN, eventually, serve_coordinator
 from sqlalchemy import Engine, text
 
-from coordinator import migrate
-from coordinator.config import Settings
-from coordinator.node import build_app
 from participant_sdk import Transaction, TxcClient, create_tables, make_gid
 from participant_sdk import pg_fastpath as fast
 from participant_sdk.participant import MAX_BATCH_MESSAGES
@@ -273,20 +269,8 @@ def test_batch_signature_is_bound_to_its_body(engine: Engine, coord) -> None:
 def batching_coordinator(pg) -> Iterator[str]:
     """A real coordinator with one request in flight per participant, so that concurrent
     transactions' phase 2 travels in batches. One secret for its API and for signing."""
-    db = pg.new_database("coord")
-    migrate.upgrade(db, "coordinator")
-    port = free_port()
-    settings = Settings(
-        database_url=db,
-        port=port,
-        api_token=API_TOKEN,
-        participant_token=API_TOKEN,
-        phase2_batch_inflight=1,
-        **FAST,
-    )
-    server = ServerThread(build_app(settings, run_migrations=False), port).start()
-    yield server.url
-    server.stop()
+    with serve_coordinator(pg, participant_token=API_TOKEN, phase2_batch_inflight=1) as url:
+        yield url
 
 
 def metric(coordinator_url: str, name: str) -> float:
