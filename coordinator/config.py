@@ -71,8 +71,8 @@ class Settings:
     # requests are already out to it.
     phase2_batch_max: int = 64
     phase2_batch_inflight: int = 2
-    # Phase 2's results (acknowledgements, failed attempts) made in one turn of the event
-    # loop share one log entry (coordinator/proposal_batch.py).
+    # Raft groups: phase 2's results (acknowledgements, failed attempts) made in one turn of
+    # the event loop share one log entry (coordinator/proposal_batch.py).
     phase2_coalesce_results: bool = True
     max_body_bytes: int = 64 * 1024
     log_batch_max: int = 512  # commands written in one log transaction (group commit)

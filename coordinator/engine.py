@@ -51,6 +51,9 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("6f0c5a52-6c2b-4a53-9d0e-3f6a7c1d2b90")
 # are sent at once (their own slots: a burst to an unreachable host must not hold phase 2's),
 # and how long one may take. Past the first bound they are skipped, which presumed abort
 # makes safe.
+# Commands in one coalesced entry of phase-2 results: the Raft task applies up to 64 entries
+# inline per Ready (replicated_log.MAX_COMMITTED_PER_READY), so entries stay small.
+MAX_COALESCED_COMMANDS = 64
 MAX_COURTESY_ABORTS = 1024
 MAX_COURTESY_INFLIGHT = 16
 COURTESY_ABORT_TIMEOUT_S = 2.0
@@ -133,10 +136,11 @@ class Engine:
             caller = self.batcher
         # Timed: the dashboard's participant latency comes from here.
         self.client: ProtocolCaller = metrics.timed(caller)
-        # Phase 2's acknowledgements of many transactions share log entries under load.
+        # Phase 2's acknowledgements of many transactions share log entries under load
+        # (where a proposal is an entry of its own: the Raft log).
         self.results_log: ProposalCoalescer | None = None
-        if settings.phase2_coalesce_results:
-            self.results_log = ProposalCoalescer(log_, max_commands=settings.log_batch_max)
+        if settings.phase2_coalesce_results and getattr(log_, "entry_per_proposal", False):
+            self.results_log = ProposalCoalescer(log_, max_commands=MAX_COALESCED_COMMANDS)
         self.metrics = metrics
         self.clock = clock
         self._commits: dict[str, asyncio.Task[Transaction]] = {}

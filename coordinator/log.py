@@ -72,6 +72,10 @@ class SingleNodeLog:
     Group commit: a single writer task drains the queue and writes up to `batch_max` commands
     (log rows, their application and `last_applied`) in one synchronous statement."""
 
+    # Each command is its own row and the writer already commits everything queued at once:
+    # nothing to gain from merging proposals (coordinator/proposal_batch.py).
+    entry_per_proposal = False
+
     def __init__(
         self,
         engine: AsyncEngine,

@@ -103,14 +103,18 @@ class ProposalCoalescer:
     async def _send(self, group: list[_Proposal]) -> None:
         try:
             results = await self.log.propose([c for p in group for c in p.commands])
-        except BaseException as e:
+            if len(results) != sum(len(p.commands) for p in group):
+                raise RuntimeError(f"the log answered {len(results)} results for the entry")
+        except Exception as e:  # NotLeader, LogUnavailable, ...: every caller's
             for p in group:
                 if not p.results.done():
                     p.results.set_exception(e)
-            if isinstance(e, asyncio.CancelledError):
-                raise
             return
-        assert len(results) == sum(len(p.commands) for p in group)
+        except BaseException:  # cancelled (stop) or the process is going down
+            for p in group:
+                if not p.results.done():
+                    p.results.set_exception(asyncio.CancelledError())
+            raise
         self.entries_saved += len(group) - 1
         at = 0
         for p in group:

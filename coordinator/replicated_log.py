@@ -96,6 +96,10 @@ class _Pending:
 
 
 class RaftLog:
+    # Each proposal is one log entry (a Raft entry, a log row on every node): proposals that
+    # stand alone gain from sharing one (coordinator/proposal_batch.py).
+    entry_per_proposal = True
+
     def __init__(
         self,
         engine: AsyncEngine,

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from sdk_servers import ServerThread, free_port
 
@@ -32,8 +33,9 @@ def eventually(predicate, within_s: float = POLL_TIMEOUT_S) -> None:
 
 
 @contextlib.contextmanager
-def serve_coordinator(pg, **overrides: Any) -> Iterator[str]:
-    """A real standalone coordinator node on its own database; its URL. `overrides` are
+def serve_coordinator(pg, raft: bool = False, **overrides: Any) -> Iterator[str]:
+    """A real coordinator node on its own database; its URL. Standalone, or with `raft` a
+    Raft group of one (its log is the replicated one, entries and all). `overrides` are
     Settings fields (the API and participant tokens above by default)."""
     db = pg.new_database("coord")
     migrate.upgrade(db, "coordinator")
@@ -44,9 +46,17 @@ def serve_coordinator(pg, **overrides: Any) -> Iterator[str]:
         **FAST,
         **overrides,
     }
+    if raft:
+        values |= {
+            "peers": f"1=http://127.0.0.1:{port}",
+            "raft_id": 1,
+            "cluster_secret": "cluster-secret-0123456789",
+        }
     settings = Settings(database_url=db, port=port, **values)
     server = ServerThread(build_app(settings, run_migrations=False), port).start()
     try:
+        if raft:
+            eventually(lambda: httpx.get(f"{server.url}/readyz").status_code == 200)
         yield server.url
     finally:
         server.stop()

@@ -267,9 +267,12 @@ def test_batch_signature_is_bound_to_its_body(engine: Engine, coord) -> None:
 
 @pytest.fixture
 def batching_coordinator(pg) -> Iterator[str]:
-    """A real coordinator with one request in flight per participant, so that concurrent
-    transactions' phase 2 travels in batches. One secret for its API and for signing."""
-    with serve_coordinator(pg, participant_token=API_TOKEN, phase2_batch_inflight=1) as url:
+    """A real coordinator (a Raft group of one: its log has entries to share) with one
+    request in flight per participant, so that concurrent transactions' phase 2 travels in
+    batches. One secret for its API and for signing."""
+    with serve_coordinator(
+        pg, raft=True, participant_token=API_TOKEN, phase2_batch_inflight=1
+    ) as url:
         yield url
 
 
@@ -332,3 +335,12 @@ def test_concurrent_transactions_phase2_in_batches(
     assert batches >= 1 and batched >= 2  # a batch carries 2 messages or more
     # ... and their acknowledgements shared log entries.
     assert metric(batching_coordinator, "txc_phase2_results_coalesced") >= 1
+
+
+def test_a_standalone_node_does_not_coalesce_results(coordinator_url: str) -> None:
+    """Its log already writes each command as its own row, everything queued at once: no
+    entries to share, so no coalescer (and no metric claiming one)."""
+    r = httpx.get(f"{coordinator_url}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"})
+    assert r.status_code == 200
+    assert "txc_phase2_batches " in r.text
+    assert "txc_phase2_results_coalesced" not in r.text
