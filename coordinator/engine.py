@@ -47,13 +47,13 @@ log = logging.getLogger("txc.engine")
 # Idempotency keys map to transaction ids deterministically, so a retried begin (even one
 # that reaches another node after a leader change) names the same transaction.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f0c5a52-6c2b-4a53-9d0e-3f6a7c1d2b90")
+# Commands in one coalesced entry of phase-2 results: the Raft task applies up to 64 entries
+# inline per Ready (replicated_log.MAX_COMMITTED_PER_READY), so entries stay small.
+MAX_COALESCED_COMMANDS = 64
 # Courtesy aborts (one message each, see Engine._courtesy_aborts): how many may wait, how many
 # are sent at once (their own slots: a burst to an unreachable host must not hold phase 2's),
 # and how long one may take. Past the first bound they are skipped, which presumed abort
 # makes safe.
-# Commands in one coalesced entry of phase-2 results: the Raft task applies up to 64 entries
-# inline per Ready (replicated_log.MAX_COMMITTED_PER_READY), so entries stay small.
-MAX_COALESCED_COMMANDS = 64
 MAX_COURTESY_ABORTS = 1024
 MAX_COURTESY_INFLIGHT = 16
 COURTESY_ABORT_TIMEOUT_S = 2.0
