@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from coordinator.bench import profiling, stack
+from coordinator.bench import profiling, report, stack
 from coordinator.embedded_pg import EmbeddedPostgres
 from coordinator.participant_client import ParticipantClient, Reply
 from participant_sdk.headers import ENLIST_DEFERRED, ENLIST_HEADER, TRANSACTION_HEADER
@@ -225,11 +224,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     result = asyncio.run(run(args))
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print()
-    print(table(result))
-    path = out_dir / "phase2.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON: {path}")
+    report.save(result, table(result), args.out_dir, "phase2")
     return 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import secrets
 import sys
 import tempfile
@@ -222,13 +221,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     result = asyncio.run(run(args))
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print()
-    print(table(result))
-    path = out_dir / "raft.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON: {path}")
+    out_dir = report.save(result, table(result), args.out_dir, "raft")
     png = chart(result, out_dir / "raft.png")
     print(f"PNG:  {png}" if isinstance(png, Path) else f"PNG skipped: {png}")
     return 0

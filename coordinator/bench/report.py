@@ -4,6 +4,7 @@ with a message)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,19 @@ def table(result: dict[str, Any]) -> str:
         met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
         lines.append(f"target: {t['target']}: measured {t['measured']} ({met})")
     return "\n".join(lines)
+
+
+def save(result: dict[str, Any], text: str, out_dir: str, name: str) -> Path:
+    """Print a benchmark's table and write its JSON (`out_dir/name.json`); returns the
+    directory, for the chart that may follow."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print()
+    print(text)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nJSON: {path}")
+    return out
 
 
 def _pyplot() -> Any:

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import random
 import sys
@@ -637,13 +636,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     result = asyncio.run(run(args))
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print()
-    print(report.table(result))
-    json_path = out_dir / "transfers.json"
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON: {json_path}")
+    out_dir = report.save(result, report.table(result), args.out_dir, "transfers")
     png = report.chart(result, out_dir / "transfers.png")
     print(f"PNG:  {png}" if isinstance(png, Path) else f"PNG skipped: {png}")
     return 0
