@@ -13,7 +13,7 @@ import pytest
 from sdk_helpers import items, prepared_gids, record_state
 from sqlalchemy import Engine, text
 
-from participant_sdk import PgResourceManager, WorkRefused, make_gid
+from participant_sdk import PgResourceManager, WorkRefused, make_gid, record
 from participant_sdk import pg_fastpath as fast
 
 RACE_ROUNDS = 10  # commit/abort races run per test (each one a fresh txid)
@@ -292,3 +292,38 @@ def test_recovery_works_on_a_database_before_p0004(engine: Engine, coord: Any) -
         assert items(engine) == {"old-db": 1} and prepared_gids(engine) == []
     finally:
         rm.close()
+
+
+def _lock_is_free(engine: Engine, txid: str) -> bool:
+    """Whether another session can take the txid lock at once (and gives it back)."""
+    with engine.connect() as conn:
+        key = record.lock_key("svc", txid)
+        taken = conn.execute(
+            text("SELECT pg_try_advisory_lock(:cls, hashtext(:key))"),
+            {"cls": record.ADVISORY_LOCK_CLASS, "key": key},
+        ).scalar_one()
+        if taken:
+            record.release(conn, "svc", txid)
+        conn.commit()
+        return bool(taken)
+
+
+def test_a_lock_that_cannot_be_taken_prepares_nothing(
+    engine: Engine, coord: Any, rm: PgResourceManager
+) -> None:
+    """While another session holds the txid lock, a work request whose statement timeout
+    runs out waiting for it is refused (work_failed) with nothing prepared or recorded, and
+    its session is dropped (no lock of it lingers); the txid can do its work afterwards."""
+    txid = _begin(coord)
+    with record.txid_lock(engine, "svc", txid):
+        with pytest.raises(WorkRefused) as exc, rm.work(txid) as w:
+            w.connection.execute(text("SET LOCAL statement_timeout = '200ms'"))
+            w.connection.execute(text("INSERT INTO items VALUES ('blocked', 1)"))
+        assert exc.value.code == "work_failed"
+    assert prepared_gids(engine) == []
+    assert record_state(engine, "svc", txid) is None
+    assert _lock_is_free(engine, txid)
+    assert items(engine) == {}
+    _do_work(rm, txid, "later")
+    assert rm.commit(txid).status == 200
+    assert items(engine) == {"later": 1}
