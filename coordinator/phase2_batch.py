@@ -48,7 +48,9 @@ log = logging.getLogger("txc.phase2_batch")
 # upgraded meanwhile).
 UNSUPPORTED_RECHECK_S = 300.0
 MAX_QUEUED_PER_LANE = 4096  # past this a message goes on its own (the engine bounds phase 2)
-MAX_LANES = 10_000  # distinct (url, participant) pairs; past this, messages go on their own
+# Lanes with requests out or messages waiting (an idle lane is dropped, unless it remembers a
+# participant without the batch endpoint); past this many, messages go on their own.
+MAX_LANES = 10_000
 # A participant handles a batch's messages one after another: a batch may take the request
 # timeout plus this much per message (its slow paths wait for locks) before it counts as lost.
 BATCH_TIMEOUT_PER_MESSAGE_S = 0.25
@@ -153,10 +155,17 @@ class Phase2Batcher:
         return lane
 
     def _done(self, lane: _Lane) -> None:
-        """A request to `lane` ended: the next one takes what waits."""
+        """A request to `lane` ended: the next one takes what waits; an idle lane is dropped
+        (so that participants long gone do not hold lanes), unless it still remembers that
+        its participant takes no batches. Nothing refers to a lane with nothing out and
+        nothing waiting, so the next message simply makes a new one."""
         lane.inflight -= 1
         assert lane.inflight >= 0
         self._pump(lane)
+        if lane.inflight == 0 and not lane.queue and lane.unsupported_until <= self.clock():
+            key = (lane.base_url, lane.participant)
+            if self._lanes.get(key) is lane:
+                del self._lanes[key]
 
     def _pump(self, lane: _Lane) -> None:
         while not self._stopped and lane.queue and lane.inflight < self.max_inflight:

@@ -123,6 +123,39 @@ async def test_participant_without_batch_endpoint_gets_messages_alone() -> None:
     assert len(client.batches) == 2  # ... until the recheck time
 
 
+async def test_idle_lanes_are_dropped_unless_they_remember_no_batches() -> None:
+    """A lane lives while requests are out or messages wait; then it goes (participants come
+    and go), except one that must remember, until its recheck, that batches are refused."""
+    now = [1000.0]
+    client = FakeClient()
+    b = Phase2Batcher(client, max_batch=8, max_inflight=1, clock=lambda: now[0])
+    tasks = [asyncio.create_task(b.call(URL, "commit", f"t{i}", "p", 5.0)) for i in range(3)]
+    await settle()
+    assert list(b._lanes) == [(URL, "p")]
+    client.release.set()
+    await asyncio.gather(*tasks)
+    assert b._lanes == {} and client.batches == [[("commit", "t1"), ("commit", "t2")]]
+    # The next burst batches again on a new lane.
+    client.release.clear()
+    tasks = [asyncio.create_task(b.call(URL, "commit", f"u{i}", "p", 5.0)) for i in range(3)]
+    await settle()
+    client.release.set()
+    await asyncio.gather(*tasks)
+    assert client.batches[-1] == [("commit", "u1"), ("commit", "u2")] and b._lanes == {}
+    # A participant without the batch endpoint: its lane stays until the recheck time.
+    client.batch_supported = False
+    client.release.clear()
+    tasks = [asyncio.create_task(b.call(URL, "commit", f"v{i}", "q", 5.0)) for i in range(3)]
+    await settle()
+    client.release.set()
+    await asyncio.gather(*tasks)
+    assert list(b._lanes) == [(URL, "q")]
+    now[0] += UNSUPPORTED_RECHECK_S + 1
+    client.batch_supported = True
+    await b.call(URL, "commit", "w0", "q", 5.0)
+    assert b._lanes == {}
+
+
 async def test_a_failing_batch_answers_every_message_and_the_lane_goes_on() -> None:
     client = FakeClient()
     client.batch_error = RuntimeError("bug in the client")
