@@ -333,6 +333,18 @@ def test_concurrent_transactions_phase2_in_batches(
     batches = metric(batching_coordinator, "txc_phase2_batches")
     batched = metric(batching_coordinator, "txc_phase2_batched_messages")
     assert batches >= 1 and batched >= 2  # a batch carries 2 messages or more
+    # The dashboard's participant latency is per request (a batch is one), not per message:
+    # the time a message waited for its batch is not a participant's.
+    r = httpx.get(
+        f"{batching_coordinator}/dashboard/api/metrics",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
+    assert r.status_code == 200, r.text
+    rows = [p for p in r.json()["participants"] if p["name"].startswith("svc-")]
+    calls = sum(p["total_calls"] for p in rows)
+    timed = sum(p["latency"]["n"] for p in rows)
+    assert calls == 2 * n
+    assert timed == calls - batched + batches
     # ... and their acknowledgements shared log entries.
     assert metric(batching_coordinator, "txc_phase2_results_coalesced") >= 1
 
