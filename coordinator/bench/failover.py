@@ -23,6 +23,7 @@ from typing import Any
 
 from coordinator import migrate
 from coordinator.bench.client import LeaderFollowingClient
+from coordinator.bench.loadgen import run_bench
 from coordinator.bench.serving import null_participant_app, serve
 from coordinator.embedded_pg import EmbeddedPostgres, create_database, free_port
 from coordinator.procs import Proc, node_env, peers_for, stop_all
@@ -167,7 +168,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    report = asyncio.run(run(args))
+    report = run_bench(run(args))
     print(json.dumps(report, indent=2))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2))

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from coordinator.bench import profiling, report, stack
+from coordinator.bench.loadgen import run_bench
 from coordinator.embedded_pg import EmbeddedPostgres
 from coordinator.participant_client import ParticipantClient, Reply
 from participant_sdk.headers import ENLIST_DEFERRED, ENLIST_HEADER, TRANSACTION_HEADER
@@ -223,6 +224,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    result = asyncio.run(run(args))
+    result = run_bench(run(args))
     report.save(result, table(result), args.out_dir, "phase2")
     return 0

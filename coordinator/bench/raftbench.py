@@ -20,7 +20,6 @@ timeout so that none expires during the run. A report, never a test.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import secrets
 import sys
@@ -33,6 +32,7 @@ import aiohttp
 
 from coordinator.bench import profiling, report, stack
 from coordinator.bench.args import positive_ints
+from coordinator.bench.loadgen import run_bench
 from coordinator.bench.raftnode import BENCH_KEY_HEADER
 from coordinator.embedded_pg import EmbeddedPostgres
 from coordinator.procs import Proc, stop_all
@@ -220,7 +220,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    result = asyncio.run(run(args))
+    result = run_bench(run(args))
     out_dir = report.save(result, table(result), args.out_dir, "raft")
     png = chart(result, out_dir / "raft.png")
     print(f"PNG:  {png}" if isinstance(png, Path) else f"PNG skipped: {png}")

@@ -46,7 +46,7 @@ import aiohttp
 
 from coordinator.bench import loadgen, profiling, report, stack
 from coordinator.bench.args import positive_ints
-from coordinator.bench.loadgen import Run, Sample
+from coordinator.bench.loadgen import Run, Sample, run_bench
 from coordinator.bench.txclient import (
     AiohttpCoordinator,
     Coordinator,
@@ -635,7 +635,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    result = asyncio.run(run(args))
+    result = run_bench(run(args))
     out_dir = report.save(result, report.table(result), args.out_dir, "transfers")
     png = report.chart(result, out_dir / "transfers.png")
     print(f"PNG:  {png}" if isinstance(png, Path) else f"PNG skipped: {png}")
