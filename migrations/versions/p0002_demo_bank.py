@@ -1,8 +1,13 @@
-"""demo bank (txc_demo.bank): accounts and ledger
+"""demo bank (txc_demo.bank): nothing any more (kept so that the participant branch's chain of
+revisions stays the one existing databases have recorded)
 
-Only for the demo participant services' databases (same `participant` branch as the SDK's
-record, which they also need). The tables match `txc_demo.bank.metadata`. Seeding the demo
-accounts is done by the service on start-up, not here.
+Until this release this revision created the demo bank's `bank_account` and `bank_ledger`
+tables, and since it sits on the `participant` branch, `txc migrate --branch participant`
+created them in every participant's database, demo or not. The demo bank creates its own
+tables on start-up (`txc_demo.bank.init_database`), so this revision now does nothing in
+either direction. A database migrated by an earlier release keeps the two tables: nothing of
+txc reads them, and outside a demo they can be dropped (`DROP TABLE bank_ledger,
+bank_account`).
 
 Revision ID: p0002
 Revises: p0001
@@ -11,9 +16,6 @@ Create Date: 2026-11-26
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op
-
 revision = "p0002"
 down_revision = "p0001"
 branch_labels = None
@@ -21,24 +23,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "bank_account",
-        sa.Column("name", sa.String(64), primary_key=True),
-        sa.Column("balance", sa.BigInteger(), nullable=False),
-        sa.CheckConstraint("balance >= 0", name="ck_bank_account_balance"),
-    )
-    op.create_table(
-        "bank_ledger",
-        sa.Column("id", sa.BigInteger(), sa.Identity(), primary_key=True),
-        sa.Column("txid", sa.String(128), nullable=True),
-        sa.Column("account", sa.String(64), nullable=False),
-        sa.Column("delta", sa.BigInteger(), nullable=False),
-        sa.Column(
-            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        ),
-    )
+    """Nothing: see the module's docstring."""
 
 
 def downgrade() -> None:
-    op.drop_table("bank_ledger")
-    op.drop_table("bank_account")
+    """Nothing: the tables an earlier release created may hold a demo's data; they are not
+    the participant branch's to drop."""

@@ -62,7 +62,7 @@ def test_migrations_match_metadata(pg, make_engine: Callable[[str], Engine]) -> 
     assert p1.branch_labels == ("participant",) and p1.down_revision is None
     assert p1.depends_on is None and p2.down_revision == p1.revision
     assert p3.down_revision == p2.revision and p4.down_revision == p3.revision
-    tables = [record.TABLE_NAME, record.XID_TABLE_NAME, "bank_account", "bank_ledger"]
+    tables = [record.TABLE_NAME, record.XID_TABLE_NAME]
 
     migrated = make_engine(pg.new_database("mig"))
     run(migrated, p1, "upgrade")
@@ -71,8 +71,9 @@ def test_migrations_match_metadata(pg, make_engine: Callable[[str], Engine]) -> 
     run(migrated, p4, "upgrade")
     direct = make_engine(pg.new_database("meta"))
     record.create_tables(direct)
-    bank.metadata.create_all(direct)
     assert shape(migrated, tables) == shape(direct, tables)
+    # Only the SDK's tables: the demo bank's are the demo's to create (p0002 is empty now).
+    assert set(inspect(migrated).get_table_names()) == set(tables)
 
     shapes = shape(migrated, tables)
     assert shapes[record.TABLE_NAME]["indexes"] == [
@@ -100,6 +101,11 @@ def test_alembic_participant_branch(pg, make_engine: Callable[[str], Engine]) ->
     migrate.upgrade(url, "participant")  # idempotent
     direct = make_engine(pg.new_database("meta"))
     record.create_tables(direct)
-    bank.metadata.create_all(direct)
-    tables = [record.TABLE_NAME, record.XID_TABLE_NAME, "bank_account", "bank_ledger"]
+    tables = [record.TABLE_NAME, record.XID_TABLE_NAME]
     assert shape(make_engine(url), tables) == shape(direct, tables)
+    # A participant's database gets the SDK's tables and Alembic's, nothing of the demo's.
+    assert set(inspect(make_engine(url)).get_table_names()) == {*tables, "alembic_version"}
+    # ... and the demo bank, started on such a database (as `txc up` does), adds its own.
+    demo = make_engine(url)
+    bank.init_database(demo)
+    assert {"bank_account", "bank_ledger"} <= set(inspect(demo).get_table_names())
