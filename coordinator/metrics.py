@@ -244,7 +244,8 @@ class TimedCalls:
         replies: list[Reply] | None = await self._client.call_batch(
             base_url, participant, messages, timeout_s
         )
-        self._metrics.participant_latency(participant, time.perf_counter() - started)
+        if replies is not None:  # a refused batch is sent again, one message per request
+            self._metrics.participant_latency(participant, time.perf_counter() - started)
         return replies
 
     def __getattr__(self, name: str) -> Any:

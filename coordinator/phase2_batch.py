@@ -150,9 +150,19 @@ class Phase2Batcher:
         lane = self._lanes.get(key)
         if lane is None:
             if len(self._lanes) >= MAX_LANES:
-                return None
+                self._drop_idle_lanes()
+                if len(self._lanes) >= MAX_LANES:
+                    return None
             lane = self._lanes[key] = _Lane(base_url, participant)
         return lane
+
+    def _drop_idle_lanes(self) -> None:
+        """Drop the lanes that only remember a participant without the batch endpoint whose
+        recheck time has passed (no message came by to drop them: the participant is gone)."""
+        now = self.clock()
+        for key, lane in list(self._lanes.items()):
+            if lane.inflight == 0 and not lane.queue and lane.unsupported_until <= now:
+                del self._lanes[key]
 
     def _done(self, lane: _Lane) -> None:
         """A request to `lane` ended: the next one takes what waits; an idle lane is dropped

@@ -8,6 +8,7 @@ import contextvars
 
 import pytest
 
+from coordinator import phase2_batch
 from coordinator.participant_client import Reply
 from coordinator.phase2_batch import UNSUPPORTED_RECHECK_S, Phase2Batcher
 
@@ -153,6 +154,39 @@ async def test_idle_lanes_are_dropped_unless_they_remember_no_batches() -> None:
     now[0] += UNSUPPORTED_RECHECK_S + 1
     client.batch_supported = True
     await b.call(URL, "commit", "w0", "q", 5.0)
+    assert b._lanes == {}
+
+
+async def test_lanes_of_gone_participants_without_batches_make_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lane that remembers "no batch endpoint" stays until a message passes it after the
+    recheck time; if its participant never comes back, the lanes it holds are dropped once
+    the lane limit is reached, so new participants still get batches."""
+    monkeypatch.setattr(phase2_batch, "MAX_LANES", 2)
+    now = [1000.0]
+    client = FakeClient(batch_supported=False)
+    b = Phase2Batcher(client, max_batch=8, max_inflight=1, clock=lambda: now[0])
+
+    async def burst(participant: str) -> None:
+        client.release.clear()
+        tasks = [
+            asyncio.create_task(b.call(URL, "commit", f"{participant}{i}", participant, 5.0))
+            for i in range(3)
+        ]
+        await settle()
+        client.release.set()
+        await asyncio.gather(*tasks)
+
+    await burst("p")
+    await burst("q")
+    assert sorted(b._lanes) == [(URL, "p"), (URL, "q")]  # both remember: no batches
+    client.batch_supported = True
+    await burst("r")  # the limit is reached and both still remember: r's messages go alone
+    assert [m for batch in client.batches for _, m in batch if m.startswith("r")] == []
+    now[0] += UNSUPPORTED_RECHECK_S + 1
+    await burst("r")  # p and q are past their recheck: dropped, r gets a lane and batches
+    assert client.batches[-1] == [("commit", "r1"), ("commit", "r2")]
     assert b._lanes == {}
 
 

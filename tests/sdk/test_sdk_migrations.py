@@ -1,5 +1,5 @@
-"""The `participant` Alembic branch creates the same tables as the SDK's and the demo's
-SQLAlchemy metadata (which tests and the demo create directly)."""
+"""The `participant` Alembic branch creates the same tables as the SDK's SQLAlchemy metadata
+(`create_tables()`), and nothing else: the demo bank creates its own tables."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from sdk_helpers import items, prepared_gids, record_state
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 
 from participant_sdk import PgResourceManager, WorkRefused, make_gid, record
 from participant_sdk import pg_fastpath as fast
@@ -315,11 +315,15 @@ def test_a_lock_that_cannot_be_taken_prepares_nothing(
     runs out waiting for it is refused (work_failed) with nothing prepared or recorded, and
     its session is dropped (no lock of it lingers); the txid can do its work afterwards."""
     txid = _begin(coord)
+    dropped: list[object] = []
+    event.listen(engine, "invalidate", lambda conn, rec, exc: dropped.append(exc))
     with record.txid_lock(engine, "svc", txid):
         with pytest.raises(WorkRefused) as exc, rm.work(txid) as w:
             w.connection.execute(text("SET LOCAL statement_timeout = '200ms'"))
             w.connection.execute(text("INSERT INTO items VALUES ('blocked', 1)"))
         assert exc.value.code == "work_failed"
+        assert "could not take the transaction's lock" in exc.value.message
+    assert len(dropped) == 1  # the work's session, not returned to the pool
     assert prepared_gids(engine) == []
     assert record_state(engine, "svc", txid) is None
     assert _lock_is_free(engine, txid)

@@ -330,19 +330,26 @@ def test_concurrent_transactions_phase2_in_batches(
     expected = {f"k{i}": i for i in range(n)}
     eventually(lambda: items(engine) == expected and items(other) == expected)
     assert prepared_gids(engine) == [] and prepared_gids(other) == []
-    batches = metric(batching_coordinator, "txc_phase2_batches")
-    batched = metric(batching_coordinator, "txc_phase2_batched_messages")
-    assert batches >= 1 and batched >= 2  # a batch carries 2 messages or more
     # The dashboard's participant latency is per request (a batch is one), not per message:
-    # the time a message waited for its batch is not a participant's.
-    r = httpx.get(
-        f"{batching_coordinator}/dashboard/api/metrics",
-        headers={"Authorization": f"Bearer {API_TOKEN}"},
-    )
-    assert r.status_code == 200, r.text
-    rows = [p for p in r.json()["participants"] if p["name"].startswith("svc-")]
-    calls = sum(p["total_calls"] for p in rows)
-    timed = sum(p["latency"]["n"] for p in rows)
+    # the time a message waited for its batch is not a participant's. Read together, once
+    # every acknowledgement is in (a reply is counted as the coordinator handles it).
+
+    def figures() -> tuple[float, float, int, int]:
+        batches = metric(batching_coordinator, "txc_phase2_batches")
+        batched = metric(batching_coordinator, "txc_phase2_batched_messages")
+        r = httpx.get(
+            f"{batching_coordinator}/dashboard/api/metrics",
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        )
+        assert r.status_code == 200, r.text
+        rows = [p for p in r.json()["participants"] if p["name"].startswith("svc-")]
+        calls = sum(p["total_calls"] for p in rows)
+        timed = sum(p["latency"]["n"] for p in rows)
+        return batches, batched, calls, timed
+
+    eventually(lambda: figures()[2] == 2 * n)
+    batches, batched, calls, timed = figures()
+    assert batches >= 1 and batched >= 2  # a batch carries 2 messages or more
     assert calls == 2 * n
     assert timed == calls - batched + batches
     # ... and their acknowledgements shared log entries.
