@@ -123,10 +123,10 @@ class Engine:
         self.settings = settings
         self.log = log_
         self.store = store
-        # Commit and abort messages to one participant travel in batches under load; a
-        # stand-in client without `call_batch` (tests) is used as it is.
         # Timed under the batcher: the dashboard's participant latency is each request's.
         timed = metrics.timed(client)
+        # Commit and abort messages to one participant travel in batches under load; a
+        # stand-in client without `call_batch` (tests) is used as it is.
         self.batcher: Phase2Batcher | None = None
         self.client: ProtocolCaller = timed
         if callable(getattr(client, "call_batch", None)):

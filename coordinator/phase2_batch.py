@@ -85,6 +85,10 @@ class _Lane:
     inflight: int = 0
     unsupported_until: float = 0.0
 
+    def idle(self, now: float) -> bool:
+        """Nothing out, nothing waiting, nothing to remember: the lane may be dropped."""
+        return self.inflight == 0 and not self.queue and self.unsupported_until <= now
+
 
 def _not_sent(m: _Message) -> None:
     if not m.reply.done():
@@ -161,7 +165,7 @@ class Phase2Batcher:
         recheck time has passed (no message came by to drop them: the participant is gone)."""
         now = self.clock()
         for key, lane in list(self._lanes.items()):
-            if lane.inflight == 0 and not lane.queue and lane.unsupported_until <= now:
+            if lane.idle(now):
                 del self._lanes[key]
 
     def _done(self, lane: _Lane) -> None:
@@ -172,7 +176,7 @@ class Phase2Batcher:
         lane.inflight -= 1
         assert lane.inflight >= 0
         self._pump(lane)
-        if lane.inflight == 0 and not lane.queue and lane.unsupported_until <= self.clock():
+        if lane.idle(self.clock()):
             key = (lane.base_url, lane.participant)
             if self._lanes.get(key) is lane:
                 del self._lanes[key]
