@@ -76,14 +76,91 @@ def ratios(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def series(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of the same scenarios (`--repeat`): each one's throughput and CPU per
+    transfer, and txc / baseline as the ratio of the means (single runs on a shared machine
+    move by 10-20%; a ratio of means over runs that alternate with the baseline is the figure
+    to quote), with each run's own ratio beside it."""
+    assert runs
+    tps: dict[str, dict[str, list[float]]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        for sc in r["scenarios"]:
+            for lv in sc["levels"]:
+                c = str(lv["concurrency"])
+                tps.setdefault(sc["name"], {}).setdefault(c, []).append(lv["throughput_tps"])
+                total = (lv.get("cpu_ms_per_transfer") or {}).get("total")
+                if total:
+                    cpu.setdefault(sc["name"], {}).setdefault(c, []).append(total)
+    mean_tps = {n: {c: round(_mean(v), 1) for c, v in by.items()} for n, by in tps.items()}
+    out_ratios = []
+    base = tps.get("baseline", {})
+    for name, by in tps.items():
+        if name == "baseline":
+            continue
+        for c, values in by.items():
+            b = base.get(c)
+            if not b or len(b) != len(values) or not _mean(b):
+                continue
+            row: dict[str, Any] = {
+                "scenario": name,
+                "concurrency": int(c),
+                "throughput": round(_mean(values) / _mean(b), 3),
+                "throughput_per_run": [
+                    round(v / w, 3) if w else None for v, w in zip(values, b, strict=True)
+                ],
+            }
+            ours, theirs = cpu.get(name, {}).get(c), cpu.get("baseline", {}).get(c)
+            if ours and theirs:
+                row["cpu_efficiency"] = round(_mean(theirs) / _mean(ours), 3)
+            out_ratios.append(row)
+    return {
+        "runs": len(runs),
+        "throughput_tps": tps,
+        "cpu_ms_per_transfer": cpu,
+        "mean_throughput_tps": mean_tps,
+        "ratios": out_ratios,
+    }
+
+
+def series_table(s: dict[str, Any]) -> str:
+    n = s["runs"]
+    lines = [
+        f"series of {n} runs, transfers/s (the ratio is of the means; each run's in brackets):",
+        f"{'scenario':<12}{'conc':>5}"
+        + "".join(f"{'run ' + str(i + 1):>9}" for i in range(n))
+        + f"{'mean':>9}{'x baseline':>12}",
+    ]
+    rat = {(r["scenario"], r["concurrency"]): r for r in s["ratios"]}
+    for name, by in s["throughput_tps"].items():
+        for c, values in by.items():
+            r = rat.get((name, int(c)))
+            line = (
+                f"{name:<12}{c:>5}"
+                + "".join(f"{v:>9.1f}" for v in values)
+                + f"{s['mean_throughput_tps'][name][c]:>9.1f}"
+            )
+            if r is not None:
+                per = ", ".join(f"{x:.2f}" for x in r["throughput_per_run"] if x is not None)
+                line += f"{r['throughput']:>12.2f} [{per}]"
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, measured (a report: nothing here fails anything)."""
+    """The issue's targets, measured (a report: nothing here fails anything). With a series
+    (`--repeat`), the throughput ratio is the series' (of the means), not the last run's."""
     rows: list[dict[str, Any]] = []
+    ser = result.get("series")
     for scenario in ("txc-3", "txc-3-lazy"):
         ratio = next(
             (
                 r["throughput"]
-                for r in result.get("ratios", [])
+                for r in (ser["ratios"] if ser else result.get("ratios", []))
                 if r["scenario"] == scenario and r["concurrency"] == TARGET_RATIO_CONCURRENCY
             ),
             None,
@@ -94,7 +171,8 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "target": f"throughput {scenario} / baseline >= {TARGET_RATIO} "
-                f"at c={TARGET_RATIO_CONCURRENCY}",
+                f"at c={TARGET_RATIO_CONCURRENCY}"
+                + (f" (mean of {ser['runs']} runs)" if ser else ""),
                 "measured": ratio,
                 "met": None if ratio is None else ratio >= TARGET_RATIO,
             }
@@ -183,6 +261,9 @@ def table(result: dict[str, Any]) -> str:
             f"{_ms(fo.get('before_kill_latency_ms', {}).get('p99'))} ms; money "
             f"{'conserved' if fo.get('conserved') else 'NOT conserved'}"
         )
+    if result.get("series"):
+        lines.append("")
+        lines.append(series_table(result["series"]))
     lines.append("")
     for t in result.get("targets", []):
         met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]

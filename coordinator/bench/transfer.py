@@ -73,6 +73,7 @@ BUSINESS_TIMEOUT_S = 30.0  # one debit or credit (a bank may wait for a row lock
 SETTLE_TIMEOUT_S = 60.0  # after a scenario: prepared transactions resolved by phase 2/recovery
 SETTLE_POLL_S = 0.2
 FAILOVER_DURATION_S = 12.0
+MAX_REPEAT = 20  # --repeat: runs of the whole scenario list in one command
 FAILOVER_KILL_AT = 0.3  # fraction of the failover window before the leader is killed
 FAILOVER_RECOVERY_S = 1.0  # the banks' in-doubt recovery interval in the failover scenario
 AROUND_KILL_S = 1.0  # transfers started this long before the kill count as "around" it
@@ -632,10 +633,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out-dir", default="docs/bench", help="where transfers.json and transfers.png go"
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure the scenarios N times in a row (the failover and the profile in the last "
+        "run only) and report the series: each run's throughput and txc / baseline as the "
+        "ratio of the means (single runs on a shared machine move by 10-20%%)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    result = run_bench(run(args))
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        raise SystemExit(f"--repeat must be 1..{MAX_REPEAT}")
+    runs = []
+    for i in range(args.repeat):
+        last = i == args.repeat - 1
+        # Every run but the last measures the scenarios only (the failover kills a leader,
+        # the profile samples for its own seconds: once is enough for each).
+        this = (
+            args
+            if last
+            else argparse.Namespace(**{**vars(args), "failover": False, "profile": 0.0})
+        )
+        if args.repeat > 1:
+            print(f"\n=== run {i + 1} of {args.repeat}")
+        runs.append(run_bench(run(this)))
+    result = runs[-1]
+    if len(runs) > 1:
+        result["series"] = report.series(runs)
+        result["targets"] = report.targets(result)
     out_dir = report.save(result, report.table(result), args.out_dir, "transfers")
     png = report.chart(result, out_dir / "transfers.png")
     print(f"PNG:  {png}" if isinstance(png, Path) else f"PNG skipped: {png}")

@@ -111,3 +111,41 @@ def test_phase2_report(tmp_path: Path) -> None:
         assert r["total_us"] == pytest.approx(
             r["participant_us"] + r["postgres_us"] + r["client_us"], abs=0.5
         )
+
+
+def test_repeat_reports_a_series(tmp_path: Path) -> None:
+    """Two runs of two scenarios: the report is the last run's, with the series of both."""
+    report = _run(
+        tmp_path,
+        "--scenarios",
+        "baseline,txc-1-lazy",
+        "--concurrency",
+        "2",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.3",
+        "--no-failover",
+        "--repeat",
+        "2",
+    )
+    series = report["series"]
+    assert series["runs"] == 2
+    for name in ("baseline", "txc-1-lazy"):
+        assert len(series["throughput_tps"][name]["2"]) == 2
+    assert (
+        report["scenarios"][1]["levels"][0]["throughput_tps"]
+        in series["throughput_tps"]["txc-1-lazy"]["2"]
+    )
+    [r] = series["ratios"]
+    assert (r["scenario"], r["concurrency"]) == ("txc-1-lazy", 2)
+    assert len(r["throughput_per_run"]) == 2
+    for s in report["scenarios"]:
+        _money_conserved(s)
+
+
+def test_repeat_is_bounded(tmp_path: Path) -> None:
+    argv = ["bench", "transfers", "--out-dir", str(tmp_path), "--repeat", "0"]
+    args = build_parser().parse_args(argv)
+    with pytest.raises(SystemExit, match="--repeat must be"):
+        args.func(args)
