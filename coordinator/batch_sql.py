@@ -87,6 +87,28 @@ hist AS (
     txid text, "index" bigint, seq int, at float8, kind text, detail jsonb)
   ON CONFLICT DO NOTHING
 ),
+forget AS (
+  DELETE FROM txc_transactions WHERE txid = ANY(%(forgotten)s::text[])
+),
+tombs AS (
+  INSERT INTO txc_tombstones (txid, outcome, created_at, decided_at, completed_at, forgotten_at)
+  SELECT x.txid, x.outcome, x.created_at, x.decided_at, x.completed_at, x.forgotten_at
+  FROM jsonb_to_recordset(%(tombstones)s::jsonb) AS x(
+    txid text, outcome text, created_at float8, decided_at float8, completed_at float8,
+    forgotten_at float8)
+  ON CONFLICT (txid) DO UPDATE
+    SET outcome = excluded.outcome, created_at = excluded.created_at,
+        decided_at = excluded.decided_at, completed_at = excluded.completed_at,
+        forgotten_at = excluded.forgotten_at
+),
+archived AS (
+  INSERT INTO txc_archive (txid, forgotten_at, state, outcome, created_at, updated_at, labels, doc)
+  SELECT x.txid, x.forgotten_at, x.state, x.outcome, x.created_at, x.updated_at, x.labels, x.doc
+  FROM jsonb_to_recordset(%(archive)s::jsonb) AS x(
+    txid text, forgotten_at float8, state text, outcome text, created_at float8,
+    updated_at float8, labels jsonb, doc jsonb)
+  ON CONFLICT DO NOTHING
+),
 audit AS (
   INSERT INTO txc_audit ("index", seq, at, actor, action, txid, detail)
   SELECT x."index", x.seq, x.at, x.actor, x.action, x.txid, x.detail
@@ -100,10 +122,11 @@ members AS (
   ON CONFLICT (id) DO UPDATE SET url = excluded.url
 ),
 applied AS (
-  INSERT INTO txc_applied (id, last_applied, last_applied_term)
-  VALUES (1, %(applied_index)s, %(applied_term)s)
+  INSERT INTO txc_applied (id, last_applied, last_applied_term, tombstone_horizon)
+  VALUES (1, %(applied_index)s, %(applied_term)s, %(horizon)s)
   ON CONFLICT (id) DO UPDATE
-    SET last_applied = excluded.last_applied, last_applied_term = excluded.last_applied_term
+    SET last_applied = excluded.last_applied, last_applied_term = excluded.last_applied_term,
+        tombstone_horizon = excluded.tombstone_horizon
 )"""
 
 # A checkpoint (coordinator/checkpoint.py): applied state and `last_applied` together.
@@ -123,7 +146,14 @@ commit_index AS (
 
 SINGLE_NODE_WRITE = "WITH" + _LOG_APPEND + "," + _TRANSACTIONS + "\nSELECT 1"
 
-LOOKUP_DOCS = "SELECT doc FROM txc_transactions WHERE txid = ANY(%(txids)s::text[])"
+# Records and (unpurged) tombstones in one round trip: ('r', doc) or ('t', [txid, outcome,
+# created_at, decided_at, completed_at, forgotten_at]). A txid has at most one of the two
+# (forgetting deletes the record in the statement that writes the tombstone; a tombstone under
+# the horizon is purged, whether or not its row is deleted yet).
+LOOKUP_DOCS = """SELECT 'r', doc FROM txc_transactions WHERE txid = ANY(%(txids)s::text[])
+UNION ALL
+SELECT 't', jsonb_build_array(txid, outcome, created_at, decided_at, completed_at, forgotten_at)
+FROM txc_tombstones WHERE txid = ANY(%(txids)s::text[]) AND forgotten_at >= %(horizon)s"""
 
 
 @dataclass
@@ -133,6 +163,13 @@ class ApplyRows:
     transactions: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
+    # Retention (coordinator/retention.py): tombstones of forgotten records, the records they
+    # replace (txids), the full records for this node's history table, and the tombstone
+    # horizon (None: unchanged by the batch; a checkpoint always carries the current one).
+    tombstones: list[dict[str, Any]] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    archive: list[dict[str, Any]] = field(default_factory=list)
+    horizon: float | None = None
 
 
 def _json(rows: list[dict[str, Any]]) -> str:
@@ -142,13 +179,21 @@ def _json(rows: list[dict[str, Any]]) -> str:
 
 
 def apply_params(
-    rows: ApplyRows, applied_index: int, applied_term: int, members: dict[int, str]
+    rows: ApplyRows,
+    applied_index: int,
+    applied_term: int,
+    members: dict[int, str],
 ) -> dict[str, Any]:
+    assert rows.horizon is not None, "a write of the applied state carries the horizon"
     ids = sorted(members)
     return {
         "txns": _json(rows.transactions),
         "history": _json(rows.history),
         "audit": _json(rows.audit),
+        "forgotten": rows.forgotten,
+        "tombstones": _json(rows.tombstones),
+        "archive": _json(rows.archive),
+        "horizon": rows.horizon,
         "member_ids": ids,
         "member_urls": [members[i] for i in ids],
         "applied_index": applied_index,

@@ -105,7 +105,7 @@ class Checkpointer:
         self.store.stage(changed, rows)
         self._members.update(members)
         self.staged_index, self.staged_term = index, term
-        self._rows += len(changed) + len(rows.history) + len(rows.audit)
+        self._rows += len(changed) + len(rows.history) + len(rows.audit) + len(rows.archive)
         if self._rows >= CHECKPOINT_EARLY_ROWS:
             self._wake.set()
 
@@ -177,10 +177,8 @@ class Checkpointer:
         self.written += 1
 
     def _restage(self, rows: ApplyRows, members: dict[int, str]) -> None:
-        store = self.store
-        store.unflushed = {**store.flushing, **store.unflushed}
-        store.unflushed_history[:0] = rows.history
-        store.unflushed_audit[:0] = rows.audit
-        store.flushing = {}
+        self.store.restage(rows)
         self._members = {**members, **self._members}
-        self._rows += len(rows.transactions) + len(rows.history) + len(rows.audit)
+        self._rows += (
+            len(rows.transactions) + len(rows.tombstones) + len(rows.history) + len(rows.audit)
+        ) + len(rows.archive)

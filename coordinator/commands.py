@@ -124,6 +124,26 @@ class AuditNote(Command):
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Forget(Command):
+    """Retention: a finished transaction's record leaves the replicated state, and only its
+    decision stays (a tombstone). Proposed by the leader for records finished more than
+    `retention_s` ago; applied only to a finished record, so an unfinished one is never
+    forgotten (DESIGN rule 6) whatever the proposer believed."""
+
+    kind: ClassVar[str] = "forget"
+
+
+@dataclass(frozen=True)
+class PurgeTombstones(Command):
+    """Tombstones of transactions forgotten before `before` are dropped (their txids become
+    unknown: presumed abort). Names no transaction (`txid` is empty): it moves the
+    tombstone horizon, the same on every node at the same log index."""
+
+    kind: ClassVar[str] = "purge_tombstones"
+    before: float = 0.0
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.kind: c
     for c in (
@@ -136,6 +156,8 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         Ack,
         AcknowledgeHeuristic,
         AuditNote,
+        Forget,
+        PurgeTombstones,
     )
 }
 

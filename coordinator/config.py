@@ -82,6 +82,14 @@ class Settings:
     log_queue_max: int = 10_000  # proposals waiting for the log before 503
     participant_connections: int = 200  # HTTP connections to participants, all together
     list_page_max: int = 500
+    # Retention (coordinator/retention.py, docs/retention.md). A finished transaction's record
+    # leaves the replicated state this long after it finished; its decision stays as a
+    # tombstone for `tombstone_retention_s` more (what `/outcome`, a repeated commit, a
+    # late enlistment and an idempotency key are answered with); its full record stays in
+    # each node's history table for `history_retention_days`.
+    retention_s: float = 600.0
+    tombstone_retention_s: float = 86_400.0
+    history_retention_days: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.advertise_url:
@@ -153,6 +161,15 @@ class Settings:
             raise ConfigError(f"phase2_batch_max must be between 1 and {MAX_BATCH_MESSAGES}")
         if self.phase2_batch_inflight < 1:
             raise ConfigError("phase2_batch_inflight must be >= 1")
+        if self.history_retention_days <= 0:
+            raise ConfigError("history_retention_days must be > 0")
+        from coordinator.retention import MIN_TOMBSTONE_RETENTION_S
+
+        if self.tombstone_retention_s < MIN_TOMBSTONE_RETENTION_S:
+            raise ConfigError(
+                f"tombstone_retention_s must be at least {MIN_TOMBSTONE_RETENTION_S:g} "
+                "(a client's retried commit must still find the decision)"
+            )
         return self
 
 

@@ -22,7 +22,7 @@ from coordinator import batch_sql, schema
 from coordinator.commands import Command, encode
 from coordinator.pgconn import HotConnection
 from coordinator.statemachine import Result
-from coordinator.store import LogEntry, Store, transaction_rows
+from coordinator.store import LogEntry, Store, fill_rows
 
 log = logging.getLogger("txc.log")
 
@@ -223,7 +223,9 @@ class SingleNodeLog:
                 entries.append(LogEntry(index, SINGLE_NODE_TERM, c))
         results, changed, rows = await self.store.apply_batch(self.db, entries)
         # One node: the entries and their application are written together, at once.
-        rows.transactions = transaction_rows(changed.values())
+        fill_rows(rows, changed.values())
+        if rows.horizon is None:
+            rows.horizon = self.store.tombstone_horizon
         params = batch_sql.apply_params(rows, index, SINGLE_NODE_TERM, {})
         params |= {
             "idx": [e.index for e in entries],
@@ -233,7 +235,7 @@ class SingleNodeLog:
         }
         await self.db.execute(batch_sql.SINGLE_NODE_WRITE, params)
         self.last_index = self.last_applied = index
-        self.store.publish(changed)
+        self.store.publish(changed, rows.horizon)
         out: list[list[Result]] = []
         i = 0
         for p in batch:

@@ -125,6 +125,29 @@ class Transaction:
     heuristic: Heuristic | None = None
     heuristic_acknowledged: bool = False
     participants: list[Participant] = field(default_factory=list)
+    # Set on a tombstone: the record left the replicated state at this time (retention) and
+    # only its decision is kept (coordinator/retention.py says for how long and why).
+    forgotten_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Decided, every participant acknowledged, no heuristic left for an operator: the
+        record may leave the replicated state (DESIGN rule 6 keeps every other one)."""
+        return self.state.terminal and (self.heuristic is None or self.heuristic_acknowledged)
+
+    def tombstone(self, at: float) -> Transaction:
+        """What stays of a finished transaction once it is forgotten: its decision. Commands
+        applied to it behave as for any decided transaction (a Begin finds it, a Decide
+        reports its outcome, an Enlist is refused), so forgetting changes no answer."""
+        assert self.finished and self.outcome is not None and self.forgotten_at is None
+        return tombstone(
+            self.txid,
+            self.outcome,
+            self.created_at,
+            self.decided_at or at,
+            self.completed_at or at,
+            at,
+        )
 
     def participant(self, name: str) -> Participant | None:
         for p in self.participants:
@@ -157,6 +180,29 @@ class Transaction:
         t.labels = dict(self.labels)
         t.participants = [p.copy() for p in self.participants]
         return t
+
+
+def tombstone(
+    txid: str,
+    outcome: Outcome,
+    created_at: float,
+    decided_at: float,
+    completed_at: float,
+    forgotten_at: float,
+) -> Transaction:
+    """A tombstone from its stored columns (coordinator/schema.py `tombstones`)."""
+    return Transaction(
+        txid=txid,
+        state=TxState.COMMITTED if outcome is Outcome.COMMIT else TxState.ABORTED,
+        created_at=created_at,
+        expires_at=decided_at,
+        updated_at=forgotten_at,
+        timeout_s=0.0,
+        outcome=outcome,
+        decided_at=decided_at,
+        completed_at=completed_at,
+        forgotten_at=forgotten_at,
+    )
 
 
 _PARTICIPANT_FIELDS = tuple(f.name for f in fields(Participant))

@@ -543,6 +543,7 @@ class RaftLog:
         assert rd.snapshot is not None
         snap = rd.snapshot
         restored = None
+        horizon = 0.0
         members: dict[int, str] = {}
         # Frozen: no checkpoint writes between the restore and the reset of what is staged
         # (which the snapshot supersedes).
@@ -550,7 +551,7 @@ class RaftLog:
             async with self.engine.begin() as conn:
                 await storage.save(conn, snap, rd.entries, rd.hard_state)
                 if snap.meta.index > self.applied:
-                    restored = await self.store.restore(conn, snap.data)
+                    restored, horizon = await self.store.restore(conn, snap.data)
                     members = snapshot_members(snap.data)
                     await storage.set_applied(conn, snap.meta.index, snap.meta.term)
                     await storage.save_members(conn, members)
@@ -558,7 +559,7 @@ class RaftLog:
                 self.checkpoint.reset(snap.meta.index, snap.meta.term)
         if restored is not None:
             self.urls.update(members)
-            self.store.reset_inflight(restored)
+            self.store.reset_inflight(restored, horizon)
             self.applied = snap.meta.index
             self.snapshot_index = snap.meta.index
             self.snapshot_records = len(restored)
@@ -619,7 +620,7 @@ class RaftLog:
         for le, r in zip(b.log_entries, b.results, strict=True):
             results[le.index].append(r)
         self.urls.update(b.members)
-        self.store.publish(b.changed)
+        self.store.publish(b.changed, b.rows.horizon)
         for e in b.entries:
             self.applied = e.index
             self.log_bytes_since_snapshot += len(e.data)

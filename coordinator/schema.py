@@ -1,5 +1,5 @@
 """The coordinator node's tables (SQLAlchemy Core). Alembic's `coordinator` branch creates
-them; `migrations/versions/c0001_coordinator.py` must stay in step with this file."""
+them; `migrations/versions/c0*.py` must stay in step with this file."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ applied_state = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("last_applied", BigInteger, nullable=False),
     Column("last_applied_term", BigInteger, nullable=False),
+    # Tombstones forgotten before this time are purged (replicated state: coordinator/retention.py).
+    Column("tombstone_horizon", Double, nullable=False, server_default="0"),
 )
 
 # The last snapshot's metadata (log compaction); the snapshot's content is the applied state.
@@ -77,6 +79,42 @@ transactions = Table(
     Index("txc_transactions_state_created", "state", "created_at"),
     Index("txc_transactions_created", "created_at"),
     Index("txc_transactions_labels", "labels", postgresql_using="gin"),
+    # Retention looks for finished records by age (coordinator/retention.py).
+    Index("txc_transactions_state_updated", "state", "updated_at"),
+)
+
+# What stays of a forgotten transaction in the replicated state: its decision, for
+# `tombstone_retention_s` (coordinator/retention.py). Columns only (no document): there is
+# one row per transaction of the last day at full load, so each row is kept small.
+tombstones = Table(
+    "txc_tombstones",
+    metadata,
+    Column("txid", String(64), primary_key=True),
+    Column("outcome", String(8), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("decided_at", Double, nullable=False),
+    Column("completed_at", Double, nullable=False),
+    Column("forgotten_at", Double, nullable=False),
+    Index("txc_tombstones_forgotten", "forgotten_at"),
+)
+
+# Finished transactions' full records once forgotten: this node's own history, append-only,
+# not replicated, not in snapshots, not in memory; deleted after `history_retention_days`
+# in bounded batches (coordinator/history.py).
+archive = Table(
+    "txc_archive",
+    metadata,
+    Column("txid", String(64), primary_key=True),
+    Column("forgotten_at", Double, primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("outcome", String(8)),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("labels", JSONB, nullable=False),
+    Column("doc", JSONB, nullable=False),
+    Index("txc_archive_created", "created_at"),
+    Index("txc_archive_forgotten", "forgotten_at"),
+    Index("txc_archive_labels", "labels", postgresql_using="gin"),
 )
 
 # Each applied command that changed a transaction: the timeline the dashboard and `txc show`

@@ -8,6 +8,11 @@ runs under seeds. The rules of DESIGN §3 that live here:
 * rule 2: a `Decide(commit)` takes effect as COMMIT only if every participant voted YES or
   READ_ONLY and the transaction had not expired at `at`; otherwise it is recorded as ABORT;
 * rule 3: a `Decide(abort)` for an unknown transaction records a durable ABORT (presumed abort).
+
+Retention (coordinator/retention.py): `Forget` turns a finished record into a tombstone that
+keeps its decision, and every command applied to a tombstone answers as it would have for the
+full record; `PurgeTombstones` names no transaction and is handled by the holder of the
+records (`Machine` here, coordinator/store.py on a node).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from coordinator.commands import (
     Command,
     Decide,
     Enlist,
+    Forget,
     Phase2Attempt,
+    PurgeTombstones,
     RecordVote,
     StartPrepare,
 )
@@ -69,12 +76,15 @@ def _cut(text: str | None) -> str | None:
 def apply(txn: Transaction | None, cmd: Command) -> Result:
     """Apply one committed command. `txn` is never modified; a changed copy is returned."""
     assert txn is None or txn.txid == cmd.txid, "command applied to another transaction"
+    assert not isinstance(cmd, PurgeTombstones), "a purge is applied by the record holder"
     if isinstance(cmd, Begin):
         return _begin(txn, cmd)
     if isinstance(cmd, Decide):
         return _decide(txn, cmd)
     if txn is None:
         return Result(Status.NOT_FOUND, None, message=f"transaction {cmd.txid} not found")
+    if isinstance(cmd, Forget):
+        return _forget(txn, cmd)
     t = txn.copy()
     if isinstance(cmd, Enlist):
         result = _enlist(t, cmd)
@@ -262,6 +272,14 @@ def _ack(t: Transaction, cmd: Ack) -> Result:
     return Result(Status.OK, t, changed=True)
 
 
+def _forget(txn: Transaction, cmd: Forget) -> Result:
+    if txn.forgotten_at is not None:
+        return Result(Status.OK, txn)  # forgotten already (a repeated proposal)
+    if not txn.finished:
+        return Result(Status.CONFLICT, txn, message=f"transaction is {txn.state}, not finished")
+    return Result(Status.OK, txn.tombstone(cmd.at), changed=True)
+
+
 def _acknowledge_heuristic(t: Transaction, cmd: AcknowledgeHeuristic) -> Result:
     if t.heuristic is None:
         return Result(Status.CONFLICT, t, message="transaction has no heuristic outcome")
@@ -285,6 +303,16 @@ def _check_invariants(t: Transaction) -> None:
         assert all(p.phase2 is Phase2.WAITING for p in t.participants)
     assert len({p.name for p in t.participants}) == len(t.participants)
     assert len(t.participants) <= MAX_PARTICIPANTS
+    if t.forgotten_at is not None:
+        assert t.state.terminal and not t.participants
+
+
+def visible(t: Transaction | None, horizon: float) -> Transaction | None:
+    """`t` as the state machine sees it under a tombstone horizon: a tombstone forgotten
+    before the horizon has been purged (its txid is unknown again)."""
+    if t is not None and t.forgotten_at is not None and t.forgotten_at < horizon:
+        return None
+    return t
 
 
 class Machine:
@@ -293,8 +321,16 @@ class Machine:
 
     def __init__(self) -> None:
         self.transactions: dict[str, Transaction] = {}
+        self.tombstone_horizon = 0.0
 
     def apply(self, cmd: Command) -> Result:
+        if isinstance(cmd, PurgeTombstones):
+            self.tombstone_horizon = max(self.tombstone_horizon, cmd.before)
+            for txid in [
+                k for k, t in self.transactions.items() if not visible(t, self.tombstone_horizon)
+            ]:
+                del self.transactions[txid]
+            return Result(Status.OK, None)
         result = apply(self.transactions.get(cmd.txid), cmd)
         if result.changed:
             assert result.txn is not None

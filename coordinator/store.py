@@ -21,20 +21,22 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Text, and_, cast, func, or_, select, true
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import batch_sql, schema, snapshot_codec
 from coordinator.batch_sql import ApplyRows
-from coordinator.commands import AuditNote, Begin, Command
-from coordinator.model import Transaction, TxState
+from coordinator.commands import AuditNote, Begin, Command, Forget, PurgeTombstones
+from coordinator.model import Outcome, Transaction, TxState, tombstone
 from coordinator.pgconn import HotConnection
-from coordinator.statemachine import Result, Status, apply
+from coordinator.statemachine import Result, Status, apply, visible
 
 MAX_BATCH_LOOKUP = 1000  # txids fetched in one query when a batch touches cold transactions
 # Finished transactions kept in memory (newest): a commit's answer, a client's or participant's
 # read just after the end, and a repeated message are served without a query.
 MAX_RECENT_FINISHED = 10_000
 DUMP_BATCH_ROWS = 5000  # records a snapshot reads from its cursor at a time
+RESTORE_BATCH_ROWS = 5000  # tombstones an installed snapshot inserts per statement
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,51 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raise ValueError("malformed cursor") from e
 
 
-def transaction_rows(txns: Iterable[Transaction]) -> list[dict[str, Any]]:
-    """Rows for batch_sql's `txns` part (one per transaction, its whole record as `doc`)."""
-    return [_row(t) for t in txns]
+def fill_rows(rows: ApplyRows, txns: Iterable[Transaction]) -> ApplyRows:
+    """Rows for the newest version of each changed transaction: a record for batch_sql's
+    `txns` part (its whole record as `doc`), or for a forgotten one its tombstone and the
+    removal of its record. Each txid lands in exactly one of the two (they touch disjoint
+    rows of one statement)."""
+    for t in txns:
+        if t.forgotten_at is None:
+            rows.transactions.append(_row(t))
+        else:
+            rows.tombstones.append(_tombstone_row(t))
+            rows.forgotten.append(t.txid)
+    return rows
+
+
+def _tombstone_row(t: Transaction) -> dict[str, Any]:
+    assert t.forgotten_at is not None and t.outcome is not None
+    assert t.decided_at is not None and t.completed_at is not None
+    return {
+        "txid": t.txid,
+        "outcome": t.outcome.value,
+        "created_at": t.created_at,
+        "decided_at": t.decided_at,
+        "completed_at": t.completed_at,
+        "forgotten_at": t.forgotten_at,
+    }
+
+
+def _tombstone_from(row: Sequence[Any]) -> Transaction:
+    """A tombstone from (txid, outcome, created_at, decided_at, completed_at, forgotten_at)."""
+    txid, outcome, created_at, decided_at, completed_at, forgotten_at = row
+    return tombstone(txid, Outcome(outcome), created_at, decided_at, completed_at, forgotten_at)
+
+
+def _archive_row(full: Transaction, forgotten_at: float) -> dict[str, Any]:
+    """The history table's row of a record as it was when forgotten (coordinator/history.py)."""
+    return {
+        "txid": full.txid,
+        "forgotten_at": forgotten_at,
+        "state": full.state.value,
+        "outcome": full.outcome.value if full.outcome else None,
+        "created_at": full.created_at,
+        "updated_at": full.updated_at,
+        "labels": full.labels,
+        "doc": full.to_dict(),
+    }
 
 
 def _row(t: Transaction) -> dict[str, Any]:
@@ -110,7 +154,7 @@ def _reads(cmd: Command) -> bool:
     never proposed alone, always in one entry with commands that read the same txid, and
     `apply_batch` loads every txid any command of the batch reads, so it finds an existing
     record (e.g. a presumed abort) and does not overwrite it."""
-    if isinstance(cmd, AuditNote):
+    if isinstance(cmd, AuditNote | PurgeTombstones):
         return False
     return not (isinstance(cmd, Begin) and cmd.idempotency_key is None)
 
@@ -130,6 +174,8 @@ def _history_detail(cmd: Command, result: Result) -> dict[str, Any]:
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Tombstones forgotten before this time are purged (replicated, like the records).
+        self.tombstone_horizon = 0.0
         self.inflight: dict[str, Transaction] = {}
         # Committed, finished transactions, oldest first; at most MAX_RECENT_FINISHED.
         self.recent: OrderedDict[str, Transaction] = OrderedDict()
@@ -138,18 +184,20 @@ class Store:
         self.unflushed: dict[str, Transaction] = {}
         self.unflushed_history: list[dict[str, Any]] = []
         self.unflushed_audit: list[dict[str, Any]] = []
+        self.unflushed_archive: list[dict[str, Any]] = []
         self.flushing: dict[str, Transaction] = {}
         # Called before a read that the database answers, so that it sees everything
         # applied so far (the log sets it to its checkpoint's flush).
         self.before_read: Callable[[], Awaitable[object]] | None = None
 
     def _in_memory(self, txid: str) -> Transaction | None:
-        return (
+        t = (
             self.inflight.get(txid)
             or self.recent.get(txid)
             or self.unflushed.get(txid)
             or self.flushing.get(txid)
         )
+        return visible(t, self.tombstone_horizon)
 
     async def _sync(self) -> None:
         if self.before_read is not None:
@@ -163,11 +211,50 @@ class Store:
             self.recent.popitem(last=False)
 
     async def record_count(self) -> int:
-        """How many transactions the database holds (what a snapshot taken now would hold,
-        give or take a checkpoint)."""
+        """How many records and tombstones the database holds (what a snapshot taken now
+        would hold, give or take a checkpoint)."""
+        records, tombstones = await self.counts()
+        return records + tombstones
+
+    async def counts(self) -> tuple[int, int]:
+        """Records and (unpurged) tombstones in the database's replicated state."""
+        tb = schema.tombstones.c
         async with self.engine.connect() as conn:
-            n = await conn.scalar(select(func.count()).select_from(schema.transactions))
-        return int(n or 0)
+            records = await conn.scalar(select(func.count()).select_from(schema.transactions))
+            tombs = await conn.scalar(
+                select(func.count())
+                .select_from(schema.tombstones)
+                .where(tb.forgotten_at >= self.tombstone_horizon)
+            )
+        return int(records or 0), int(tombs or 0)
+
+    async def forgettable(self, finished_before: float, limit: int) -> list[str]:
+        """Finished records last changed before `finished_before`, oldest first, at most
+        `limit` (the leader's retention pass: coordinator/retention.py). Read from the last
+        checkpoint; records that memory has already forgotten, or changed since, are left
+        out. The state machine checks again when the Forget is applied."""
+        t = schema.transactions.c
+        q = (
+            select(t.txid)
+            .where(
+                t.state.in_([TxState.COMMITTED.value, TxState.ABORTED.value]),
+                t.updated_at < finished_before,
+                or_(
+                    t.heuristic.is_(None),
+                    t.doc["heuristic_acknowledged"].as_boolean().is_(True),
+                ),
+            )
+            .order_by(t.updated_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            txids = [r[0] for r in (await conn.execute(q)).fetchall()]
+        out = []
+        for txid in txids:
+            mem = self._in_memory(txid)
+            if mem is None or (mem.finished and mem.forgotten_at is None):
+                out.append(txid)
+        return out
 
     async def load_inflight(self) -> None:
         """Fill the in-memory map of unfinished transactions (on start and after a snapshot)."""
@@ -182,19 +269,37 @@ class Store:
             self.inflight = {
                 t.txid: t for t in (Transaction.from_dict(r[0]) for r in rows.fetchall())
             }
+            horizon = await conn.scalar(select(schema.applied_state.c.tombstone_horizon))
+        self.tombstone_horizon = float(horizon or 0.0)
         self.recent.clear()
 
     async def get(self, txid: str) -> Transaction | None:
+        """The record, its tombstone once forgotten, or None (never seen, or purged)."""
         t = self._in_memory(txid)
         if t is not None:
             return t
+        tb = schema.tombstones.c
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
                     select(schema.transactions.c.doc).where(schema.transactions.c.txid == txid)
                 )
             ).first()
-        return Transaction.from_dict(row[0]) if row else None
+            if row is not None:
+                return Transaction.from_dict(row[0])
+            tomb = (
+                await conn.execute(
+                    select(
+                        tb.txid,
+                        tb.outcome,
+                        tb.created_at,
+                        tb.decided_at,
+                        tb.completed_at,
+                        tb.forgotten_at,
+                    ).where(tb.txid == txid, tb.forgotten_at >= self.tombstone_horizon)
+                )
+            ).first()
+        return _tombstone_from(tomb) if tomb is not None else None
 
     async def _load(self, db: HotConnection, txids: set[str]) -> dict[str, Transaction]:
         found: dict[str, Transaction] = {}
@@ -207,9 +312,10 @@ class Store:
                 found[txid] = t
         for i in range(0, len(cold), MAX_BATCH_LOOKUP):
             chunk = cold[i : i + MAX_BATCH_LOOKUP]
-            rows = await db.fetchall(batch_sql.LOOKUP_DOCS, {"txids": chunk})
-            for (doc,) in rows:
-                t = Transaction.from_dict(doc)
+            params = {"txids": chunk, "horizon": self.tombstone_horizon}
+            for kind, doc in await db.fetchall(batch_sql.LOOKUP_DOCS, params):
+                t = Transaction.from_dict(doc) if kind == "r" else _tombstone_from(doc)
+                assert t.txid not in found, f"{t.txid}: a record and a tombstone"
                 found[t.txid] = t
         return found
 
@@ -221,7 +327,7 @@ class Store:
 
         Returns each command's result, the transactions it changed and the timeline and
         audit rows it adds (`transactions` left empty: the record written is the newest
-        version at write time, `transaction_rows`). The caller stages or writes them with
+        version at write time, `fill_rows`). The caller stages or writes them with
         `last_applied`, then calls `publish` with the changed transactions."""
         rows = ApplyRows()
         if not entries:
@@ -229,15 +335,25 @@ class Store:
         current = await self._load(db, {e.command.txid for e in entries if _reads(e.command)})
         changed: dict[str, Transaction] = {}
         results: list[Result] = []
+        horizon = self.tombstone_horizon
         for e in entries:
             if isinstance(e.command, AuditNote):
                 rows.audit.append(_audit_row(e, e.command))
                 results.append(Result(Status.OK, None))
                 continue
-            result = apply(current.get(e.command.txid), e.command)
+            if isinstance(e.command, PurgeTombstones):
+                # Every later command of the batch already sees the new horizon.
+                horizon = rows.horizon = max(horizon, e.command.before)
+                results.append(Result(Status.OK, None))
+                continue
+            before = visible(current.get(e.command.txid), horizon)
+            result = apply(before, e.command)
             results.append(result)
             if result.changed:
                 assert result.txn is not None
+                if isinstance(e.command, Forget):
+                    assert before is not None
+                    rows.archive.append(_archive_row(before, e.command.at))
                 current[e.command.txid] = result.txn
                 changed[e.command.txid] = result.txn
                 rows.history.append(
@@ -257,29 +373,49 @@ class Store:
         self.unflushed.update(changed)
         self.unflushed_history.extend(rows.history)
         self.unflushed_audit.extend(rows.audit)
+        self.unflushed_archive.extend(rows.archive)
 
     def take_unflushed(self) -> ApplyRows:
-        """What the next checkpoint writes; readable in `flushing` until `flushed`."""
+        """What the next checkpoint writes; readable in `flushing` until `flushed`. The
+        horizon is the one published with the last staged batch (stage and publish happen in
+        one step), so it is the horizon at the checkpoint's index."""
         assert not self.flushing, "one checkpoint at a time"
-        rows = ApplyRows(
-            transactions=transaction_rows(self.unflushed.values()),
-            history=self.unflushed_history,
-            audit=self.unflushed_audit,
+        rows = fill_rows(
+            ApplyRows(
+                history=self.unflushed_history,
+                audit=self.unflushed_audit,
+                archive=self.unflushed_archive,
+                horizon=self.tombstone_horizon,
+            ),
+            self.unflushed.values(),
         )
         self.flushing, self.unflushed = self.unflushed, {}
-        self.unflushed_history, self.unflushed_audit = [], []
+        self.unflushed_history, self.unflushed_audit, self.unflushed_archive = [], [], []
         return rows
 
     def flushed(self) -> None:
         self.flushing = {}
 
+    def restage(self, rows: ApplyRows) -> None:
+        """A checkpoint that took `rows` was not written: keep them staged, in front of what
+        was staged since (it is newer)."""
+        self.unflushed = {**self.flushing, **self.unflushed}
+        self.unflushed_history[:0] = rows.history
+        self.unflushed_audit[:0] = rows.audit
+        self.unflushed_archive[:0] = rows.archive
+        self.flushing = {}
+
     def discard_unflushed(self) -> None:
         """The applied state was replaced (a snapshot): staged writes are superseded."""
         self.unflushed, self.flushing = {}, {}
-        self.unflushed_history, self.unflushed_audit = [], []
+        self.unflushed_history, self.unflushed_audit, self.unflushed_archive = [], [], []
 
-    def publish(self, changed: dict[str, Transaction]) -> None:
-        """Make applied changes visible to the engine and to reads."""
+    def publish(self, changed: dict[str, Transaction], horizon: float | None = None) -> None:
+        """Make applied changes visible to the engine and to reads (and a moved tombstone
+        horizon, when the batch purged)."""
+        if horizon is not None:
+            assert horizon >= self.tombstone_horizon
+            self.tombstone_horizon = horizon
         for txid, t in changed.items():
             if t.state.terminal:
                 self.inflight.pop(txid, None)
@@ -336,41 +472,90 @@ class Store:
     async def dump(
         self, conn: AsyncConnection, extra: dict[str, Any] | None = None
     ) -> tuple[bytes, int]:
-        """The applied state in the database, as a snapshot's data (Raft log compaction;
-        the caller checkpoints first, `snapshot_codec` says why it is compressed), and how many
-        records it holds."""
+        """The replicated state in the database, as a snapshot's data (Raft log compaction;
+        the caller checkpoints first, `snapshot_codec` says why it is compressed): the live
+        records, the unpurged tombstones and the tombstone horizon; and how many records and
+        tombstones it holds. Forgotten records are not in it (they are each node's history),
+        so its size follows the load, not the history."""
         # The records as PostgreSQL prints them, joined: parsing every record only to print
-        # it again was most of a snapshot's cost (the whole table). They stream through a
-        # server-side cursor into the compressor, DUMP_BATCH_ROWS at a time, so that neither
-        # the rows nor the JSON are ever held whole.
+        # it again was most of a snapshot's cost. They stream through a server-side cursor
+        # into the compressor, DUMP_BATCH_ROWS at a time, so that neither the rows nor the
+        # JSON are ever held whole.
+        horizon = float(await conn.scalar(select(schema.applied_state.c.tombstone_horizon)) or 0.0)
+        tb = schema.tombstones.c
         packer = snapshot_codec.Packer()
-        packer.add(b'{"transactions":[')
         count = 0
-        result = await conn.stream(
-            select(cast(schema.transactions.c.doc, Text))
-            .order_by(schema.transactions.c.txid)
-            .execution_options(yield_per=DUMP_BATCH_ROWS)
-        )
-        async for rows in result.partitions():
-            piece = b",".join(r[0].encode() for r in rows)
-            packer.add(b"," + piece if count else piece)
-            count += len(rows)
-        packer.add(b"]" + (b"," + orjson.dumps(extra)[1:] if extra else b"}"))
+        for head, query in (
+            (
+                b'{"transactions":[',
+                select(cast(schema.transactions.c.doc, Text)).order_by(schema.transactions.c.txid),
+            ),
+            (
+                b'],"tombstones":[',
+                select(
+                    cast(
+                        func.json_build_array(
+                            tb.txid,
+                            tb.outcome,
+                            tb.created_at,
+                            tb.decided_at,
+                            tb.completed_at,
+                            tb.forgotten_at,
+                        ),
+                        Text,
+                    )
+                )
+                .where(tb.forgotten_at >= horizon)
+                .order_by(tb.txid),
+            ),
+        ):
+            packer.add(head)
+            first = True
+            result = await conn.stream(query.execution_options(yield_per=DUMP_BATCH_ROWS))
+            async for rows in result.partitions():
+                piece = b",".join(r[0].encode() for r in rows)
+                packer.add(piece if first else b"," + piece)
+                first = False
+                count += len(rows)
+        tail = {"tombstone_horizon": horizon, **(extra or {})}
+        packer.add(b"]," + orjson.dumps(tail)[1:])
         return packer.finish(), count
 
-    async def restore(self, conn: AsyncConnection, data: bytes) -> dict[str, Transaction]:
-        """Replace the applied state with a snapshot's (InstallSnapshot). The timeline of
-        transactions in the snapshot starts again from here; the caller publishes after commit."""
-        docs = orjson.loads(snapshot_codec.unpack(data))["transactions"] if data else []
+    async def restore(
+        self, conn: AsyncConnection, data: bytes
+    ) -> tuple[dict[str, Transaction], float]:
+        """Replace the replicated state with a snapshot's (InstallSnapshot): records,
+        tombstones and horizon. This node's history (timelines, forgotten records) is its
+        own and stays. Returns the live records and the horizon; the caller publishes them
+        (`reset_inflight`) after commit."""
+        doc = orjson.loads(snapshot_codec.unpack(data)) if data else {}
         await conn.execute(schema.transactions.delete())
-        await conn.execute(schema.history.delete())
-        txns = [Transaction.from_dict(d) for d in docs]
-        if txns:
-            await conn.execute(schema.transactions.insert(), [_row(t) for t in txns])
-        return {t.txid: t for t in txns}
+        await conn.execute(schema.tombstones.delete())
+        txns = [Transaction.from_dict(d) for d in doc.get("transactions", [])]
+        for i in range(0, len(txns), RESTORE_BATCH_ROWS):
+            chunk = txns[i : i + RESTORE_BATCH_ROWS]
+            await conn.execute(schema.transactions.insert(), [_row(t) for t in chunk])
+        tombs = doc.get("tombstones", [])
+        names = ("txid", "outcome", "created_at", "decided_at", "completed_at", "forgotten_at")
+        for i in range(0, len(tombs), RESTORE_BATCH_ROWS):
+            chunk = tombs[i : i + RESTORE_BATCH_ROWS]
+            await conn.execute(
+                schema.tombstones.insert(), [dict(zip(names, r, strict=True)) for r in chunk]
+            )
+        horizon = float(doc.get("tombstone_horizon", 0.0))
+        applied = pg_insert(schema.applied_state).values(
+            id=1, last_applied=0, last_applied_term=0, tombstone_horizon=horizon
+        )
+        await conn.execute(
+            applied.on_conflict_do_update(
+                index_elements=["id"], set_={"tombstone_horizon": horizon}
+            )
+        )
+        return {t.txid: t for t in txns}, horizon
 
-    def reset_inflight(self, txns: dict[str, Transaction]) -> None:
+    def reset_inflight(self, txns: dict[str, Transaction], horizon: float = 0.0) -> None:
         self.inflight = {k: t for k, t in txns.items() if not t.state.terminal}
+        self.tombstone_horizon = horizon
         self.recent.clear()
         self.discard_unflushed()
 

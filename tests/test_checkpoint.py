@@ -227,5 +227,9 @@ async def test_a_snapshot_streams_its_records_in_batches(
     async with rl.engine.begin() as conn:
         await conn.execute(schema.transactions.delete())
         empty, none = await rl.store.dump(conn)
-    assert none == 0 and orjson.loads(snapshot_codec.unpack(empty)) == {"transactions": []}
+    assert none == 0 and orjson.loads(snapshot_codec.unpack(empty)) == {
+        "transactions": [],
+        "tombstones": [],
+        "tombstone_horizon": 0.0,
+    }
     await close(rl)

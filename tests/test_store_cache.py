@@ -107,7 +107,7 @@ async def test_a_lazy_begin_finds_a_record_only_the_database_holds(db_url: str) 
     aborted = _txn(txid, TxState.ABORTED)
 
     async def database(query: str, params: Any) -> list[tuple[Any, ...]]:
-        return [(aborted.to_dict(),)] if txid in params["txids"] else []
+        return [("r", aborted.to_dict())] if txid in params["txids"] else []
 
     db.fetchall = database  # type: ignore[method-assign]
     now = time.time()
