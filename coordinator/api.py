@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coordinator import dashboard, logs, model
+from coordinator import dashboard, history, logs, model
 from coordinator.auth import ANONYMOUS, AuthFailed, Principal, Role, TokenTable, parse_tokens
 from coordinator.engine import Carried, EngineError
 from coordinator.hot_routes import HotRoute, HotRoutes
@@ -237,6 +237,10 @@ def txn_json(t: Transaction) -> dict[str, Any]:
         "completed_at": iso(t.completed_at),
         "heuristic": t.heuristic.value if t.heuristic else None,
         "heuristic_acknowledged": t.heuristic_acknowledged,
+        # Retention (docs/retention.md): when the record left the replicated state. A
+        # forgotten transaction read from the replicated state is its tombstone (decision
+        # only); one read from this node's history is its full record (`source`).
+        "forgotten_at": iso(t.forgotten_at),
         "participants": [
             {
                 "name": p.name,
@@ -476,6 +480,22 @@ def create_app(node: Any) -> FastAPI:
             raise ApiError(404, "not_found", f"transaction {txid} not found")
         return t
 
+    async def full_record(txid: str) -> tuple[Transaction, str]:
+        """The transaction for a reader: the replicated record, or once forgotten its full
+        record from this node's history (a tombstone when this node has none: it caught up
+        by snapshot meanwhile). With neither, 404."""
+        t = await engine.get(check_txid(txid))
+        if t is not None and t.forgotten_at is None:
+            return t, "state"
+        kept = await history.archived(node.db, txid)
+        if kept is not None and (t is None or kept.forgotten_at == t.forgotten_at):
+            full = kept.txn.copy()
+            full.forgotten_at = kept.forgotten_at
+            return full, "history"
+        if t is not None:
+            return t, "tombstone"
+        raise ApiError(404, "not_found", f"transaction {txid} not found")
+
     @app.post("/v1/transactions", status_code=201, dependencies=[Clients])
     async def begin(body: BeginRequest) -> dict[str, Any]:
         return await do_begin(None, body)  # type: ignore[return-value]
@@ -493,6 +513,9 @@ def create_app(node: Any) -> FastAPI:
         max_age_s: Annotated[float | None, Query(ge=0)] = None,
         limit: Annotated[int, Query(ge=1, le=settings.list_page_max)] = 50,
         cursor: Annotated[str | None, Query(max_length=400)] = None,
+        finished: Annotated[
+            bool, Query(description="list this node's history of forgotten transactions")
+        ] = False,
     ) -> dict[str, Any]:
         lbl = None
         if label is not None:
@@ -504,6 +527,14 @@ def create_app(node: Any) -> FastAPI:
             state.value if state else None, lbl, participant, min_age_s, max_age_s, limit, cursor
         )
         try:
+            if finished:
+                kept, more = await history.list_page(node.db, f, time.time())
+                out = []
+                for a in kept:
+                    d = txn_json(a.txn)
+                    d["forgotten_at"] = iso(a.forgotten_at)
+                    out.append(d)
+                return {"items": out, "next_cursor": more, "source": "history"}
             items, next_cursor = await node.store.list_page(f, time.time())
         except ValueError as e:
             raise ApiError(400, "invalid_cursor", str(e)) from None
@@ -511,11 +542,14 @@ def create_app(node: Any) -> FastAPI:
 
     @app.get("/v1/transactions/{txid}", dependencies=[Readers])
     async def get_transaction(txid: str) -> dict[str, Any]:
-        return FastJSON(txn_json(await must_get(txid)))  # type: ignore[return-value]
+        t, source = await full_record(txid)
+        doc = txn_json(t)
+        doc["source"] = source
+        return FastJSON(doc)  # type: ignore[return-value]
 
     @app.get("/v1/transactions/{txid}/timeline", dependencies=[Readers])
     async def timeline(txid: str) -> dict[str, Any]:
-        await must_get(txid)
+        await full_record(txid)
         events = await node.store.history(txid)
         for ev in events:
             ev["at"] = iso(ev["at"])
@@ -654,6 +688,27 @@ def create_app(node: Any) -> FastAPI:
     @app.get("/v1/cluster", dependencies=[Readers])
     async def cluster() -> dict[str, Any]:
         return node.log.status()  # type: ignore[no-any-return]
+
+    @app.get("/v1/retention", dependencies=[Readers])
+    async def retention_state() -> dict[str, Any]:
+        """This node's replicated state and history by size (counted: a soak or an operator
+        reads it, not the dashboard's poll)."""
+        records, tombstones = await node.store.counts()
+        status = node.log.status()
+        return {
+            "node_id": status.get("node_id"),
+            "retention_s": settings.retention_s,
+            "tombstone_retention_s": settings.tombstone_retention_s,
+            "history_retention_days": settings.history_retention_days,
+            "records": records,
+            "in_flight": len(node.store.inflight),
+            "tombstones": tombstones,
+            "tombstone_horizon": iso(node.store.tombstone_horizon or None),
+            "history_rows": await history.count(node.db),
+            "snapshot_bytes": status.get("snapshot_bytes"),
+            "snapshot_records": status.get("snapshot_records"),
+            "forgotten_by_this_node": node.retention.forgotten,
+        }
 
     class TransferRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")

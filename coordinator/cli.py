@@ -397,6 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     phase2bench.add_arguments(phase2_bench)
     phase2_bench.set_defaults(func=phase2bench.main)
+    soak_bench = bench_sub.add_parser(
+        "soak",
+        help="a 3-node group under sustained load: memory, snapshots and throughput over time",
+    )
+    from coordinator.bench import soak
+
+    soak.add_arguments(soak_bench)
+    soak_bench.set_defaults(func=soak.main)
 
     from coordinator.ops import cli as ops_cli
 

@@ -19,10 +19,12 @@ from coordinator.commands import AuditNote
 from coordinator.config import Settings
 from coordinator.db import make_engine, normalise_url
 from coordinator.engine import Engine
+from coordinator.history import HistoryKeeper
 from coordinator.log import CommandLog, SingleNodeLog
 from coordinator.metrics import Metrics
 from coordinator.participant_client import ParticipantClient
 from coordinator.replicated_log import RaftLog
+from coordinator.retention import Retention
 from coordinator.store import Store
 
 log = logging.getLogger("txc.node")
@@ -79,6 +81,15 @@ class Node:
         # slower at 32 concurrent requests).
         self.forwarder: aiohttp.ClientSession | None = None
         self.engine = Engine(settings, self.log, self.store, self.client, self.metrics)
+        self.retention = Retention(
+            self.log,
+            self.store,
+            retention_s=settings.retention_s,
+            tombstone_retention_s=settings.tombstone_retention_s,
+        )
+        self.history = HistoryKeeper(
+            self.db, history_retention_days=settings.history_retention_days
+        )
 
     async def start(self) -> None:
         self.http = httpx.AsyncClient(
@@ -93,9 +104,13 @@ class Node:
         await self.client.start()
         await self.log.start()
         await self.engine.start()
+        self.retention.start()
+        self.history.start()
         log.info("node %s serving at %s", self.settings.node_id, self.settings.advertise_url)
 
     async def stop(self) -> None:
+        await self.history.stop()
+        await self.retention.stop()
         await self.engine.stop()
         await self.log.stop()
         await self.client.close()

@@ -117,7 +117,9 @@ class RaftEndpoint:
             msgs = decode_batch(body, sender, raft.id)
         except (ValueError, KeyError, TypeError) as e:
             return 400, "malformed_raft_messages", str(e)[:200]
-        raft.deliver(msgs)
+        if raft.deliver(msgs):
+            # Busy (e.g. installing a snapshot): what was dropped is resent by Raft.
+            return 503, "busy", "raft inbox full; messages dropped"
         return 204, "", ""
 
     def _signer(

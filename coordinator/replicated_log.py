@@ -154,6 +154,7 @@ class RaftLog:
         # Records in the last snapshot this node took or installed (0 until it has one), and
         # the bytes of the entries applied since (an estimate after a restart: see start).
         self.snapshot_records = 0
+        self.snapshot_bytes = 0
         self.log_bytes_since_snapshot = 0
         self.join = join
         # Crash-only: a node whose storage failed stops (a supervisor restarts it) rather
@@ -170,6 +171,10 @@ class RaftLog:
         self.founders = frozenset(peer_urls)
         self.removed = False  # this node was removed from the group
         self._ticks = 0
+        self.messages_refused = 0  # peer messages dropped because the inbox was full
+        # A snapshot the applier took, for the Raft loop to compact its log to (a field,
+        # not an inbox event: a full inbox must not fail a snapshot already saved).
+        self._compact_to: tuple[int, bytes] | None = None
         self._durable_vote = (0, NONE)  # (term, vote) as last written to the database
         self._applying = False  # the applier task is working on a batch
         # Committed entries wait here for the applier task: applying (the heavy part) does
@@ -193,6 +198,7 @@ class RaftLog:
         await self.store.load_inflight()
         if self.snapshot_index:
             self.snapshot_records = await self.store.record_count()
+            self.snapshot_bytes = len(state.snapshot.data)
         self.log_bytes_since_snapshot = sum(len(e.data) for e in state.entries)
         self.checkpoint.resume_at(state.applied, _applied_term(state))
         self.checkpoint.start()
@@ -287,10 +293,18 @@ class RaftLog:
         self.read_index_waiters.append((index, fut))
         await fut
 
-    def deliver(self, messages: list[Message]) -> None:
-        """Messages from a peer (the transport's HTTP handler)."""
-        for m in messages:
-            self._put("step", m)
+    def deliver(self, messages: list[Message]) -> int:
+        """Messages from a peer (the transport's HTTP handler). A full inbox drops the rest
+        (Raft resends what is lost: a busy node must not fail its peers' requests); returns
+        how many were dropped."""
+        for i, m in enumerate(messages):
+            try:
+                self.inbox.put_nowait(("step", m))
+            except asyncio.QueueFull:
+                dropped = len(messages) - i
+                self.messages_refused += dropped
+                return dropped
+        return 0
 
     async def transfer_leadership(self, to: int) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -367,6 +381,9 @@ class RaftLog:
             "checkpoint_index": self.checkpoint.index,
             "last_index": st.last_index,
             "snapshot_index": st.snapshot_index,
+            "snapshot_bytes": self.snapshot_bytes,
+            "snapshot_records": self.snapshot_records,
+            "messages_refused": self.messages_refused,
             "leader_changes": self.leader_changes,
             "messages_dropped": self.transport.dropped,
             # Batches sent to peers by the stream and by POST (coordinator/raft/transport.py).
@@ -393,6 +410,11 @@ class RaftLog:
                 kind, payload = self.inbox.get_nowait()
                 self._handle(kind, payload)
                 n += 1
+            if self._compact_to is not None:
+                index, data = self._compact_to
+                self._compact_to = None
+                if index > self.core.log.snap_index:
+                    self.core.compact(index, data)
             while self.core.has_ready():
                 rd = self.core.ready()
                 try:
@@ -447,10 +469,6 @@ class RaftLog:
                 fut.set_result(None)
             except (CoreNotLeader, ConfChangeRefused) as e:
                 fut.set_exception(e)
-        elif kind == "compact":
-            index, data = payload
-            if index > core.log.snap_index:
-                core.compact(index, data)
         elif kind == "conf":
             change, fut = payload
             try:
@@ -563,6 +581,7 @@ class RaftLog:
             self.applied = snap.meta.index
             self.snapshot_index = snap.meta.index
             self.snapshot_records = len(restored)
+            self.snapshot_bytes = len(snap.data)
             self.log_bytes_since_snapshot = 0
             self._after_applied()
 
@@ -716,10 +735,12 @@ class RaftLog:
                 data, records = await self.store.dump(conn, {"members": members})
                 snap = Snapshot(SnapshotMeta(index, term, core.log.conf_at(index)), data)
                 await storage.compact(conn, snap)
-        # The core is the Raft loop's: it drops its log prefix there, between two Readys.
-        self._put("compact", (index, data))
+        # The core is the Raft loop's: it drops its log prefix there, between two Readys
+        # (its next round: a tick comes every tick_s).
+        self._compact_to = (index, data)
         self.snapshot_index = index
         self.snapshot_records = records
+        self.snapshot_bytes = len(data)
         self.log_bytes_since_snapshot = 0
         log.info(
             "node %s compacted its log up to %s (term %s, last %s)",

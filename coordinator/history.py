@@ -1,0 +1,206 @@
+"""This node's history of forgotten transactions: the `txc_archive` table.
+
+When retention forgets a finished transaction (coordinator/retention.py), its full record goes
+to this node's own history table in the checkpoint that removes it from the replicated state.
+The table is append-only, not replicated, not in snapshots and never held in memory: an
+operator looks an old transaction up here (`txc show`, `txc list --finished`, the dashboard),
+and its timeline rows (`txc_history`) stay beside it. A node that caught up by snapshot has no
+history of what was forgotten while it was away (the leader or another node has it).
+
+Rows older than `history_retention_days` are deleted, with their timelines, in batches of at
+most HISTORY_DELETE_BATCH rows, so that one pass never holds locks or the disk for long. The
+same task deletes the rows of purged tombstones (those under the checkpointed horizon, which
+every read already ignores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, or_, select, text, true
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator import schema
+from coordinator.model import Transaction
+from coordinator.store import ListFilter, decode_cursor, encode_cursor
+
+log = logging.getLogger("txc.history")
+
+HISTORY_DELETE_BATCH = 5000  # rows one deleting statement removes
+HISTORY_DELETE_PAUSE_S = 0.05  # between two deleting statements of one pass
+HISTORY_MAX_BATCHES_PER_PASS = 200  # a pass stops after this many (the next one goes on)
+HISTORY_INTERVAL_S = 60.0  # how often the deletion pass runs
+
+_DELETE_ARCHIVE = text(
+    """WITH gone AS (
+  DELETE FROM txc_archive WHERE ctid IN (
+    SELECT ctid FROM txc_archive WHERE forgotten_at < :before LIMIT :limit)
+  RETURNING txid
+), timelines AS (
+  DELETE FROM txc_history h USING gone WHERE h.txid = gone.txid
+    AND NOT EXISTS (SELECT 1 FROM txc_transactions t WHERE t.txid = gone.txid)
+)
+SELECT count(*) FROM gone"""
+)
+_DELETE_TOMBSTONES = text(
+    """WITH gone AS (
+  DELETE FROM txc_tombstones WHERE ctid IN (
+    SELECT ctid FROM txc_tombstones
+    WHERE forgotten_at < (SELECT tombstone_horizon FROM txc_applied WHERE id = 1)
+    LIMIT :limit)
+  RETURNING 1
+)
+SELECT count(*) FROM gone"""
+)
+
+
+@dataclass(frozen=True)
+class ArchivedTransaction:
+    """A forgotten transaction's full record, as this node kept it."""
+
+    txn: Transaction
+    forgotten_at: float
+
+
+async def archived(engine: AsyncEngine, txid: str) -> ArchivedTransaction | None:
+    """The newest history row of `txid` on this node (a txid is forgotten again only after
+    its tombstone was purged and it was recorded anew, e.g. by a presumed abort)."""
+    a = schema.archive.c
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(a.doc, a.forgotten_at)
+                .where(a.txid == txid)
+                .order_by(a.forgotten_at.desc())
+                .limit(1)
+            )
+        ).first()
+    if row is None:
+        return None
+    return ArchivedTransaction(Transaction.from_dict(row[0]), float(row[1]))
+
+
+async def list_page(
+    engine: AsyncEngine, f: ListFilter, now: float
+) -> tuple[list[ArchivedTransaction], str | None]:
+    """The history table, newest first, with the filters and the cursor of the live list
+    (coordinator/store.py `Store.list_page`)."""
+    a = schema.archive.c
+    conds: list[Any] = []
+    if f.state:
+        conds.append(a.state == f.state)
+    if f.label:
+        conds.append(a.labels.contains({f.label[0]: f.label[1]}))
+    if f.participant:
+        conds.append(a.doc["participants"].contains([{"name": f.participant}]))
+    if f.min_age_s is not None:
+        conds.append(a.created_at <= now - f.min_age_s)
+    if f.max_age_s is not None:
+        conds.append(a.created_at >= now - f.max_age_s)
+    if f.cursor:
+        c_at, c_txid = decode_cursor(f.cursor)
+        conds.append(or_(a.created_at < c_at, and_(a.created_at == c_at, a.txid < c_txid)))
+    q = (
+        select(a.doc, a.forgotten_at)
+        .where(and_(true(), *conds))
+        .order_by(a.created_at.desc(), a.txid.desc())
+        .limit(f.limit + 1)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(q)).fetchall()
+    items = [ArchivedTransaction(Transaction.from_dict(r[0]), float(r[1])) for r in rows]
+    cursor = None
+    if len(items) > f.limit:
+        items = items[: f.limit]
+        last = items[-1].txn
+        cursor = encode_cursor(last.created_at, last.txid)
+    return items, cursor
+
+
+async def count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        n = await conn.scalar(text("SELECT count(*) FROM txc_archive"))
+    return int(n or 0)
+
+
+async def delete_old(
+    engine: AsyncEngine,
+    statement: Any,
+    before: float,
+    *,
+    batch: int = HISTORY_DELETE_BATCH,
+    max_batches: int = HISTORY_MAX_BATCHES_PER_PASS,
+    pause_s: float = HISTORY_DELETE_PAUSE_S,
+) -> int:
+    """Delete rows older than `before` with `statement`, `batch` rows per transaction, until
+    none is left or `max_batches` ran. Returns how many were deleted."""
+    assert batch > 0 and max_batches > 0
+    total = 0
+    for _ in range(max_batches):
+        async with engine.begin() as conn:
+            n = int(await conn.scalar(statement, {"before": before, "limit": batch}) or 0)
+        total += n
+        if n < batch:
+            break
+        await asyncio.sleep(pause_s)
+    return total
+
+
+class HistoryKeeper:
+    """This node's housekeeping task: history past its retention, purged tombstones' rows."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        history_retention_days: float,
+        clock: Callable[[], float] = time.time,
+        interval_s: float = HISTORY_INTERVAL_S,
+    ) -> None:
+        assert history_retention_days > 0
+        self.engine = engine
+        self.retention_s = history_retention_days * 86_400.0
+        self.clock = clock
+        self.interval_s = interval_s
+        self.deleted_history = 0
+        self.deleted_tombstones = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="txc-history")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # next pass; the rows only wait
+                log.warning("history pass failed: %s: %s", type(e).__name__, e)
+
+    async def run_once(self) -> tuple[int, int]:
+        """One pass; returns (history rows, tombstone rows) deleted."""
+        h = await delete_old(self.engine, _DELETE_ARCHIVE, self.clock() - self.retention_s)
+        # Under the horizon a tombstone is already gone for every read: its row only waits.
+        # The horizon is the checkpointed one, not memory's: a node that restarts applies
+        # the log from its checkpoint again, and the commands before the purge must find
+        # the tombstones they found the first time.
+        t = await delete_old(self.engine, _DELETE_TOMBSTONES, 0.0)
+        self.deleted_history += h
+        self.deleted_tombstones += t
+        if h or t:
+            log.info("deleted %d history rows and %d purged tombstones", h, t)
+        return h, t
