@@ -89,43 +89,108 @@ def _print(args: argparse.Namespace, data: Any, human: str) -> None:
     print(json.dumps(data, indent=2) if args.json else human)
 
 
+def _participants_cell(t: dict[str, Any]) -> str:
+    return (
+        ",".join(f"{p['name']}:{p['vote'] or '?'}/{p['phase2']}" for p in t["participants"]) or "-"
+    )
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    params = {
+    params: dict[str, Any] = {
         k: v
         for k, v in (
             ("state", args.state),
             ("label", args.label),
             ("participant", args.participant),
             ("min_age_s", args.min_age),
+            ("max_age_s", args.max_age),
+            ("cursor", args.cursor),
         )
         if v is not None
     }
+    filtered = any(k != "cursor" for k in params)
     params["limit"] = args.limit
+    if args.finished:
+        params["finished"] = "true"
     data = _request(args, "GET", "/v1/transactions", params=params)
+    if args.finished and data.get("source") != "history":
+        raise CliError(
+            EXIT_FAILED,
+            f"the coordinator at {args.url} does not list a history of forgotten "
+            "transactions (an older version?)",
+        )
+    headers = ["TXID", "STATE", "OUTCOME", "CREATED", "PARTICIPANTS", "HEURISTIC"]
     rows = [
         [
             t["txid"],
             t["state"],
             t["outcome"] or "-",
             t["created_at"],
-            ",".join(f"{p['name']}:{p['vote'] or '?'}/{p['phase2']}" for p in t["participants"])
-            or "-",
+            _participants_cell(t),
             t["heuristic"] or "",
         ]
         for t in data["items"]
     ]
-    _print(
-        args,
-        data,
-        _table(rows, ["TXID", "STATE", "OUTCOME", "CREATED", "PARTICIPANTS", "HEURISTIC"]),
-    )
+    if args.finished:
+        headers.append("FORGOTTEN")
+        for row, t in zip(rows, data["items"], strict=True):
+            row.append(t.get("forgotten_at") or "-")
+    lines = []
+    if args.finished:
+        lines.append(
+            "this node's history: finished transactions forgotten by the replicated state "
+            "(retention), newest first"
+        )
+    if rows:
+        lines.append(_table(rows, headers))
+    elif args.finished:
+        lines.append(
+            "no forgotten transaction in this node's history matches"
+            if filtered
+            else "no forgotten transaction in this node's history yet"
+        )
+    else:
+        lines.append("no transaction matches" if filtered else "no transaction recorded")
+    if data.get("next_cursor"):
+        lines.append(f"more: add --cursor {data['next_cursor']}")
+    _print(args, data, "\n".join(lines))
     return EXIT_OK
 
 
+# Where `GET /v1/transactions/{txid}` found the record (its `source`), as `txc show` says it.
+SOURCES = {
+    "state": "live record (the group's replicated state)",
+    "history": "this node's history (the replicated state has forgotten it; full record)",
+    "tombstone": (
+        "tombstone only: the replicated state keeps just the decision, and this node has no "
+        "full record in its history (it caught up by snapshot meanwhile; another node may "
+        "have it)"
+    ),
+}
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    t = _request(args, "GET", f"/v1/transactions/{args.txid}")
-    tl = _request(args, "GET", f"/v1/transactions/{args.txid}/timeline")
-    lines = [
+    try:
+        t = _request(args, "GET", f"/v1/transactions/{args.txid}")
+    except CliError as e:
+        if e.code != EXIT_NOT_FOUND:
+            raise
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"transaction {args.txid} is not known to this node: never recorded, or "
+            "forgotten longer ago than both its tombstone and this node's history are kept",
+        ) from None
+    try:
+        events = _request(args, "GET", f"/v1/transactions/{args.txid}/timeline")["events"]
+    except CliError as e:
+        if e.code != EXIT_NOT_FOUND:
+            raise
+        events = []  # forgotten and purged between the two requests: show what was read
+    source = t.get("source")
+    lines = []
+    if source is not None:
+        lines.append(f"record: {SOURCES.get(source, source)}")
+    lines += [
         f"{k}: {t[k]}"
         for k in (
             "txid",
@@ -137,6 +202,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             "expires_at",
             "decided_at",
             "completed_at",
+            "forgotten_at",
             "heuristic",
         )
         if t.get(k) not in (None, {}, "")
@@ -152,17 +218,23 @@ def cmd_show(args: argparse.Namespace) -> int:
         ]
         for p in t["participants"]
     ]
-    lines += [
-        "",
-        _table(rows, ["PARTICIPANT", "URL", "VOTE", "PHASE2", "ATTEMPTS", "LAST ERROR"]),
-        "",
-    ]
+    lines.append("")
+    if rows or source != "tombstone":
+        lines.append(
+            _table(rows, ["PARTICIPANT", "URL", "VOTE", "PHASE2", "ATTEMPTS", "LAST ERROR"])
+        )
+    else:
+        lines.append("participants: not kept in a tombstone")
+    lines.append("")
     ev_rows = [
         [str(e["index"]), e["at"], e["kind"], json.dumps(e["detail"], separators=(",", ":"))[:100]]
-        for e in tl["events"]
+        for e in events
     ]
-    lines.append(_table(ev_rows, ["INDEX", "AT", "COMMAND", "DETAIL"]))
-    _print(args, {"transaction": t, "timeline": tl["events"]}, "\n".join(lines))
+    if ev_rows or source in (None, "state"):
+        lines.append(_table(ev_rows, ["INDEX", "AT", "COMMAND", "DETAIL"]))
+    else:
+        lines.append("timeline: none on this node")
+    _print(args, {"transaction": t, "timeline": events}, "\n".join(lines))
     return EXIT_OK
 
 
@@ -343,17 +415,34 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--branch", choices=["coordinator", "participant"], default="coordinator")
     mig.set_defaults(func=cmd_migrate)
 
-    ls = sub.add_parser("list", help="list transactions")
+    ls = sub.add_parser(
+        "list",
+        help="list transactions (--finished: this node's history of forgotten ones)",
+    )
     ls.add_argument(
         "--state", choices=["active", "preparing", "committing", "committed", "aborting", "aborted"]
     )
     ls.add_argument("--label", help="key:value")
     ls.add_argument("--participant")
     ls.add_argument("--min-age", type=float, help="only transactions older than this many seconds")
+    ls.add_argument(
+        "--max-age", type=float, help="only transactions younger than this many seconds"
+    )
     ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--cursor", help="the next page: the cursor the previous page printed")
+    ls.add_argument(
+        "--finished",
+        action="store_true",
+        help="list this node's history: finished transactions the replicated state has "
+        "forgotten (retention), with when they were forgotten",
+    )
     ls.set_defaults(func=cmd_list)
 
-    show = sub.add_parser("show", help="one transaction, its participants and its timeline")
+    show = sub.add_parser(
+        "show",
+        help="one transaction, its participants and its timeline (also a forgotten one, "
+        "from this node's history)",
+    )
     show.add_argument("txid")
     show.set_defaults(func=cmd_show)
 

@@ -72,19 +72,29 @@ async def closed_loop(
     warmup_s: float,
     duration_s: float,
     during: Callable[[Run], Awaitable[None]] | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    record: Callable[[Sample], None] | None = None,
 ) -> Run:
     """Run `op(worker)` in `concurrency` closed loops. `during`, when given, runs alongside
-    (from the start of the window) and may record events in the run (a leader kill)."""
+    (from the start of the window) and may record events in the run (a leader kill).
+
+    `stop`, when given, ends the run early once set (`during` sets it, say): the measured
+    window then ends when it was seen set. `record`, when given, receives every sample
+    instead of `run.samples` (a long run that keeps its own aggregates, not every sample)."""
     assert concurrency > 0 and duration_s > 0 and warmup_s >= 0
     start = time.monotonic()
     run = Run(concurrency, (start + warmup_s, start + warmup_s + duration_s))
-    stop_at = run.window[1]
+
+    def keep(s: Sample) -> None:
+        if record is not None:
+            record(s)
+        elif len(run.samples) < MAX_SAMPLES:
+            run.samples.append(s)
 
     async def worker(w: int) -> None:
-        while time.monotonic() < stop_at:
-            s = await op(w)
-            if len(run.samples) < MAX_SAMPLES:
-                run.samples.append(s)
+        while time.monotonic() < run.window[1] and not (stop is not None and stop.is_set()):
+            keep(await op(w))
 
     async def side() -> None:
         if during is None:
@@ -95,9 +105,17 @@ async def closed_loop(
     tasks = [asyncio.create_task(worker(w), name=f"bench-worker-{w}") for w in range(concurrency)]
     side_task = asyncio.create_task(side(), name="bench-side")
     try:
-        await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
+        if stop is None:
+            await asyncio.sleep(max(0.0, run.window[1] - time.monotonic()))
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, run.window[1] - time.monotonic()))
+            now = time.monotonic()
+            if now < run.window[1]:
+                run.window = (min(run.window[0], now), now)
         done, pending = await asyncio.wait(
-            [*tasks, side_task], timeout=DRAIN_TIMEOUT_S + max(0.0, stop_at - time.monotonic())
+            [*tasks, side_task],
+            timeout=DRAIN_TIMEOUT_S + max(0.0, run.window[1] - time.monotonic()),
         )
         for t in done:
             t.result()  # a bug in an operation must not pass silently

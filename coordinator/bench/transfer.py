@@ -177,7 +177,7 @@ class Transfers:
 # -- the stack of one scenario ----------------------------------------------------------------
 
 
-def _start(
+def start_scenario(
     name: str,
     nodes: int,
     pg: EmbeddedPostgres,
@@ -185,12 +185,15 @@ def _start(
     bank_dbs: list[str],
     creds: stack.Credentials | None,
     recovery_interval_s: float | None = None,
+    node_env: dict[str, str] | None = None,
 ) -> Scenario:
+    """The processes of one scenario (also `txc bench soak`'s, with its settings in
+    `node_env`): `nodes` coordinator nodes, each on a fresh database, and the two banks."""
     sc = Scenario(name, nodes)
     try:
         if nodes:
             prefix = "bench_" + name.replace("-", "_")
-            sc.node_procs = stack.start_nodes(pg, root, prefix, nodes, creds)
+            sc.node_procs = stack.start_nodes(pg, root, prefix, nodes, creds, extra_env=node_env)
             sc.procs += sc.node_procs
         for bank, db in zip(("bank-a", "bank-b"), bank_dbs, strict=True):
             p = stack.start_bank(
@@ -210,7 +213,7 @@ def _start(
     return sc
 
 
-async def _settle(bank_dbs: list[str]) -> list[stack.BankState]:
+async def settle(bank_dbs: list[str]) -> list[stack.BankState]:
     """Wait (bounded) until no bank holds a prepared transaction, then read the banks."""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while True:
@@ -220,7 +223,9 @@ async def _settle(bank_dbs: list[str]) -> list[stack.BankState]:
         await asyncio.sleep(SETTLE_POLL_S)
 
 
-def _money(before: list[stack.BankState], after: list[stack.BankState]) -> dict[str, Any]:
+def conservation(before: list[stack.BankState], after: list[stack.BankState]) -> dict[str, Any]:
+    """The banks' money after a run: the same total as before and no prepared transaction
+    left is `conserved`."""
     total_before = sum(s.total for s in before)
     total_after = sum(s.total for s in after)
     prepared = sum(s.prepared for s in after)
@@ -235,7 +240,7 @@ def _money(before: list[stack.BankState], after: list[stack.BankState]) -> dict[
     }
 
 
-def _coordinator(
+def make_coordinator(
     kind: str, session: aiohttp.ClientSession, sc: Scenario, creds: stack.Credentials | None
 ) -> Coordinator | None:
     if not sc.nodes:
@@ -247,7 +252,7 @@ def _coordinator(
     return AiohttpCoordinator(session, urls, token)
 
 
-def _read_headers(creds: stack.Credentials | None) -> dict[str, str]:
+def read_headers(creds: stack.Credentials | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {creds.tokens['read']}"} if creds else {}
 
 
@@ -348,14 +353,14 @@ async def _scenario(
     stack.vacuum_and_checkpoint(pg, bank_dbs)
     before = [stack.bank_state(u) for u in bank_dbs]
     print(f"\n== {name}: starting {nodes or 'no'} coordinator node(s) and two banks", flush=True)
-    sc = _start(name, nodes, pg, root, bank_dbs, creds)
+    sc = start_scenario(name, nodes, pg, root, bank_dbs, creds)
     results: list[dict[str, Any]] = []
     partial = 0
     profile: dict[str, Any] | None = None
     try:
-        coordinator = _coordinator(args.client, session, sc, creds)
+        coordinator = make_coordinator(args.client, session, sc, creds)
         if sc.node_procs:
-            await stack.find_leader(session, sc.node_procs, _read_headers(creds))
+            await stack.find_leader(session, sc.node_procs, read_headers(creds))
         for i, c in enumerate(levels):
             op = Transfers(
                 session,
@@ -375,10 +380,10 @@ async def _scenario(
             profile = await _profile(sc, pg, session, coordinator, creds, args, max(levels))
         if coordinator is not None:
             await coordinator.aclose()
-        after = await _settle(bank_dbs)
+        after = await settle(bank_dbs)
     finally:
         stop_all(sc.procs)
-    money = _money(before, after)
+    money = conservation(before, after)
     if nodes == 0:
         money["partial_transfers"] = partial
         # A baseline transfer whose credit failed after its debit loses money: expected.
@@ -407,7 +412,7 @@ async def _profile(
     if exe is None:
         print("   profile skipped: py-spy is not installed (pip install py-spy)", flush=True)
         return {"skipped": "py-spy not installed"}
-    leader = await stack.find_leader(session, sc.node_procs, _read_headers(creds))
+    leader = await stack.find_leader(session, sc.node_procs, read_headers(creds))
     bank_a = next(p for p in sc.procs if p.name == "bank-a")
     targets = {"leader": leader, "bank-a": bank_a}
     followers = [p for p in sc.node_procs if p is not leader]
@@ -459,16 +464,16 @@ async def _failover(
     stack.vacuum_and_checkpoint(pg, bank_dbs)
     before = [stack.bank_state(u) for u in bank_dbs]
     print(f"\n== {FAILOVER}: 3 nodes, SIGKILL the leader under load", flush=True)
-    sc = _start(FAILOVER, 3, pg, root, bank_dbs, creds, FAILOVER_RECOVERY_S)
+    sc = start_scenario(FAILOVER, 3, pg, root, bank_dbs, creds, FAILOVER_RECOVERY_S)
     try:
-        coordinator = _coordinator(args.client, session, sc, creds)
-        await stack.find_leader(session, sc.node_procs, _read_headers(creds))
+        coordinator = make_coordinator(args.client, session, sc, creds)
+        await stack.find_leader(session, sc.node_procs, read_headers(creds))
         op = Transfers(session, sc.bank_urls, coordinator, args.accounts, concurrency, args.seed)
         killed: dict[str, str] = {}
 
         async def kill(run: Run) -> None:
             await asyncio.sleep(args.failover_duration * FAILOVER_KILL_AT)
-            leader = await stack.find_leader(session, sc.node_procs, _read_headers(creds))
+            leader = await stack.find_leader(session, sc.node_procs, read_headers(creds))
             run.events["kill"] = time.monotonic()
             killed["node"] = leader.name
             await asyncio.to_thread(leader.kill)
@@ -477,12 +482,12 @@ async def _failover(
         run, summary = await _measure(sc, pg, op, concurrency, args, kill, args.failover_duration)
         if coordinator is not None:
             await coordinator.aclose()
-        after = await _settle(bank_dbs)
+        after = await settle(bank_dbs)
     finally:
         stop_all(sc.procs)
     out = {"name": FAILOVER, "nodes": 3, "killed": killed.get("node"), **_failover_figures(run)}
     out["whole_run"] = summary
-    out |= _money(before, after)
+    out |= conservation(before, after)
     print("   " + report.failover_line(out), flush=True)
     return out
 
