@@ -204,27 +204,17 @@ def cmd_raft_state(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     from coordinator.cli import _print
-    from coordinator.ops.backup import take_backup, write_backup
+    from coordinator.ops.backup import take_backup
 
-    doc = take_backup(args.database_url)
-    write_backup(doc, args.out)
-    summary = {
-        "out": args.out,
-        "created_at": doc["created_at"],
-        "mode": doc["source"]["mode"],
-        "applied_index": doc["applied"]["index"],
-        "transactions": len(doc["transactions"]),
-        "history_rows": len(doc["history"]),
-        "counts": doc["counts"],
-        "digest": doc["digest"],
-    }
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(doc["counts"].items())) or "none"
+    summary = take_backup(args.database_url, args.out)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items())) or "none"
     _print(
         args,
         summary,
-        f"backup of {doc['source']['database']} ({doc['source']['mode']}) at applied index "
-        f"{doc['applied']['index']} written to {args.out}\n"
-        f"transactions: {counts}; timeline rows {len(doc['history'])}",
+        f"backup of {summary['database']} ({summary['mode']}) at applied index "
+        f"{summary['applied_index']} written to {args.out}\n"
+        f"transactions: {counts}; tombstones {summary['tombstones']}; history (forgotten "
+        f"transactions) {summary['archive_rows']}; timeline rows {summary['history_rows']}",
     )
     return 0
 
@@ -235,9 +225,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     res = restore(args.database_url, args.input, node_id=args.node_id, peers=args.peers)
     lines = [
-        f"restored {res['transactions']} transaction(s) and {res['history_rows']} timeline "
-        f"row(s) into {res['database']} at applied index {res['applied_index']} "
-        f"({res['mode']}; backup taken {res['backup_created_at']})",
+        f"restored {res['transactions']} transaction(s), {res['tombstones']} tombstone(s), "
+        f"{res['archive_rows']} forgotten transaction(s) of the history and "
+        f"{res['history_rows']} timeline row(s) into {res['database']} at applied index "
+        f"{res['applied_index']} ({res['mode']}; backup taken {res['backup_created_at']})",
     ]
     if res["mode"] == "raft-seed":
         peers = ",".join(f"{k}={v}" for k, v in res["members"].items())
@@ -395,8 +386,10 @@ def register(sub: Any) -> None:
     bk = sub.add_parser(
         "backup",
         help="write a node's applied state to a versioned JSON file (read-only on the node)",
-        description="Back up a node's applied state (transactions, timelines, members, "
-        "applied index, snapshot metadata) in one consistent read. Safe on a running node.",
+        description="Back up a node's applied state (transactions, tombstones and their "
+        "horizon, the node's history of forgotten transactions, timelines, members, applied "
+        "index, snapshot metadata) in one consistent read, streamed to the file. Safe on a "
+        "running node.",
         epilog=EXIT_CODES_HELP,
     )
     bk.add_argument("--database-url", required=True, help="the node's database")
