@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import batch_sql, snapshot_codec
+from coordinator import batch_sql, schema, snapshot_codec
 from coordinator.batch_sql import ApplyRows
 from coordinator.checkpoint import CHECKPOINT_INTERVAL_S, Checkpointer
 from coordinator.commands import Command, decode_batch, encode_batch
@@ -175,6 +176,7 @@ class RaftLog:
         # A snapshot the applier took, for the Raft loop to compact its log to (a field,
         # not an inbox event: a full inbox must not fail a snapshot already saved).
         self._compact_to: tuple[int, bytes] | None = None
+        self._snapshot_task: asyncio.Task[None] | None = None
         self._durable_vote = (0, NONE)  # (term, vote) as last written to the database
         self._applying = False  # the applier task is working on a batch
         # Committed entries wait here for the applier task: applying (the heavy part) does
@@ -218,6 +220,10 @@ class RaftLog:
         )
 
     async def stop(self) -> None:
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._snapshot_task
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -720,34 +726,70 @@ class RaftLog:
         )
 
     async def _maybe_snapshot(self) -> None:
-        """Compact the log once `snapshot_due`. The snapshot is a checkpoint's state: the log
-        keeps every entry after it."""
-        core = self.core
-        assert core is not None
+        """Start a snapshot once `snapshot_due`, unless one is being taken: it runs beside
+        applying (`_snapshot`), so neither the applier nor checkpoints wait for the dump."""
         if not self.snapshot_due():
             return
-        async with self.checkpoint.frozen() as (index, _):
-            st = core.status()
-            term = core.log.term(index)
-            assert term is not None, f"checkpointed entry {index} is not in the log"
-            async with self.engine.begin() as conn:
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return
+        self._snapshot_task = asyncio.create_task(self._snapshot(), name="raft-snapshot")
+
+    async def snapshot_settled(self) -> None:
+        """Wait for the snapshot being taken, if any (tests, stop)."""
+        if self._snapshot_task is not None:
+            await asyncio.shield(self._snapshot_task)
+
+    async def _snapshot(self) -> None:
+        try:
+            await self._take_snapshot()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Nothing is lost: the log keeps its entries and the next due check tries again.
+            log.exception("node %s: snapshot failed; the log is not compacted", self.id)
+
+    async def _take_snapshot(self) -> None:
+        """Compact the log up to a checkpoint. The checkpoint lock is held only to write the
+        checkpoint and pin a REPEATABLE READ view of it (PostgreSQL's MVCC then keeps that
+        state for the dump while later checkpoints write); the dump streams from that view,
+        and the lock is taken again, briefly, to save the snapshot and drop the log before
+        it, unless a snapshot installed meanwhile went further."""
+        core = self.core
+        assert core is not None
+        conn = await self.engine.connect()
+        try:
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            await conn.begin()
+            async with self.checkpoint.frozen() as (index, _):
+                term = core.log.term(index)
+                assert term is not None, f"checkpointed entry {index} is not in the log"
+                conf = core.log.conf_at(index)
+                pinned = await conn.scalar(select(schema.applied_state.c.last_applied))
+                assert pinned == index, (pinned, index)
                 members = {str(k): v for k, v in sorted(self.urls.items())}
-                data, records = await self.store.dump(conn, {"members": members})
-                snap = Snapshot(SnapshotMeta(index, term, core.log.conf_at(index)), data)
-                await storage.compact(conn, snap)
-        # The core is the Raft loop's: it drops its log prefix there, between two Readys
-        # (its next round: a tick comes every tick_s).
-        self._compact_to = (index, data)
-        self.snapshot_index = index
-        self.snapshot_records = records
-        self.snapshot_bytes = len(data)
-        self.log_bytes_since_snapshot = 0
+            data, records = await self.store.dump(conn, {"members": members})
+        finally:
+            await conn.close()
+        snap = Snapshot(SnapshotMeta(index, term, conf), data)
+        async with self.checkpoint.frozen():
+            if index <= self.snapshot_index:
+                return  # a snapshot from the leader was installed meanwhile, further on
+            async with self.engine.begin() as wconn:
+                await storage.compact(wconn, snap)
+            # The core is the Raft loop's: it drops its log prefix there, between two Readys
+            # (its next round: a tick comes every tick_s).
+            self._compact_to = (index, data)
+            self.snapshot_index = index
+            self.snapshot_records = records
+            self.snapshot_bytes = len(data)
+            self.log_bytes_since_snapshot = 0
         log.info(
-            "node %s compacted its log up to %s (term %s, last %s)",
+            "node %s compacted its log up to %s (term %s, %d bytes, %d records)",
             self.id,
             index,
             term,
-            st.last_index,
+            len(data),
+            records,
         )
 
 

@@ -142,6 +142,7 @@ async def test_a_snapshot_is_taken_from_a_checkpoint(node_db: str) -> None:
     await _commit(rl, _entries(1, "t1"))
     rl.core = RaftNode(rl.cfg, await load(rl.engine, frozenset(PEERS)), random.Random(0))
     await rl._maybe_snapshot()
+    await rl.snapshot_settled()
     # Everything applied was checkpointed first, and the snapshot is of that state.
     assert rl.snapshot_index == 4 and rl.checkpoint.index == 4
     state = await load(rl.engine, frozenset(PEERS))
@@ -179,6 +180,7 @@ async def test_snapshots_come_no_more_often_than_their_size(
         await transaction(f"t{n}")
     rl.core = RaftNode(rl.cfg, await load(rl.engine, frozenset(PEERS)), random.Random(0))
     await rl._maybe_snapshot()
+    await rl.snapshot_settled()
     assert rl.snapshot_index == 12 and rl.snapshot_records == 3
 
     rl.snapshot_records = 6  # as if the state held 6 records: 4 entries are no longer enough
@@ -189,11 +191,13 @@ async def test_snapshots_come_no_more_often_than_their_size(
     assert rl.snapshot_due()  # the log's size makes it due before the record count does
     monkeypatch.undo()
     await rl._maybe_snapshot()
+    await rl.snapshot_settled()
     assert rl.snapshot_index == 12
     await transaction("t4")
     assert rl.snapshot_due()  # 8 entries >= max(4, 6)
     rl.core = RaftNode(rl.cfg, await load(rl.engine, frozenset(PEERS)), random.Random(0))
     await rl._maybe_snapshot()
+    await rl.snapshot_settled()
     assert rl.snapshot_index == 20 and rl.snapshot_records == 5
     assert rl.log_bytes_since_snapshot == 0
     await close(rl)
@@ -232,4 +236,39 @@ async def test_a_snapshot_streams_its_records_in_batches(
         "tombstones": [],
         "tombstone_horizon": 0.0,
     }
+    await close(rl)
+
+
+async def test_a_snapshot_is_dumped_while_checkpoints_go_on(node_db: str) -> None:
+    """The dump reads a REPEATABLE READ view pinned at its checkpoint: later checkpoints are
+    written meanwhile (applying never waits for a snapshot), and the snapshot holds the
+    state of its index, not what was written after."""
+    import asyncio
+
+    rl, _ = await make_log(node_db)
+    rl.snapshot_entries = 10**6  # no applier task runs here: apply inline, snapshot by hand
+    await _commit(rl, _entries(1, "t1"))
+    rl.core = RaftNode(rl.cfg, await load(rl.engine, frozenset(PEERS)), random.Random(0))
+    rl.snapshot_entries = 4
+    entered, gate = asyncio.Event(), asyncio.Event()
+    real_dump = rl.store.dump
+
+    async def slow_dump(conn, extra=None):  # type: ignore[no-untyped-def]
+        entered.set()
+        await gate.wait()
+        return await real_dump(conn, extra)
+
+    rl.store.dump = slow_dump  # type: ignore[method-assign]
+    await rl._maybe_snapshot()
+    await asyncio.wait_for(entered.wait(), 5)
+    rl.snapshot_entries = 10**6
+    await _commit(rl, _entries(5, "t2"))
+    assert await asyncio.wait_for(rl.checkpoint.flush(), 5) == 8
+    assert _db(node_db, "SELECT count(*) FROM txc_transactions") == [(2,)]
+    gate.set()
+    await rl.snapshot_settled()
+    assert rl.snapshot_index == 4
+    state = await load(rl.engine, frozenset(PEERS))
+    data = orjson.loads(snapshot_codec.unpack(state.snapshot.data))
+    assert state.snapshot.meta.index == 4 and [t["txid"] for t in data["transactions"]] == ["t1"]
     await close(rl)
