@@ -190,6 +190,18 @@ def cmd_raft_state(args: argparse.Namespace) -> int:
     lines.append(f"members:    {members}")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(st["transactions"].items())) or "none"
     lines.append(f"transactions: {counts}; timeline rows {st['history_rows']}")
+    ret = st.get("retention")
+    if ret is not None:
+        lines.append(
+            f"retention:  tombstones {ret['tombstones']}"
+            + (
+                f" (+{ret['purged_tombstones']} purged, awaiting deletion)"
+                if ret["purged_tombstones"]
+                else ""
+            )
+            + f", horizon {ret['tombstone_horizon'] or '-'}; history (forgotten "
+            f"transactions) {ret['history_rows']}"
+        )
     lines.append("")
     if st["problems"]:
         lines += ["PROBLEMS:", *(f"- {p}" for p in st["problems"])]

@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select, text
 
 from coordinator import schema
 from coordinator.commands import command_from_dict, decode_batch
-from coordinator.ops.common import EXIT_ATTENTION, OpsError, read_node, redact
+from coordinator.ops.common import EXIT_ATTENTION, OpsError, iso, read_node, redact
 from coordinator.raft.messages import ConfChange
 
 DEFAULT_LIMIT = 50
@@ -37,6 +37,8 @@ def _summary_of_command(c: dict[str, Any]) -> str:
     for k in ("name", "vote", "outcome", "heuristic", "reason", "error"):
         if c.get(k):
             extra.append(str(c[k]) if k in ("name", "vote", "outcome") else f"{k}={c[k]}")
+    if kind == "purge_tombstones":  # names no transaction: the horizon it moves to
+        return f"{kind} forgotten before {iso(c.get('before'))}"
     return " ".join([kind, txid, *extra])
 
 
@@ -120,7 +122,8 @@ def read_log(database_url: str, start: int | None, limit: int) -> dict[str, Any]
 
 def read_state(database_url: str) -> dict[str, Any]:
     """Hard state, applied index, snapshot metadata, log bounds, members, transaction counts,
-    and the consistency checks the node's own start-up relies on."""
+    what retention left (tombstones, horizon, history), and the consistency checks the
+    node's own start-up relies on."""
     lt = schema.log_entries.c
     with read_node(database_url) as conn:
         hs = conn.execute(select(schema.hard_state)).first()
@@ -155,6 +158,7 @@ def read_state(database_url: str) -> dict[str, Any]:
         }
         history_rows = conn.execute(select(func.count()).select_from(schema.history)).scalar()
         max_history = conn.execute(select(func.max(schema.history.c.index))).scalar()
+        retention = _retention(conn, ap)
 
     vote = hs.vote if hs is not None else None
     if hs is None and sn is None and last is None:
@@ -191,10 +195,47 @@ def read_state(database_url: str) -> dict[str, Any]:
         "log": {"first_index": first, "last_index": last, "last_term": last_term, "entries": count},
         "members": {str(k): v for k, v in sorted(members.items())},
         "transactions": counts,
-        "history_rows": history_rows,
+        "history_rows": history_rows,  # timeline rows (txc_history)
+        "retention": retention,
     }
     state["problems"] = check(state, max_history)
     return state
+
+
+def _retention(conn: Connection, ap: Any) -> dict[str, Any] | None:
+    """What retention left (coordinator/retention.py): the tombstones of the replicated state
+    (and those under the horizon, purged for every read, whose rows wait for deletion), the
+    horizon, this node's history of forgotten transactions (txc_archive, as `/v1/retention`
+    names it: `history_rows`), and txids that are both a record and a tombstone (a state
+    the store refuses). None for a database from before retention."""
+    if conn.execute(text("SELECT to_regclass('txc_tombstones')")).scalar() is None:
+        return None
+    tb, t = schema.tombstones.c, schema.transactions.c
+    horizon = float(getattr(ap, "tombstone_horizon", 0.0) or 0.0) if ap is not None else 0.0
+    live, purged = conn.execute(
+        select(
+            func.count().filter(tb.forgotten_at >= horizon),
+            func.count().filter(tb.forgotten_at < horizon),
+        )
+    ).one()
+    both = conn.execute(
+        select(func.count())
+        .select_from(schema.tombstones.join(schema.transactions, tb.txid == t.txid))
+        .where(tb.forgotten_at >= horizon)
+    ).scalar()
+    has_archive = conn.execute(text("SELECT to_regclass('txc_archive')")).scalar() is not None
+    archived = (
+        conn.execute(select(func.count()).select_from(schema.archive)).scalar()
+        if has_archive
+        else 0
+    )
+    return {
+        "tombstones": int(live or 0),
+        "purged_tombstones": int(purged or 0),
+        "tombstone_horizon": iso(horizon or None),
+        "history_rows": int(archived or 0),
+        "record_and_tombstone": int(both or 0),
+    }
 
 
 def check(state: dict[str, Any], max_history: int | None) -> list[str]:
@@ -229,6 +270,12 @@ def check(state: dict[str, Any], max_history: int | None) -> list[str]:
         expected = lg["last_index"] - lg["first_index"] + 1
         if expected != lg["entries"]:
             problems.append(f"the log has holes: {lg['entries']} rows for {expected} indexes")
+    ret = state.get("retention")
+    if ret and ret["record_and_tombstone"]:
+        problems.append(
+            f"{ret['record_and_tombstone']} txid(s) have both a record and a tombstone "
+            "(the node refuses to read them)"
+        )
     if max_history is not None and max_history > max(applied, snap_index):
         problems.append(
             f"the timeline has entries up to {max_history}, beyond last_applied {applied}"

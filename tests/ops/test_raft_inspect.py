@@ -7,12 +7,13 @@ import asyncio
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, text
 
 from tests.conftest import PgServer
 from tests.helpers import ScriptedParticipant, serve
 from tests.ops.helpers import txc, txc_json
 from tests.processes import cluster_of
-from tests.test_node import begin, enlist, running_node
+from tests.test_node import begin, enlist, running_node, wait_for
 
 
 async def test_standalone_node_log_and_state(node_db: str) -> None:
@@ -47,6 +48,65 @@ async def test_standalone_node_log_and_state(node_db: str) -> None:
     assert st["transactions"] == {"committed": 1}
     code, out, _ = await asyncio.to_thread(txc, "raft", "state", "--database-url", node_db)
     assert code == 0 and "standalone" in out and "consistent" in out
+
+
+async def test_state_counts_what_retention_left(node_db: str) -> None:
+    """Tombstones (and purged ones whose rows wait), the horizon, the node's history; a txid
+    that is both a record and a tombstone is a problem."""
+    p = ScriptedParticipant()
+    forgetting = {"retention_s": 0.5, "tombstone_retention_s": 30.0}
+    async with serve(p.app()) as up, running_node(node_db, **forgetting) as c:
+        txid = await begin(c)
+        await enlist(c, txid, "shop", up)
+        assert (await c.post(f"/v1/transactions/{txid}/commit")).json()["state"] == "committed"
+
+        async def in_history() -> bool:
+            r = await c.get(f"/v1/transactions/{txid}")
+            return r.json().get("source") == "history"
+
+        await wait_for(in_history, within_s=20)
+        live = await begin(c, timeout_s=600)
+
+    code, st = await asyncio.to_thread(txc_json, "raft", "state", "--database-url", node_db)
+    assert code == 0 and st["problems"] == [], st
+    assert st["transactions"] == {"active": 1}
+    ret = st["retention"]
+    assert ret["tombstones"] == 1 and ret["purged_tombstones"] == 0
+    assert ret["history_rows"] == 1 and ret["record_and_tombstone"] == 0
+    assert ret["tombstone_horizon"] is not None  # the first purge ran with the forgetting
+    code, out, _ = await asyncio.to_thread(txc, "raft", "state", "--database-url", node_db)
+    assert code == 0 and "retention:  tombstones 1, horizon " in out
+    assert "history (forgotten transactions) 1" in out
+
+    code, log = await asyncio.to_thread(
+        txc_json, "raft", "log", "--database-url", node_db, "--limit", "1000"
+    )
+    summaries = [e["summary"] for e in log["entries"]]
+    assert f"forget {txid}" in summaries
+    assert any(x.startswith("purge_tombstones forgotten before 20") for x in summaries)
+
+    # Planted: a purged tombstone not deleted yet, and one for the live record.
+    engine = create_engine(node_db)
+    try:
+        with engine.begin() as conn:
+            h = conn.execute(text("SELECT tombstone_horizon FROM txc_applied")).scalar()
+            for t, at in (("purged-1", h - 1), (live, h + 1)):
+                conn.execute(
+                    text("INSERT INTO txc_tombstones VALUES (:t, 'abort', :a, :a, :a, :a)"),
+                    {"t": t, "a": at},
+                )
+    finally:
+        engine.dispose()
+    code, st = await asyncio.to_thread(txc_json, "raft", "state", "--database-url", node_db)
+    assert code == 6, st
+    ret = st["retention"]
+    assert ret["tombstones"] == 2 and ret["purged_tombstones"] == 1
+    assert ret["record_and_tombstone"] == 1
+    assert st["problems"] == [
+        "1 txid(s) have both a record and a tombstone (the node refuses to read them)"
+    ]
+    code, out, _ = await asyncio.to_thread(txc, "raft", "state", "--database-url", node_db)
+    assert code == 6 and "(+1 purged, awaiting deletion)" in out and "PROBLEMS:" in out
 
 
 async def test_not_a_node_database(db_url: str) -> None:
@@ -87,5 +147,6 @@ async def test_raft_node_log_and_state(pg: PgServer, tmp_path: Path) -> None:
         assert st["hard_state"]["commit_index"] >= st["applied"]["last_applied"] >= 1
         assert sorted(st["members"]) == ["1", "2", "3"]
         assert st["transactions"] == {"committed": 1}
+        assert st["retention"]["tombstones"] == st["retention"]["history_rows"] == 0
         code, out, _ = await asyncio.to_thread(txc, "raft", "state", "--database-url", db)
         assert code == 0 and "raft" in out and "members:    1=http" in out
