@@ -88,7 +88,7 @@ class Settings:
     # late enlistment and an idempotency key are answered with); its full record stays in
     # each node's history table for `history_retention_days`.
     retention_s: float = 600.0
-    tombstone_retention_s: float = 86_400.0
+    tombstone_retention_s: float = 3_600.0
     history_retention_days: float = 30.0
 
     def __post_init__(self) -> None:

@@ -36,7 +36,10 @@ MAX_BATCH_LOOKUP = 1000  # txids fetched in one query when a batch touches cold 
 # read just after the end, and a repeated message are served without a query.
 MAX_RECENT_FINISHED = 10_000
 DUMP_BATCH_ROWS = 5000  # records a snapshot reads from its cursor at a time
-RESTORE_BATCH_ROWS = 5000  # tombstones an installed snapshot inserts per statement
+_COPY_TOMBSTONES = (
+    "COPY txc_tombstones (txid, outcome, created_at, decided_at, completed_at, forgotten_at)"
+    " FROM STDIN"
+)
 
 
 @dataclass(frozen=True)
@@ -532,16 +535,19 @@ class Store:
         await conn.execute(schema.transactions.delete())
         await conn.execute(schema.tombstones.delete())
         txns = [Transaction.from_dict(d) for d in doc.get("transactions", [])]
-        for i in range(0, len(txns), RESTORE_BATCH_ROWS):
-            chunk = txns[i : i + RESTORE_BATCH_ROWS]
+        for i in range(0, len(txns), MAX_BATCH_LOOKUP):
+            chunk = txns[i : i + MAX_BATCH_LOOKUP]
             await conn.execute(schema.transactions.insert(), [_row(t) for t in chunk])
         tombs = doc.get("tombstones", [])
-        names = ("txid", "outcome", "created_at", "decided_at", "completed_at", "forgotten_at")
-        for i in range(0, len(tombs), RESTORE_BATCH_ROWS):
-            chunk = tombs[i : i + RESTORE_BATCH_ROWS]
-            await conn.execute(
-                schema.tombstones.insert(), [dict(zip(names, r, strict=True)) for r in chunk]
-            )
+        if tombs:
+            # COPY on this transaction's own connection: an INSERT per batch cost ~29 us a
+            # tombstone (adapting the parameters, mostly), COPY a few.
+            raw = await conn.get_raw_connection()
+            pg = raw.driver_connection
+            assert pg is not None
+            async with pg.cursor() as cur, cur.copy(_COPY_TOMBSTONES) as copy:
+                for t in tombs:
+                    await copy.write_row(t)
         horizon = float(doc.get("tombstone_horizon", 0.0))
         applied = pg_insert(schema.applied_state).values(
             id=1, last_applied=0, last_applied_term=0, tombstone_horizon=horizon
