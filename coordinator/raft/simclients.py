@@ -7,12 +7,20 @@ Some transactions also get a rival `Decide(abort)` (a timeout or an operator) ra
 client's decision, and clients keep re-proposing their decision after leader changes: the
 decision register must still yield one outcome. Participants learn the outcome from any
 node's applied state, commit or abort locally, and acknowledge.
+
+Late askers come after a transaction is done, when its record may have been forgotten
+(only a tombstone left): the client repeats its commit or its begin with the same txid, or
+a participant in doubt asks for the outcome (`Engine.outcome`: read it, and when the node
+does not know the txid propose `Decide(abort)`, presumed abort). Each must get the decision.
+They stop asking before the tombstone may be purged (after which the txid is unknown by
+design); simcheck also excludes purged txids explicitly, for an ask applied late.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from coordinator.commands import Begin, Command, Decide, Enlist, RecordVote, StartPrepare
 from coordinator.model import Outcome, Phase2, Transaction, TxState, Vote
@@ -84,3 +92,80 @@ def new_txn(rng: random.Random, n: int, start_ms: int, nodes: list[int]) -> SimT
     rival = start_ms + rng.randint(0, 600) if rng.random() < 0.3 else None
     timeout_s = 0.4 if rng.random() < 0.1 else 3600.0
     return SimTxn(f"tx{n}", votes, want, rival, timeout_s, start_ms, rng.choice(nodes))
+
+
+class Ask(StrEnum):
+    COMMIT = "commit"  # the client repeats its commit
+    BEGIN = "begin"  # the client repeats its begin, with the same txid
+    OUTCOME = "outcome"  # a participant in doubt asks for the outcome
+
+
+PRESUMED_ABORT = "presumed abort: unknown transaction"  # Engine.outcome's reason
+ASK_SOON_MS = 50  # a "soon" asker asks within this of the transaction's end
+ASK_PATIENCE_MS = 500  # an asker re-asks for this long, then gives up
+
+
+@dataclass
+class LateAsker:
+    txid: str
+    kind: Ask
+    ask_ms: int  # first ask
+    until_ms: int  # last ask: before the tombstone may be purged
+    target: int
+    fast_commit: bool  # a commit repeated with the one-round Decide (Engine's fast path)
+    timeout_s: float
+    read_first: bool  # an outcome inquiry reads before it proposes (Engine.outcome)
+    answer: str = ""  # where the answer came from (simcheck.on_answer), once answered
+    proposed_at: int = 0
+    backoff_ms: int = 0
+
+    def commands(self, at: float) -> list[Command]:
+        if self.kind is Ask.COMMIT:
+            cmds: list[Command] = [StartPrepare(self.txid, at)]
+            if self.fast_commit:
+                cmds.append(Decide(self.txid, at, outcome=Outcome.COMMIT, only_if_unanimous=True))
+            return cmds
+        if self.kind is Ask.BEGIN:
+            return [Begin(self.txid, at, timeout_s=self.timeout_s)]
+        return [Decide(self.txid, at, outcome=Outcome.ABORT, reason=PRESUMED_ABORT)]
+
+
+def late_askers(
+    rng: random.Random,
+    txn: SimTxn,
+    now_ms: int,
+    forget_ms: int,
+    safe_until_ms: int,
+    last_tomb_ask_ms: int,
+    nodes: list[int],
+) -> list[LateAsker]:
+    """Who comes back for `txn`, done at `now_ms`: each kind of asker with some chance,
+    either soon or once the record is likely forgotten (`forget_ms`) if that is no later
+    than `last_tomb_ask_ms` (the run waits for its askers: it must not last much longer),
+    and never after `safe_until_ms` (the tombstone may be purged after that)."""
+    out = []
+    tombstone = now_ms <= forget_ms <= last_tomb_ask_ms
+    for kind in Ask:
+        # Mostly after forgetting (what this checks); now and then soon, on the record.
+        if rng.random() >= (0.5 if tombstone else 0.15):
+            continue
+        if tombstone and rng.random() < 0.8:
+            ask_ms = forget_ms + rng.randint(0, ASK_SOON_MS)
+        else:
+            ask_ms = now_ms + rng.randint(0, ASK_SOON_MS)
+        until_ms = min(ask_ms + ASK_PATIENCE_MS, safe_until_ms)
+        if until_ms < ask_ms:
+            continue
+        out.append(
+            LateAsker(
+                txn.txid,
+                kind,
+                ask_ms,
+                until_ms,
+                rng.choice(nodes),
+                fast_commit=rng.random() < 0.5,
+                timeout_s=txn.timeout_s,
+                read_first=rng.random() < 0.5,
+            )
+        )
+    return out

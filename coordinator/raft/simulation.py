@@ -7,6 +7,13 @@ the clients' transactions. A chaos phase is followed by a calm one (network heal
 nodes restarted, no new faults) in which a leader must be elected and every transaction must
 end within LIVENESS_MS of virtual time. Safety invariants (`simcheck`) run after every step.
 
+Retention runs as on a node (coordinator/retention.py), in virtual time: every leader, stale
+ones included, proposes `Forget` for the records its applied state shows finished more than
+the seed's retention ago (in bounded batches) and `PurgeTombstones` for tombstones older than
+the tombstone retention. These go through Raft like client commands, so they are lost,
+repeated and re-proposed after leader changes. Late askers (simclients) come back after a
+transaction is done and must get its decision, from the record or its tombstone.
+
     python -m coordinator.raft.simulation --seeds 5000 [--start N]
     python -m coordinator.raft.simulation --seed S --verbose
 """
@@ -22,7 +29,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.commands import Ack, Command, Decide, decode, encode
+from coordinator.commands import (
+    Ack,
+    Command,
+    Decide,
+    Forget,
+    PurgeTombstones,
+    decode_batch,
+    encode_batch,
+)
 from coordinator.model import Outcome, Transaction
 from coordinator.raft.config import RaftConfig
 from coordinator.raft.core import RaftNode
@@ -30,10 +45,20 @@ from coordinator.raft.errors import ConfChangeRefused, NotLeader, ProposalDroppe
 from coordinator.raft.messages import ConfChange, ConfChangeOp, EntryKind, Message, MsgType
 from coordinator.raft.ready import PersistentState, Ready, Role
 from coordinator.raft.simcheck import Checker, InvariantViolation
-from coordinator.raft.simclients import PARTICIPANTS, SimTxn, new_txn, pending_acks, step_done
+from coordinator.raft.simclients import (
+    ASK_PATIENCE_MS,
+    PARTICIPANTS,
+    Ask,
+    LateAsker,
+    SimTxn,
+    late_askers,
+    new_txn,
+    pending_acks,
+    step_done,
+)
 from coordinator.raft.simnet import NetParams, SimNet
 from coordinator.raft.simstore import SimStore
-from coordinator.statemachine import Machine
+from coordinator.statemachine import Machine, Result
 
 TICK_MS = 10  # one Raft tick of virtual time
 ELECTION_TICKS = 10
@@ -45,6 +70,15 @@ FAULT_EVERY_MS = 60  # mean time between fault draws during chaos
 LIVENESS_MS = 8_000  # after the chaos phase, everything must end within this
 FULL_CHECK_EVERY = 500  # steps between whole-log checks
 MAX_STEPS = 400_000  # a bound on one run, so a livelocked simulation stops
+RETENTION_EVERY_MS = 50  # a leader's retention pass (coordinator/retention.py: every second)
+RETENTION_RESEND_MS = 200  # a leader re-proposes what it does not see applied after this
+MAX_FORGET_PROPOSALS_PER_PASS = 2  # entries of Forget commands per pass (the batch: per seed)
+# A purge is proposed once the horizon lags the due one by this share of the tombstone
+# retention (coordinator/retention.py `purge_before`, with a coarser step).
+PURGE_STEP_SHARE = 0.1
+# Late askers that wait for the record to be forgotten do so only if that happens before
+# calm + this: the run waits for its askers, and must not last much longer for them.
+LATE_CALM_MS = 100
 
 
 class SimulationFailure(AssertionError):
@@ -71,6 +105,9 @@ class SimParams:
     compact_every: int  # entries applied between snapshots
     max_entries_per_msg: int
     max_inflight_msgs: int
+    retention_ms: int  # a finished record is forgotten this long after it finished
+    tombstone_retention_ms: int  # a tombstone is purged this long after it was forgotten
+    forget_batch: int  # Forget commands per log entry, at most
 
     @classmethod
     def from_seed(cls, seed: int) -> SimParams:
@@ -96,6 +133,10 @@ class SimParams:
             compact_every=r.choice([5, 20, 1000]),
             max_entries_per_msg=r.choice([1, 4, 64]),
             max_inflight_msgs=r.choice([1, 4, 64]),
+            # Drawn last, so that the earlier parameters of a seed stay what they were.
+            retention_ms=r.choice([100, 150, 250, 500, 1000, 2000]),
+            tombstone_retention_ms=r.choice([300, 600, 1500]),
+            forget_batch=r.choice([1, 3, 8]),
         )
 
 
@@ -107,6 +148,10 @@ class SimNode:
     paused_until: int = 0
     machine: Machine = field(default_factory=Machine)
     applied: int = 0
+    # Retention as leader (process memory: lost on a crash): when each Forget and the last
+    # purge were proposed, so that what is in flight is not proposed again at every pass.
+    forget_sent: dict[str, int] = field(default_factory=dict)
+    purge_sent: int = -RETENTION_RESEND_MS
 
     @property
     def up(self) -> bool:
@@ -130,6 +175,15 @@ class Stats:
     committed: int = 0
     aborted: int = 0
     heal_to_done_ms: int = 0
+    forget_proposals: int = 0
+    purge_proposals: int = 0
+    forgotten: int = 0  # records that became tombstones
+    purged: int = 0  # tombstones dropped
+    late_asks: int = 0
+    late_answers: int = 0
+    late_tombstone_answers: int = 0  # answered from a tombstone: the point of the check
+    late_after_purge: int = 0  # applied after the purge: a new life, not compared
+    late_unanswered: int = 0  # gave up (chaos), before the tombstone could be purged
 
 
 class Simulation:
@@ -151,6 +205,8 @@ class Simulation:
         self._seq = 0
         self.txns: list[SimTxn] = []
         self.reads: dict[bytes, int] = {}  # ctx -> commit watermark when asked
+        self.askers: list[LateAsker] = []
+        self.asking: dict[bytes, LateAsker] = {}  # an asker's proposed entry -> the asker
         self.calm = False
         for i in self.ids:
             self._start(i)
@@ -160,6 +216,7 @@ class Simulation:
             self._at(start, "txn", n)
         self._at(self.rng.randint(1, READ_EVERY_MS), "read", None)
         self._at(self.rng.randint(1, FAULT_EVERY_MS), "fault", None)
+        self._at(self.rng.randint(1, RETENTION_EVERY_MS), "retention", None)
         self._at(params.chaos_ms, "calm", None)
 
     # -- event queue ---------------------------------------------------------------------
@@ -200,7 +257,11 @@ class Simulation:
         )
 
     def _all_done(self) -> bool:
-        return len(self.txns) == self.p.txns and all(t.finished_ms is not None for t in self.txns)
+        return (
+            len(self.txns) == self.p.txns
+            and all(t.finished_ms is not None for t in self.txns)
+            and all(a.answer or self.now > a.until_ms for a in self.askers)
+        )
 
     def _handle(self, kind: str, arg: Any) -> None:
         if kind == "tick":
@@ -216,6 +277,10 @@ class Simulation:
             self._client(arg)
         elif kind == "read":
             self._read()
+        elif kind == "retention":
+            self._retention()
+        elif kind == "late":
+            self._late(arg)
         elif kind == "fault":
             if not self.calm:
                 self._fault()
@@ -252,7 +317,10 @@ class Simulation:
         node.machine = _machine_from(state.snapshot.data)
         node.applied = state.snapshot.meta.index
         node.paused_until = 0
+        node.forget_sent = {}
+        node.purge_sent = -RETENTION_RESEND_MS
         self.check.on_restart(i, node.raft)
+        self.check.check_machine(node.machine, node.applied, f"node {i} restored")
         self.log(
             f"node {i} starts: term={state.hard_state.term} vote={state.hard_state.vote} "
             f"commit={state.hard_state.commit} last={node.store.last_index()}"
@@ -353,6 +421,7 @@ class Simulation:
             node.machine = _machine_from(rd.snapshot.data)
             node.applied = rd.snapshot.meta.index
             self.log(f"node {node.id} installs snapshot at {node.applied}")
+            self.check.check_machine(node.machine, node.applied, f"node {node.id} installed")
         for e in rd.committed:
             if e.index <= node.applied:
                 continue
@@ -361,11 +430,52 @@ class Simulation:
             self.check.on_apply(node.raft, e)
             node.applied = e.index
             if e.kind is EntryKind.NORMAL:
-                cmd = decode(e.data)
-                result = node.machine.apply(cmd)
-                txn = result.txn
-                if txn is not None and txn.outcome is not None:
-                    self.check.on_outcome(txn.txid, txn.outcome, f"node {node.id}")
+                self._apply_entry(node, e.index, e.data)
+
+    def _apply_entry(self, node: SimNode, index: int, data: bytes) -> None:
+        """One entry's commands, applied in order. The txid each one touches is checked
+        against its first decision: a node's state changes only here (and when restored or
+        installing a snapshot, which `check_machine` checks whole), so every txid a node
+        knows shows its first decision after every step."""
+        who = f"node {node.id}"
+        m = node.machine
+        results: list[Result] = []
+        cmds = decode_batch(data)
+        for cmd in cmds:
+            if isinstance(cmd, PurgeTombstones):
+                # Alone in its entry (see `_retain`), so that "after the purge" is "from
+                # its index on", which is how simcheck tells a txid's lives apart.
+                assert len(cmds) == 1, cmds
+                known = set(m.transactions)
+                results.append(m.apply(cmd))
+                dropped = frozenset(known - m.transactions.keys())
+                if self.check.on_purge(index, dropped, m.tombstone_horizon, who):
+                    self.stats.purged += len(dropped)
+                    if dropped:
+                        self.log(f"{who} purges tombstones {sorted(dropped)}")
+                continue
+            result = m.apply(cmd)
+            results.append(result)
+            txn = result.txn
+            if txn is not None and txn.outcome is not None:
+                self.check.on_outcome(txn.txid, txn.outcome, who, index)
+            if isinstance(cmd, Forget) and result.changed:
+                if self.check.on_forget(cmd.txid, index):
+                    self.stats.forgotten += 1
+                    self.log(f"{who} forgets {cmd.txid}")
+        asker = self.asking.get(data)
+        if asker is not None:
+            answer = self.check.on_answer(asker.kind, asker.txid, results, who, index)
+            self._answered(asker, answer)
+
+    def _answered(self, asker: LateAsker, answer: str) -> None:
+        if asker.answer:
+            return
+        asker.answer = answer
+        self.stats.late_answers += 1
+        self.stats.late_tombstone_answers += answer == "tombstone"
+        self.stats.late_after_purge += answer == "purged"
+        self.log(f"late {asker.kind} of {asker.txid} answered from its {answer}")
 
     def _maybe_compact(self, node: SimNode) -> None:
         raft = node.raft
@@ -379,11 +489,78 @@ class Simulation:
         node.store.save_snapshot(log.snapshot)
         self.stats.compactions += 1
 
+    # -- retention (the leader's) ----------------------------------------------------------
+
+    def _retention(self) -> None:
+        self._at(self.now + RETENTION_EVERY_MS, "retention", None)
+        for node in self.nodes.values():
+            raft = self._live(node.id)
+            if raft is not None and raft.role is Role.LEADER:
+                self._retain(node, raft)
+
+    def _retain(self, node: SimNode, raft: RaftNode) -> None:
+        """One pass of a leader's retention (coordinator/retention.py `run_once`): what its
+        applied state shows finished before now - retention is forgotten, in bounded
+        batches; a purge is proposed when due. The state machine checks again when they
+        are applied, so a stale leader's or a lagging state's choice does no harm."""
+        now_s = self.now / 1000.0
+        due = now_s - self.p.retention_ms / 1000.0
+        resend = self.now - RETENTION_RESEND_MS
+        todo = sorted(
+            (t.updated_at, txid)
+            for txid, t in node.machine.transactions.items()
+            if t.forgotten_at is None
+            and t.finished
+            and t.updated_at < due
+            and node.forget_sent.get(txid, resend) <= resend
+        )
+        batch = self.p.forget_batch
+        for k in range(0, min(len(todo), batch * MAX_FORGET_PROPOSALS_PER_PASS), batch):
+            txids = [txid for _, txid in todo[k : k + batch]]
+            if not self._leader_proposes(raft, [Forget(txid, now_s) for txid in txids]):
+                return
+            self.stats.forget_proposals += 1
+            for txid in txids:
+                node.forget_sent[txid] = self.now
+        before = now_s - self.p.tombstone_retention_ms / 1000.0
+        step = PURGE_STEP_SHARE * self.p.tombstone_retention_ms / 1000.0
+        if (
+            before - node.machine.tombstone_horizon >= step
+            and node.purge_sent <= resend
+            # Unlike a node (which moves the horizon on schedule), only when a tombstone
+            # is due: fewer entries, and the same horizon moves when there is something.
+            and any(
+                t.forgotten_at is not None and t.forgotten_at < before
+                for t in node.machine.transactions.values()
+            )
+        ):
+            # Alone in its entry: simcheck's lives of a txid change at a purge's index.
+            if self._leader_proposes(raft, [PurgeTombstones(txid="", at=now_s, before=before)]):
+                self.stats.purge_proposals += 1
+                node.purge_sent = self.now
+
+    def _leader_proposes(self, raft: RaftNode, cmds: list[Command]) -> bool:
+        if self.nodes[raft.id].raft is not raft:
+            return False  # it crashed in this pass
+        try:
+            raft.propose(encode_batch(cmds))
+        except (NotLeader, ProposalDropped):
+            return False
+        self.log(f"leader {raft.id} proposes {cmds[0].kind} x{len(cmds)}")
+        self._drain(raft.id)
+        return True
+
     # -- clients ---------------------------------------------------------------------------
 
     def _client(self, txn: SimTxn) -> None:
         at = self.now / 1000.0
-        view = self._view(txn.txid, best=True)
+        node, view = self._view(txn.txid, best=True)
+        if view is None and node is not None and self.check.life(txn.txid, node.applied):
+            # Decided, finished, forgotten and purged before this client looked again (its
+            # nodes were all down for that long): it ended. Re-proposing its steps now
+            # would start a new transaction with the same txid.
+            self._finished(txn, self.check.decision(txn.txid), None)
+            return
         steps = txn.steps(at)
         while txn.step < len(steps) and step_done(txn.step, view):
             txn.step += 1
@@ -401,14 +578,14 @@ class Simulation:
             if self.now - txn.proposed_at >= txn.backoff_ms:
                 txn.proposed_at = self.now
                 txn.backoff_ms = min(2 * txn.backoff_ms, CLIENT_MAX_BACKOFF_MS)
-                self._propose(txn, steps[txn.step])
+                self._propose(txn, [steps[txn.step]])
         if (
             txn.rival_abort_at is not None
             and self.now >= txn.rival_abort_at
             and (not txn.rival_sent or self.rng.random() < 0.3)
         ):
             txn.rival_sent = True
-            self._propose(txn, Decide(txn.txid, at, outcome=Outcome.ABORT, reason="rival"))
+            self._propose(txn, [Decide(txn.txid, at, outcome=Outcome.ABORT, reason="rival")])
         self._at(self.now + self.rng.randint(CLIENT_RETRY_MS // 2, CLIENT_RETRY_MS), "client", txn)
 
     def _participants_learn(self, txn: SimTxn) -> None:
@@ -417,37 +594,94 @@ class Simulation:
         for name in PARTICIPANTS:
             if name in txn.local:
                 continue
-            t = self._view(txn.txid, best=False)
-            if t is not None and t.outcome is not None:
+            node, t = self._view(txn.txid, best=False)
+            if node is not None and t is not None and t.outcome is not None:
                 txn.local[name] = t.outcome
-                self.check.on_local(txn.txid, name, t.outcome, txn.votes[name])
+                self.check.on_local(txn.txid, name, t.outcome, txn.votes[name], node.applied)
                 self.log(f"participant {name} of {txn.txid} does {t.outcome}")
-        best = self._view(txn.txid, best=True)
+        _, best = self._view(txn.txid, best=True)
         assert best is not None
         if best.state.terminal:
-            txn.finished_ms = self.now
-            if best.outcome is Outcome.COMMIT:
-                self.stats.committed += 1
-            else:
-                self.stats.aborted += 1
+            assert best.completed_at is not None
+            self._finished(txn, best.outcome, best.completed_at)
             return
         for name in pending_acks(best):
             if name in txn.local:
-                self._propose(txn, Ack(txn.txid, self.now / 1000.0, name=name))
+                self._propose(txn, [Ack(txn.txid, self.now / 1000.0, name=name)])
 
-    def _view(self, txid: str, best: bool) -> Transaction | None:
+    def _finished(self, txn: SimTxn, outcome: Outcome | None, completed_s: float | None) -> None:
+        """The client saw its transaction end (`completed_s`: when its record completed, also
+        kept by its tombstone; None when it was purged already)."""
+        txn.finished_ms = self.now
+        if outcome is Outcome.COMMIT:
+            self.stats.committed += 1
+        else:
+            self.stats.aborted += 1
+        if completed_s is None:
+            return  # too late for late askers
+        # Who comes back, and when. Not after the tombstone may be purged: a leader forgets
+        # a record more than the retention after it last changed (at or after it completed)
+        # and purges a tombstone more than the tombstone retention after it was forgotten,
+        # so until completed + retention + tombstone retention it lives; the askers stop
+        # half a tombstone retention before that, leaving time for their commands to be
+        # applied. One applied later still is not compared (simcheck: a purged txid's new
+        # life) and is counted in `late_after_purge`, which stays 0 in practice.
+        completed_ms = int(completed_s * 1000)
+        forget_ms = completed_ms + self.p.retention_ms + RETENTION_EVERY_MS
+        safe_ms = completed_ms + self.p.retention_ms + self.p.tombstone_retention_ms // 2
+        for a in late_askers(
+            self.rng,
+            txn,
+            self.now,
+            forget_ms,
+            safe_ms,
+            self.p.chaos_ms + LATE_CALM_MS,
+            self.ids,
+        ):
+            self.askers.append(a)
+            self.stats.late_asks += 1
+            self._at(a.ask_ms, "late", a)
+
+    def _late(self, a: LateAsker) -> None:
+        """A late asker asks (again), until answered or it is too late to ask."""
+        if a.answer:
+            return
+        if self.now > a.until_ms:
+            self.stats.late_unanswered += 1
+            self.log(f"late {a.kind} of {a.txid} gives up")
+            return
+        if a.kind is Ask.OUTCOME and a.read_first:
+            # Engine.outcome: the outcome if the node knows it, a proposal otherwise.
+            node, t = self._view(a.txid, best=False)
+            if node is not None and t is not None and t.outcome is not None:
+                answer = self.check.on_read_answer(t, f"node {node.id}", node.applied)
+                self._answered(a, answer)
+                return
+        if self.now - a.proposed_at >= a.backoff_ms:
+            a.proposed_at = self.now
+            a.backoff_ms = min(2 * max(a.backoff_ms, CLIENT_RETRY_MS // 2), ASK_PATIENCE_MS)
+            data = self._propose(a, a.commands(self.now / 1000.0))
+            if data is not None:
+                self.asking[data] = a
+        if not a.answer:
+            self._at(self.now + self.rng.randint(CLIENT_RETRY_MS // 2, CLIENT_RETRY_MS), "late", a)
+
+    def _view(self, txid: str, best: bool) -> tuple[SimNode | None, Transaction | None]:
+        """A node (the one that applied most, or any) and what it holds of `txid`."""
         up = [n for n in self.nodes.values() if n.up]
         if not up:
-            return None
+            return None, None
         node = max(up, key=lambda n: (n.applied, n.id)) if best else self.rng.choice(up)
-        return node.machine.transactions.get(txid)
+        return node, node.machine.transactions.get(txid)
 
-    def _propose(self, txn: SimTxn, cmd: Command) -> None:
-        raft = self._live(txn.target)
+    def _propose(self, who: SimTxn | LateAsker, cmds: list[Command]) -> bytes | None:
+        """Propose one entry through the node `who` talks to (or forward it from there);
+        returns the entry's data, or None when that node is down."""
+        raft = self._live(who.target)
         if raft is None:
-            txn.target = self.rng.choice(self.ids)
-            return
-        data = encode(cmd)
+            who.target = self.rng.choice(self.ids)
+            return None
+        data = encode_batch(cmds)
         try:
             if raft.role is Role.LEADER:
                 raft.propose(data)
@@ -456,12 +690,13 @@ class Simulation:
             else:
                 raise NotLeader(raft.leader)
         except NotLeader as e:
-            txn.target = e.leader_hint or self.rng.choice(self.ids)
-            txn.proposed_at = 0  # not proposed: try the hinted node at the next round
+            who.target = e.leader_hint or self.rng.choice(self.ids)
+            who.proposed_at = 0  # not proposed: try the hinted node at the next round
         except ProposalDropped:
             pass
-        self.log(f"client proposes {cmd.kind} {cmd.txid} via {raft.id}")
+        self.log(f"client proposes {'+'.join(c.kind for c in cmds)} {cmds[0].txid} via {raft.id}")
         self._drain(raft.id)
+        return data
 
     def _read(self) -> None:
         self._at(self.now + self.rng.randint(1, READ_EVERY_MS), "read", None)
@@ -566,12 +801,18 @@ class Simulation:
 
     def _full_check(self) -> None:
         self.check.full_check({i: n.raft for i, n in self.nodes.items() if n.raft is not None})
+        for node in self.nodes.values():
+            if node.up:
+                self.check.check_machine(node.machine, node.applied, f"node {node.id}")
 
     def _check_converged(self) -> None:
         """Nodes that applied the same prefix hold the same transactions."""
-        by_applied: dict[int, dict[str, Any]] = {}
+        by_applied: dict[int, Any] = {}
         for node in self.nodes.values():
-            state = {k: v.to_dict() for k, v in node.machine.transactions.items()}
+            state = (
+                node.machine.tombstone_horizon,
+                {k: v.to_dict() for k, v in node.machine.transactions.items()},
+            )
             seen = by_applied.setdefault(node.applied, state)
             if seen != state:
                 raise InvariantViolation(
@@ -580,13 +821,22 @@ class Simulation:
 
 
 def _machine_data(m: Machine) -> bytes:
-    return json.dumps({k: v.to_dict() for k, v in sorted(m.transactions.items())}).encode()
+    """A snapshot of the applied state: records and tombstones (`forgotten_at` set, only the
+    decision kept), and the tombstone horizon."""
+    return json.dumps(
+        {
+            "tombstone_horizon": m.tombstone_horizon,
+            "transactions": {k: v.to_dict() for k, v in sorted(m.transactions.items())},
+        }
+    ).encode()
 
 
 def _machine_from(data: bytes) -> Machine:
     m = Machine()
     if data:
-        m.transactions = {k: Transaction.from_dict(v) for k, v in json.loads(data).items()}
+        d = json.loads(data)
+        m.tombstone_horizon = d["tombstone_horizon"]
+        m.transactions = {k: Transaction.from_dict(v) for k, v in d["transactions"].items()}
     return m
 
 

@@ -7,16 +7,26 @@ replays it. 500 seeds take about 40 s on a 2-core machine; run more by hand with
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from coordinator.commands import Begin, Decide, Forget, PurgeTombstones
+from coordinator.model import Outcome, Transaction, tombstone
+from coordinator.raft import simulation
+from coordinator.raft.simcheck import Checker, InvariantViolation
 from coordinator.raft.simulation import (
+    SimNode,
     SimParams,
     Simulation,
     SimulationFailure,
     Stats,
+    _machine_data,
+    _machine_from,
     replay_command,
     run_seed,
 )
+from coordinator.statemachine import Machine
 
 SEEDS = 500
 CHUNK = 50
@@ -55,6 +65,12 @@ def test_simulation_exercises_every_feature() -> None:
         "reads_answered",
         "committed",
         "aborted",
+        "forget_proposals",
+        "purge_proposals",
+        "forgotten",
+        "purged",
+        "late_answers",
+        "late_tombstone_answers",
     ):
         assert getattr(total, name) > 0, f"no {name} in 40 seeds"
 
@@ -108,3 +124,130 @@ def test_simulation_catches_a_shell_that_sends_before_persisting() -> None:
             caught.append((seed, e))
             break
     assert caught, "60 seeds of an unsafe shell and no invariant noticed"
+
+
+# -- retention: forgetting, tombstones, purges, late askers ------------------------------
+
+AGGRESSIVE_SEED = 111  # forgets 100 ms after a transaction ends, purges 300 ms later
+
+
+def test_a_seed_that_forgets_aggressively_runs() -> None:
+    p = SimParams.from_seed(AGGRESSIVE_SEED)
+    assert (p.retention_ms, p.tombstone_retention_ms) == (100, 300)
+    st = run_seed(AGGRESSIVE_SEED)
+    assert st.forgotten > 0 and st.purged > 0
+    assert st.late_tombstone_answers > 0  # late askers got the decision from a tombstone
+    assert st.snapshots_sent > 0 and st.compactions > 0  # with tombstones in snapshots
+    assert st.late_after_purge == 0  # the askers stop before a tombstone may be purged
+
+
+def test_snapshots_carry_tombstones_and_the_horizon() -> None:
+    m = Machine()
+    for txid, outcome in (("a", Outcome.COMMIT), ("b", Outcome.ABORT), ("c", Outcome.COMMIT)):
+        m.apply(Begin(txid, 1.0))
+        m.apply(Decide(txid, 2.0, outcome=outcome))
+    m.apply(Forget("a", 3.0))
+    m.apply(Forget("b", 5.0))
+    m.apply(PurgeTombstones(txid="", at=6.0, before=4.0))  # drops a's tombstone
+    assert set(m.transactions) == {"b", "c"} and m.tombstone_horizon == 4.0
+    r = _machine_from(_machine_data(m))
+    assert r.tombstone_horizon == 4.0
+    assert {k: v.to_dict() for k, v in r.transactions.items()} == {
+        k: v.to_dict() for k, v in m.transactions.items()
+    }
+    assert r.transactions["b"].forgotten_at == 5.0
+    # The restored state answers as the original: b's tombstone keeps its decision.
+    assert r.apply(Decide("b", 7.0, outcome=Outcome.COMMIT)).txn.outcome is Outcome.ABORT  # type: ignore[union-attr]
+
+
+def _flipped(t: Transaction) -> Transaction:
+    other = Outcome.ABORT if t.outcome is Outcome.COMMIT else Outcome.COMMIT
+    assert t.forgotten_at is not None
+    return tombstone(
+        t.txid, other, t.created_at, t.decided_at or 0, t.completed_at or 0, t.forgotten_at
+    )
+
+
+def test_checker_catches_a_flipped_tombstone() -> None:
+    check = Checker()
+    m = Machine()
+    m.apply(Begin("tx", 1.0))
+    decided = m.apply(Decide("tx", 2.0, outcome=Outcome.ABORT)).txn
+    assert decided is not None and decided.outcome is Outcome.ABORT
+    check.on_outcome("tx", Outcome.ABORT, "node 1", 3)
+    m.apply(Forget("tx", 3.0))
+    check.check_machine(m, 4, "node 1")  # the tombstone keeps the decision: fine
+    m.transactions["tx"] = _flipped(m.transactions["tx"])
+    with pytest.raises(InvariantViolation, match="outcome changed"):
+        check.check_machine(m, 4, "node 1")
+
+
+def test_checker_excludes_a_purged_txid_and_only_it() -> None:
+    """After the purge at index 10 the txid is unknown by design: a presumed abort there
+    (a new life) may contradict the first decision; before index 10 it may not."""
+    check = Checker()
+    check.on_outcome("tx", Outcome.COMMIT, "node 1", 5)
+    assert check.on_purge(10, frozenset({"tx"}), 4.0, "node 1")
+    check.on_outcome("tx", Outcome.ABORT, "node 1", 12)  # new life: not compared
+    with pytest.raises(InvariantViolation, match="outcome changed"):
+        check.on_outcome("tx", Outcome.ABORT, "node 2", 9)  # node 2 has not purged it yet
+    with pytest.raises(InvariantViolation, match="outcome changed"):
+        check.on_outcome("tx", Outcome.COMMIT, "node 2", 13)  # the new life aborted
+    with pytest.raises(InvariantViolation, match="dropped"):
+        check.on_purge(10, frozenset(), 4.0, "node 2")  # its snapshot lost the tombstone
+    m = Machine()
+    with pytest.raises(InvariantViolation, match="horizon"):
+        check.check_machine(m, 11, "node 3")  # a state after the purge with horizon 0
+
+
+class _FlipsTombstones(Simulation):
+    """A broken state machine on node 1: every tombstone it makes reports the opposite
+    decision (caught by a late asker, the whole-state checks or a snapshot it sends)."""
+
+    def _apply_entry(self, node: SimNode, index: int, data: bytes) -> None:
+        super()._apply_entry(node, index, data)
+        if node.id == 1:
+            for txid, t in node.machine.transactions.items():
+                if t.forgotten_at is not None and t.decision_reason != "flipped":
+                    flipped = _flipped(t)
+                    flipped.decision_reason = "flipped"
+                    node.machine.transactions[txid] = flipped
+
+
+def test_simulation_catches_a_flipped_tombstone() -> None:
+    with pytest.raises(InvariantViolation, match=r"outcome changed|answered"):
+        _FlipsTombstones(SimParams.from_seed(AGGRESSIVE_SEED)).run()
+
+
+def _without_tombstones(m: Machine) -> bytes:
+    kept = Machine()
+    kept.tombstone_horizon = m.tombstone_horizon
+    kept.transactions = {k: t for k, t in m.transactions.items() if t.forgotten_at is None}
+    return _machine_data(kept)
+
+
+def _without_horizon(m: Machine) -> bytes:
+    kept = Machine()
+    kept.transactions = m.transactions
+    return _machine_data(kept)
+
+
+@pytest.mark.parametrize("broken", [_without_tombstones, _without_horizon])
+def test_simulation_catches_snapshots_that_lose_retention_state(
+    broken: Callable[[Machine], bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots that leave the tombstones or the horizon out: a node restored from one
+    does not know a forgotten txid (a late asker gets no decision, its purge drops less, or
+    its state differs from the others'), or has another horizon."""
+    monkeypatch.setattr(simulation, "_machine_data", broken)
+    caught = []
+    for seed in range(300):
+        p = SimParams.from_seed(seed)
+        if p.retention_ms > 250 or p.compact_every > 20:
+            continue  # forgets and snapshots early enough for this to show
+        try:
+            Simulation(p).run()
+        except InvariantViolation as e:
+            caught.append((seed, e))
+            break
+    assert caught, f"{broken.__name__} and no invariant noticed"
