@@ -705,6 +705,7 @@ def create_app(node: Any) -> FastAPI:
             "tombstones": tombstones,
             "tombstone_horizon": iso(node.store.tombstone_horizon or None),
             "history_rows": await history.count(node.db),
+            "history_bytes": await history.disk_bytes(node.db),
             "snapshot_bytes": status.get("snapshot_bytes"),
             "snapshot_records": status.get("snapshot_records"),
             "forgotten_by_this_node": node.retention.forgotten,

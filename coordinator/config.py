@@ -89,7 +89,7 @@ class Settings:
     # each node's history table for `history_retention_days`.
     retention_s: float = 600.0
     tombstone_retention_s: float = 3_600.0
-    history_retention_days: float = 30.0
+    history_retention_days: float = 7.0
 
     def __post_init__(self) -> None:
         if not self.advertise_url:

@@ -10,7 +10,8 @@ history of what was forgotten while it was away (the leader or another node has 
 Rows older than `history_retention_days` are deleted, with their timelines, in batches of at
 most HISTORY_DELETE_BATCH rows, so that one pass never holds locks or the disk for long. The
 same task deletes the rows of purged tombstones (those under the checkpointed horizon, which
-every read already ignores).
+every read already ignores) and, on a standalone node, its log but the last
+STANDALONE_LOG_KEEP entries (a Raft node's log is compacted by snapshots).
 """
 
 from __future__ import annotations
@@ -54,6 +55,21 @@ _DELETE_TOMBSTONES = text(
     SELECT ctid FROM txc_tombstones
     WHERE forgotten_at < (SELECT tombstone_horizon FROM txc_applied WHERE id = 1)
     LIMIT :limit)
+  RETURNING 1
+)
+SELECT count(*) FROM gone"""
+)
+
+
+# A standalone node's log (coordinator/log.py) is written with its application in one
+# statement, so no entry is needed to recover; it keeps this many for `txc raft log`.
+STANDALONE_LOG_KEEP = 100_000
+_DELETE_STANDALONE_LOG = text(
+    """WITH gone AS (
+  DELETE FROM txc_log WHERE "index" IN (
+    SELECT "index" FROM txc_log
+    WHERE "index" <= (SELECT max("index") FROM txc_log) - :keep
+    ORDER BY "index" LIMIT :limit)
   RETURNING 1
 )
 SELECT count(*) FROM gone"""
@@ -129,11 +145,25 @@ async def count(engine: AsyncEngine) -> int:
     return int(n or 0)
 
 
+async def disk_bytes(engine: AsyncEngine) -> int:
+    """What this node's history takes on disk: forgotten records and every timeline, with
+    their indexes (the cost `history_retention_days` sets)."""
+    async with engine.connect() as conn:
+        n = await conn.scalar(
+            text(
+                "SELECT pg_total_relation_size('txc_archive')"
+                " + pg_total_relation_size('txc_history')"
+            )
+        )
+    return int(n or 0)
+
+
 async def delete_old(
     engine: AsyncEngine,
     statement: Any,
     before: float,
     *,
+    params: dict[str, Any] | None = None,
     batch: int = HISTORY_DELETE_BATCH,
     max_batches: int = HISTORY_MAX_BATCHES_PER_PASS,
     pause_s: float = HISTORY_DELETE_PAUSE_S,
@@ -144,7 +174,8 @@ async def delete_old(
     total = 0
     for _ in range(max_batches):
         async with engine.begin() as conn:
-            n = int(await conn.scalar(statement, {"before": before, "limit": batch}) or 0)
+            values = {"before": before, "limit": batch, **(params or {})}
+            n = int(await conn.scalar(statement, values) or 0)
         total += n
         if n < batch:
             break
@@ -160,11 +191,14 @@ class HistoryKeeper:
         engine: AsyncEngine,
         *,
         history_retention_days: float,
+        standalone_log_keep: int | None = None,
         clock: Callable[[], float] = time.time,
         interval_s: float = HISTORY_INTERVAL_S,
     ) -> None:
         assert history_retention_days > 0
+        assert standalone_log_keep is None or standalone_log_keep > 0
         self.engine = engine
+        self.standalone_log_keep = standalone_log_keep
         self.retention_s = history_retention_days * 86_400.0
         self.clock = clock
         self.interval_s = interval_s
@@ -199,6 +233,13 @@ class HistoryKeeper:
         # the log from its checkpoint again, and the commands before the purge must find
         # the tombstones they found the first time.
         t = await delete_old(self.engine, _DELETE_TOMBSTONES, 0.0)
+        if self.standalone_log_keep is not None:
+            await delete_old(
+                self.engine,
+                _DELETE_STANDALONE_LOG,
+                0.0,
+                params={"keep": self.standalone_log_keep},
+            )
         self.deleted_history += h
         self.deleted_tombstones += t
         if h or t:

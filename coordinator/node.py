@@ -19,7 +19,7 @@ from coordinator.commands import AuditNote
 from coordinator.config import Settings
 from coordinator.db import make_engine, normalise_url
 from coordinator.engine import Engine
-from coordinator.history import HistoryKeeper
+from coordinator.history import STANDALONE_LOG_KEEP, HistoryKeeper
 from coordinator.log import CommandLog, SingleNodeLog
 from coordinator.metrics import Metrics
 from coordinator.participant_client import ParticipantClient
@@ -88,7 +88,9 @@ class Node:
             tombstone_retention_s=settings.tombstone_retention_s,
         )
         self.history = HistoryKeeper(
-            self.db, history_retention_days=settings.history_retention_days
+            self.db,
+            history_retention_days=settings.history_retention_days,
+            standalone_log_keep=None if settings.peers else STANDALONE_LOG_KEEP,
         )
 
     async def start(self) -> None:

@@ -237,3 +237,33 @@ async def test_the_leader_forgets_only_finished_records_past_their_retention(
     finally:
         await log.stop()
         await engine.dispose()
+
+
+async def test_a_standalone_node_keeps_only_the_end_of_its_log(db_url: str) -> None:
+    """Its entries are applied in the statement that writes them: none is needed to recover,
+    and it keeps the last ones for inspection. A restart still finds where it was."""
+    from coordinator import migrate
+    from coordinator.db import make_engine
+    from coordinator.store import Store
+
+    migrate.upgrade(db_url, "coordinator")
+    engine = make_engine(db_url)
+    log = SingleNodeLog(engine, Store(engine), node_id="n1", advertise_url="http://n1")
+    await log.start()
+    try:
+        for n in range(30):
+            await log.propose([Begin(txid=f"t{n}", at=time.time(), timeout_s=60)])
+        keeper = HistoryKeeper(engine, history_retention_days=1, standalone_log_keep=10)
+        await keeper.run_once()
+        rows = _db(db_url, 'SELECT min("index"), max("index"), count(*) FROM txc_log')
+        assert rows == [(21, 30, 10)]
+    finally:
+        await log.stop()
+    again = SingleNodeLog(engine, Store(engine), node_id="n1", advertise_url="http://n1")
+    await again.start()
+    try:
+        assert again.last_index == 30
+        assert (await again.propose([Begin(txid="t30", at=time.time(), timeout_s=60)]))[0].ok
+    finally:
+        await again.stop()
+        await engine.dispose()
