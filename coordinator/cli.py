@@ -138,16 +138,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     lines = []
     if args.finished:
         lines.append(
-            "this node's history: finished transactions forgotten by the replicated state "
-            "(retention), newest first"
+            "history: finished transactions the replicated state has forgotten (retention), "
+            "newest first, as the node that answered keeps them (each node keeps its own; a "
+            "follower answers with its leader's)"
         )
     if rows:
         lines.append(_table(rows, headers))
     elif args.finished:
         lines.append(
-            "no forgotten transaction in this node's history matches"
+            "no forgotten transaction in the history matches"
             if filtered
-            else "no forgotten transaction in this node's history yet"
+            else "no forgotten transaction in the history yet"
         )
     else:
         lines.append("no transaction matches" if filtered else "no transaction recorded")
@@ -160,11 +161,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 # Where `GET /v1/transactions/{txid}` found the record (its `source`), as `txc show` says it.
 SOURCES = {
     "state": "live record (the group's replicated state)",
-    "history": "this node's history (the replicated state has forgotten it; full record)",
+    "history": (
+        "history (the replicated state has forgotten it; the full record, as the node that "
+        "answered keeps it)"
+    ),
     "tombstone": (
-        "tombstone only: the replicated state keeps just the decision, and this node has no "
-        "full record in its history (it caught up by snapshot meanwhile; another node may "
-        "have it)"
+        "tombstone only: the replicated state keeps just the decision, and the node that "
+        "answered has no full record in its history (it caught up by snapshot meanwhile; "
+        "another node may have it)"
     ),
 }
 
@@ -177,8 +181,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             raise
         raise CliError(
             EXIT_NOT_FOUND,
-            f"transaction {args.txid} is not known to this node: never recorded, or "
-            "forgotten longer ago than both its tombstone and this node's history are kept",
+            f"transaction {args.txid} is not known to the coordinator: never recorded, or "
+            "forgotten longer ago than both its tombstone and the history are kept",
         ) from None
     try:
         events = _request(args, "GET", f"/v1/transactions/{args.txid}/timeline")["events"]
@@ -233,7 +237,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if ev_rows or source in (None, "state"):
         lines.append(_table(ev_rows, ["INDEX", "AT", "COMMAND", "DETAIL"]))
     else:
-        lines.append("timeline: none on this node")
+        lines.append("timeline: none kept")
     _print(args, {"transaction": t, "timeline": events}, "\n".join(lines))
     return EXIT_OK
 
@@ -417,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser(
         "list",
-        help="list transactions (--finished: this node's history of forgotten ones)",
+        help="list transactions (--finished: the history of forgotten ones)",
     )
     ls.add_argument(
         "--state", choices=["active", "preparing", "committing", "committed", "aborting", "aborted"]
@@ -433,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument(
         "--finished",
         action="store_true",
-        help="list this node's history: finished transactions the replicated state has "
+        help="list the history: finished transactions the replicated state has "
         "forgotten (retention), with when they were forgotten",
     )
     ls.set_defaults(func=cmd_list)
@@ -441,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser(
         "show",
         help="one transaction, its participants and its timeline (also a forgotten one, "
-        "from this node's history)",
+        "from the history)",
     )
     show.add_argument("txid")
     show.set_defaults(func=cmd_show)

@@ -50,7 +50,7 @@ async def test_list_finished_and_show_a_forgotten_transaction(node_db: str) -> N
         url = str(c.base_url)
         code, out, err = await asyncio.to_thread(txc, "--url", url, "list", "--finished")
         assert code == 0, err
-        assert "no forgotten transaction in this node's history yet" in out
+        assert "no forgotten transaction in the history yet" in out
 
         txid = await committed_and_forgotten(c, up)
         live = await begin(c, timeout_s=600)  # in flight: in the live list, not the history
@@ -65,14 +65,14 @@ async def test_list_finished_and_show_a_forgotten_transaction(node_db: str) -> N
         assert [pt["name"] for pt in item["participants"]] == ["shop"]
         code, out, err = await asyncio.to_thread(txc, "--url", url, "list", "--finished")
         assert code == 0, err
-        assert "this node's history" in out and "FORGOTTEN" in out.splitlines()[1]
+        assert out.startswith("history: ") and "FORGOTTEN" in out.splitlines()[1]
         row = next(line for line in out.splitlines() if line.startswith(txid))
         assert "committed" in row and "shop:yes/done" in row and item["forgotten_at"] in row
         # The filters of the live list apply.
         code, out, _ = await asyncio.to_thread(
             txc, "--url", url, "list", "--finished", "--label", "order:nope"
         )
-        assert code == 0 and "no forgotten transaction in this node's history matches" in out
+        assert code == 0 and "no forgotten transaction in the history matches" in out
         code, data = await asyncio.to_thread(
             txc_json, "--url", url, "list", "--finished", "--label", "order:H-1"
         )
@@ -84,7 +84,7 @@ async def test_list_finished_and_show_a_forgotten_transaction(node_db: str) -> N
         # `show`: the full record from the history, where it came from, when it was forgotten.
         code, out, err = await asyncio.to_thread(txc, "--url", url, "show", txid)
         assert code == 0, err
-        assert out.startswith("record: this node's history"), out
+        assert out.startswith("record: history (the replicated state has forgotten it"), out
         assert f"forgotten_at: {item['forgotten_at']}" in out
         assert "outcome: commit" in out and "order" in out
         assert "shop" in out and "PARTICIPANT" in out
@@ -100,7 +100,7 @@ async def test_list_finished_and_show_a_forgotten_transaction(node_db: str) -> N
         assert "forgotten_at" not in out
 
         # A node without the full record (it caught up by snapshot, say) has the tombstone:
-        # the decision, and that it is all this node keeps.
+        # the decision, and that it is all that node keeps.
         engine = create_engine(node_db)
         try:
             with engine.begin() as conn:
@@ -119,7 +119,7 @@ async def test_list_finished_and_show_a_forgotten_transaction(node_db: str) -> N
         # Unknown: exit 3 and one line that says what that can mean.
         code, out, err = await asyncio.to_thread(txc, "--url", url, "show", "no-such-txid")
         assert code == 3 and out == ""
-        assert err.startswith("txc: transaction no-such-txid is not known to this node"), err
+        assert err.startswith("txc: transaction no-such-txid is not known to the coordinator"), err
         assert "Traceback" not in err
 
 
