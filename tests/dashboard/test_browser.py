@@ -2,7 +2,8 @@
 system: three `txc serve` processes on real PostgreSQL, participants served over HTTP, one
 of them down. The page is opened on a follower, as an operator might. Each test checks what
 the page shows against the API, and the actions' effects through the API; screenshots go to
-docs/screenshots/ (with TXC_UPDATE_SCREENSHOTS=1).
+docs/screenshots/ (with TXC_UPDATE_SCREENSHOTS=1). The nodes forget finished transactions
+RETENTION_S after they finish, so that the last test finds them in the History view.
 
 Needs the `playwright` package (the dev extra) and a Chromium (Debian's `chromium`; `.ci/run`
 installs it). Without them these tests skip, except under CI (`CI` set), where they fail.
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy import create_engine, text
 
 from tests.conftest import PgServer
 from tests.helpers import ScriptedParticipant, free_port, serve
@@ -55,12 +57,17 @@ TOKENS = {
     "client": "client-token-0123456789",
 }
 API_TOKENS = ",".join(f"{role}={token}" for role, token in TOKENS.items())
+RETENTION_S = 30
+FORGET_TIMEOUT_S = RETENTION_S + 45.0  # the last transaction finishes in the retry test
 NODE_ENV = {
     "TXC_API_TOKENS": API_TOKENS,
     # After a failed phase-2 message the next try is a minute away: longer than this module
     # runs, so the operator's "retry now" is what finishes the stuck transaction.
     "TXC_PHASE2_BACKOFF_INITIAL_S": "60",
     "TXC_PHASE2_BACKOFF_MAX_S": "120",
+    # Long enough for the first tests to see the finished transactions live, short enough
+    # for the last one to find every one of them forgotten, in the History view.
+    "TXC_RETENTION_S": str(RETENTION_S),
 }
 COMMITS = 12
 ABORTS = 4
@@ -275,6 +282,11 @@ async def test_cluster_view_shows_the_leader_and_term_of_the_api(live: Live) -> 
     await expect(page.locator("#fact-role")).to_have_text(status["role"])
     for m in status["members"]:  # every member answers: all healthy
         await expect(page.locator(f'tr[data-member="{m["node_id"]}"] .pill.ok')).to_be_visible()
+    # The retention figures, read when the view opened (checked against the API once they
+    # no longer move, in the history test).
+    for card in ("ret-records", "ret-tombstones", "ret-history", "ret-snapshot"):
+        await expect(page.locator(f"#{card} .card-value")).not_to_be_empty()
+    await expect(page.locator("#retention-note")).to_contain_text("counted them at")
     await live.shot("dashboard-cluster")
 
 
@@ -373,3 +385,116 @@ async def test_transfer_leadership_from_a_follower_page(live: Live) -> None:
         assert asyncio.get_running_loop().time() < deadline, "leadership did not move"
         await asyncio.sleep(0.1)
     await expect(page.locator("#fact-leader")).to_have_text(target)
+
+
+async def test_history_shows_forgotten_transactions_and_their_records(live: Live) -> None:
+    """Once retention has forgotten every finished transaction of this module: the History
+    view lists the history as the page node's API does (the leader's), filters it, opens a
+    forgotten transaction's full record with when it was forgotten; the cluster view's
+    retention figures are the API's; a transaction whose history row the leader lacks shows
+    as a tombstone."""
+    from playwright.async_api import expect
+
+    page = live.page
+    node = httpx.AsyncClient(base_url=live.page_url, headers=live.api.headers, timeout=30)
+    # The abort and the retry tests finished the other two (unless they were left out).
+    done = {
+        t: (await live.tx(t))["state"] in ("committed", "aborted")
+        for t in (live.active, live.stuck)
+    }
+    finished = len(live.committed) + ABORTS + sum(done.values())
+    try:
+        deadline = asyncio.get_running_loop().time() + FORGET_TIMEOUT_S
+        while True:
+            ret = (await node.get("/v1/retention")).json()
+            unfinished = len(done) - sum(done.values())
+            if (
+                ret["records"] == unfinished
+                and ret["history_rows"] == ret["tombstones"] == finished
+            ):
+                break
+            assert asyncio.get_running_loop().time() < deadline, ret
+            await asyncio.sleep(0.5)
+        listed = (await node.get("/v1/transactions", params={"finished": "true"})).json()
+        assert listed["source"] == "history" and len(listed["items"]) == finished
+
+        await page.goto(live.page_url + "/dashboard#/history")
+        await sign_in(page, "read")
+        await page.click("#history-refresh")
+        rows = page.locator("#history-body tr")
+        await expect(rows).to_have_count(finished)
+        await expect(page.locator("#tabs a.active")).to_have_text("History")
+        # Newest first, as the API lists them.
+        await expect(rows.first).to_have_attribute("data-txid", listed["items"][0]["txid"])
+        first = page.locator(f'#history-body tr[data-txid="{live.committed[0]}"]')
+        await expect(first.locator(".pill")).to_have_text("commit")
+        await expect(first).to_contain_text("bank-a, bank-b")
+        record = next(t for t in listed["items"] if t["txid"] == live.committed[0])
+        await expect(first.locator("td.forgotten")).to_have_attribute(
+            "title", record["forgotten_at"]
+        )
+        await expect(page.locator("#history-note")).to_contain_text(f"{finished} shown")
+        await live.shot("dashboard-history")
+
+        # The filters are the API's.
+        await page.select_option("#history-state", "aborted")
+        await expect(rows).to_have_count(ABORTS + done[live.active])
+        await page.select_option("#history-state", "")
+        await page.fill("#history-label", "order:A-1001")
+        await page.press("#history-label", "Enter")
+        await expect(rows).to_have_count(int(done[live.stuck]))
+        if done[live.stuck]:
+            await expect(rows.first).to_have_attribute("data-txid", live.stuck)
+        await page.fill("#history-label", "order:nobody")
+        await page.press("#history-label", "Enter")
+        await expect(page.locator("#history-empty")).to_contain_text("matches")
+        await page.fill("#history-label", "")
+        await page.press("#history-label", "Enter")
+        await expect(rows).to_have_count(finished)
+
+        # A forgotten transaction's page: its full record, from this node's history.
+        await first.locator("a.txid").click()
+        await expect(page.locator("#tx-id")).to_have_text(live.committed[0])
+        await expect(page.locator("#tx-source")).to_have_attribute("data-source", "history")
+        await expect(page.locator("#tx-source")).to_contain_text("full record")
+        await expect(page.locator(".tx-head .pill.src-history")).to_be_visible()
+        await expect(page.locator("#tx-forgotten")).to_have_attribute(
+            "title", record["forgotten_at"]
+        )
+        await expect(page.locator("#tx-participants tbody tr")).to_have_count(2)
+        await expect(page.locator('#tx-timeline li[data-kind="forget"]')).to_be_visible()
+        await expect(page.locator("#act-abort")).to_be_disabled()
+        await expect(page.locator("#tabs a.active")).to_have_text("History")
+        await live.shot("dashboard-transaction-forgotten")
+
+        # The cluster view's retention figures: the API's, now that nothing moves.
+        await page.goto(live.page_url + "/dashboard#/cluster")
+        await page.click("#retention-refresh")
+        ret = (await node.get("/v1/retention")).json()
+        await expect(page.locator("#ret-records .card-value")).to_have_text(str(unfinished))
+        await expect(page.locator("#ret-tombstones .card-value")).to_have_text(str(finished))
+        await expect(page.locator("#ret-history .card-value")).to_have_text(str(finished))
+        await expect(page.locator("#ret-snapshot .card-value")).not_to_be_empty()
+        await expect(page.locator("#retention-note")).to_contain_text(ret["node_id"])
+
+        # A node whose history lacks the record (it caught up by snapshot) has the tombstone.
+        # The leader's: a follower passes the page's /v1 reads to it.
+        # (By name: Cluster.leader reads /v1/cluster without a token, which this group refuses.)
+        leader_id = (await node.get("/v1/cluster")).json()["leader"]
+        leader = next(n for n in live.cluster.nodes if n.name == leader_id)
+        engine = create_engine(leader.env["TXC_DATABASE_URL"])
+        try:
+            with engine.begin() as conn:
+                gone = conn.execute(
+                    text("DELETE FROM txc_archive WHERE txid = :t"), {"t": live.committed[1]}
+                )
+                assert gone.rowcount == 1
+        finally:
+            engine.dispose()
+        await page.goto(live.tx_url(live.committed[1]))
+        await expect(page.locator("#tx-source")).to_have_attribute("data-source", "tombstone")
+        await expect(page.locator("#tx-source")).to_contain_text("Tombstone only")
+        await expect(page.locator(".tx-head .pill.o-commit")).to_have_text("outcome commit")
+        await expect(page.locator("#tx-no-participants")).to_be_visible()
+    finally:
+        await node.aclose()

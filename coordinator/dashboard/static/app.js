@@ -35,6 +35,8 @@
   const ACTION_BANNER_MS = 15000; // a refused action's banner stays this long
   const AUDIT_REFRESH_MS = 5000; // the audit tab is re-read this often while open
   const AUDIT_ROWS = 100;
+  const HISTORY_PAGE = 50; // forgotten transactions read per page of the history view
+  const MAX_HISTORY_ROWS = 1000; // "Load older" stops here: narrow the filters instead
 
   const state = {
     token: sessionStorage.getItem(TOKEN_KEY) || "",
@@ -43,6 +45,12 @@
     actionProblem: null, // {status, message, until}: an action was refused
     role: null, // the signed-in token's role ("admin" may act)
     audit: { items: null, error: null, timer: null },
+    // This node's history of forgotten transactions (GET /v1/transactions?finished=true) and
+    // its retention figures (GET /v1/retention): read on open and on Refresh, never polled
+    // (they are counted in the database). `seq` drops the answer of a superseded request.
+    history: { items: null, cursor: null, error: null, seq: 0, loading: false, at: null, filters: { state: "", label: "", participant: "" } },
+    retention: { data: null, error: null, seq: 0, loading: false, at: null, fetches: 0 },
+    view: null, // the view shown last (opening one reads what it needs once)
     snap: null,
     skewMs: 0, // browser clock minus the node's
     lastEventAt: 0,
@@ -120,11 +128,15 @@
     return v.toFixed(2) + " s";
   }
 
+  /* The time of day; with the date in front when it is not today's (the history holds
+     transactions of days ago). */
   function fmtClock(iso, withMs) {
     if (!iso) return "–";
     const d = new Date(iso);
-    const t = d.toLocaleTimeString([], { hour12: false });
-    return withMs ? t + "." + String(d.getMilliseconds()).padStart(3, "0") : t;
+    let t = d.toLocaleTimeString([], { hour12: false });
+    if (withMs) t += "." + String(d.getMilliseconds()).padStart(3, "0");
+    if (d.toDateString() !== new Date().toDateString()) t = d.toLocaleDateString([], { year: "numeric", month: "short", day: "numeric" }) + " " + t;
+    return t;
   }
 
   function fmtWhen(tsSeconds) {
@@ -301,6 +313,9 @@
     waiters.forEach((w) => w());
     renderChrome();
     if (state.detail.txid) loadDetail();
+    const view = currentRoute().view;
+    if (view === "history") loadHistory(false);
+    if (view === "cluster") loadRetention();
   }
 
   // -- stuck and attention ----------------------------------------------------------------
@@ -362,9 +377,13 @@
     renderChrome();
     renderCards();
     const route = currentRoute();
-    for (const t of document.querySelectorAll("#tabs a")) t.classList.toggle("active", t.dataset.tab === route.tab);
-    for (const v of ["transactions", "tx", "cluster", "participants", "activity", "audit"]) $("view-" + v).hidden = route.view !== v;
+    const d = state.detail;
+    // A forgotten transaction's page belongs with the history it was found in.
+    const tab = route.view === "tx" && d.tx && d.tx.txid === route.txid && d.tx.forgotten_at ? "history" : route.tab;
+    for (const t of document.querySelectorAll("#tabs a")) t.classList.toggle("active", t.dataset.tab === tab);
+    for (const v of ["transactions", "history", "tx", "cluster", "participants", "activity", "audit"]) $("view-" + v).hidden = route.view !== v;
     if (route.view === "transactions") renderTransactions();
+    else if (route.view === "history") renderHistory();
     else if (route.view === "tx") renderDetail();
     else if (route.view === "cluster") renderCluster();
     else if (route.view === "participants") renderParticipants();
@@ -642,6 +661,91 @@
     $("recent-note").textContent = "newest " + (snap.recent.rows || []).length + " transactions, finished ones shown";
   }
 
+  // -- history: forgotten transactions ----------------------------------------------------
+  /* The node whose history the page shows: each node keeps its own, and a follower passes
+     every /v1 request to its leader, so a follower's page shows the leader's. */
+  function answeringNode() {
+    const snap = state.snap;
+    if (!snap) return "the answering node";
+    const st = snap.cluster.status;
+    if (st.mode === "raft" && snap.node.role !== "leader") return st.leader || "the leader";
+    return snap.node.node_id;
+  }
+
+  async function loadHistory(more) {
+    const hs = state.history;
+    if (more && (!hs.cursor || hs.loading)) return;
+    const seq = ++hs.seq;
+    const params = new URLSearchParams({ finished: "true", limit: String(HISTORY_PAGE) });
+    const f = hs.filters;
+    if (f.state) params.set("state", f.state);
+    if (f.label.trim()) params.set("label", f.label.trim());
+    if (f.participant.trim()) params.set("participant", f.participant.trim());
+    if (more) params.set("cursor", hs.cursor);
+    hs.loading = true;
+    if (!more) hs.error = null;
+    scheduleRender();
+    try {
+      const r = await api("GET", "/v1/transactions?" + params);
+      if (seq !== hs.seq) return;
+      if (r.source !== "history") throw new ApiFailure(0, "no_history", "this node does not list a history of forgotten transactions");
+      hs.items = more ? [...(hs.items || []), ...r.items] : r.items;
+      hs.cursor = hs.items.length < MAX_HISTORY_ROWS ? r.next_cursor : null;
+      hs.truncated = Boolean(r.next_cursor) && hs.items.length >= MAX_HISTORY_ROWS;
+      hs.error = null;
+      hs.at = Date.now();
+    } catch (e) {
+      if (seq !== hs.seq) return;
+      hs.error = e;
+      if (!more) hs.items = null;
+    } finally {
+      if (seq === hs.seq) hs.loading = false;
+    }
+    scheduleRender();
+  }
+
+  function renderHistory() {
+    const hs = state.history;
+    const items = hs.items || [];
+    const f = hs.filters;
+    const filtered = Boolean(f.state || f.label.trim() || f.participant.trim());
+    const err = hs.error ? hs.error.status + " " + hs.error.message : null;
+    const node = answeringNode();
+    $("history-more").hidden = !hs.cursor;
+    $("history-more").disabled = hs.loading;
+    $("history-refresh").disabled = hs.loading;
+    $("history-note").textContent = hs.loading
+      ? "reading…"
+      : hs.at
+        ? node + "'s history · " + items.length + (hs.cursor ? "+" : "") + " shown · read at " + new Date(hs.at).toLocaleTimeString([], { hour12: false }) + (hs.truncated ? " · narrow the filters to see older ones" : "")
+        : "";
+    if (!changed("history", JSON.stringify([items.map((r) => r.txid), err, hs.items === null, filtered]))) return;
+    $("history-body").replaceChildren(
+      ...items.map((r) => {
+        const took = r.completed_at && r.created_at ? epoch(r.completed_at) - epoch(r.created_at) : null;
+        const heur = r.heuristic && !r.heuristic_acknowledged;
+        return h(
+          "tr",
+          { class: heur ? "heuristic" : null, "data-txid": r.txid },
+          h("td", {}, txLink(r.txid)),
+          h("td", {}, pill("o-" + (r.outcome || "none"), r.outcome || "–"), r.heuristic ? [" ", pill("heuristic", "heuristic " + r.heuristic + (r.heuristic_acknowledged ? " (acknowledged)" : ""))] : null),
+          h("td", {}, labelChips(r.labels)),
+          h("td", {}, r.participants.map((p) => p.name).join(", ") || h("span", { class: "muted" }, "none")),
+          h("td", { class: "age", title: r.created_at }, fmtClock(r.created_at)),
+          h("td", { class: "age" }, took === null ? "–" : fmtAge(took)),
+          h("td", { class: "age forgotten", title: r.forgotten_at }, fmtClock(r.forgotten_at), h("div", { class: "muted small" }, fmtWhen(epoch(r.forgotten_at)))),
+          h("td", { class: "muted" }, r.decision_reason || ""),
+        );
+      }),
+    );
+    const empty = $("history-empty");
+    empty.hidden = items.length > 0 && !err;
+    empty.className = "empty";
+    if (err) empty.textContent = "Could not read the history: " + (hs.error.status ? "HTTP " + err : hs.error.message);
+    else if (hs.items === null) empty.textContent = state.authProblem ? "Sign in to see the history." : "Loading…";
+    else if (!items.length) empty.textContent = filtered ? "No forgotten transaction in " + node + "'s history matches." : "No forgotten transaction in " + node + "'s history yet: finished transactions stay in the live view until retention forgets them.";
+  }
+
   // -- one transaction --------------------------------------------------------------------
   async function loadDetail() {
     const d = state.detail;
@@ -706,7 +810,7 @@
     if (d.error) {
       const e = d.error;
       box.replaceChildren(
-        h("div", { class: "banner error" }, h("b", {}, e.status ? "HTTP " + e.status : "Error"), h("span", {}, e.status === 404 ? "No transaction " + d.txid + " is known to the group." : e.message)),
+        h("div", { class: "banner error" }, h("b", {}, e.status ? "HTTP " + e.status : "Error"), h("span", {}, e.status === 404 ? "No transaction " + d.txid + " is known to the group: never recorded, or forgotten longer ago than its tombstone and " + answeringNode() + "'s history are kept." : e.message)),
       );
       return;
     }
@@ -728,7 +832,10 @@
       pill("s-" + t.state, t.state),
       t.outcome ? pill("o-" + t.outcome, "outcome " + t.outcome) : pill("muted", "undecided"),
       t.heuristic ? pill("heuristic", "heuristic " + t.heuristic + (t.heuristic_acknowledged ? " (acknowledged)" : "")) : null,
+      t.source === "history" ? pill("src-history", "forgotten · from history", "the replicated state forgot it; this is this node's history") : null,
+      t.source === "tombstone" ? pill("src-tombstone", "tombstone only", "only the decision is kept") : null,
     );
+    const source = sourceNote(t);
     const facts = h(
       "dl",
       { class: "facts" },
@@ -737,8 +844,9 @@
       fact("Prepare started", t.prepare_started_at ? fmtClock(t.prepare_started_at, true) : null),
       fact("Decided", t.decided_at ? fmtClock(t.decided_at, true) : null),
       fact("Completed", t.completed_at ? fmtClock(t.completed_at, true) : null),
+      t.forgotten_at ? fact("Forgotten", h("span", { id: "tx-forgotten", title: t.forgotten_at }, fmtClock(t.forgotten_at, true))) : null,
       fact(t.completed_at ? "Took" : "Age", t.completed_at ? fmtAge(end - created) : h("span", { "data-created": t.created_at }, fmtAge(end - created))),
-      fact("Timeout", t.timeout_s + " s"),
+      t.source === "tombstone" ? null : fact("Timeout", t.timeout_s + " s"),
       fact("Idempotency key", t.idempotency_key),
       fact("Labels", labelChips(t.labels), true),
     );
@@ -802,7 +910,31 @@
       );
     }
     if (groupRepeats(events).length > MAX_TIMELINE_ROWS) timeline.append(h("li", { class: "muted" }, "… more entries not shown"));
-    box.replaceChildren(head, facts, reason || "", actions, h("h2", {}, "Participants (" + t.participants.length + ")"), parts, h("h2", {}, "Timeline (commands applied from the log)"), timeline);
+    const partsBlock = t.source === "tombstone" && !t.participants.length ? h("p", { class: "muted", id: "tx-no-participants" }, "A tombstone keeps no participants.") : parts;
+    if (!events.length) timeline.append(h("li", { class: "muted" }, "No timeline on this node."));
+    box.replaceChildren(head, source || "", facts, reason || "", actions, h("h2", {}, "Participants (" + t.participants.length + ")"), partsBlock, h("h2", {}, "Timeline (commands applied from the log)"), timeline);
+  }
+
+  /* Where the record came from, when the replicated state no longer holds it. */
+  function sourceNote(t) {
+    if (!t.forgotten_at) return null;
+    const node = answeringNode();
+    const when = fmtClock(t.forgotten_at, true) + " (" + fmtWhen(epoch(t.forgotten_at)) + ")";
+    const toHistory = h("a", { href: "#/history" }, "all forgotten transactions →");
+    if (t.source === "tombstone") {
+      return h(
+        "div",
+        { class: "banner info tomb", id: "tx-source", "data-source": "tombstone" },
+        h("b", {}, "Tombstone only"),
+        h("span", {}, "Forgotten at " + when + ". The replicated state keeps only its decision, and " + node + " has no full record in its history (it caught up by snapshot after this transaction was forgotten; another node's dashboard may show it). ", toHistory),
+      );
+    }
+    return h(
+      "div",
+      { class: "banner info", id: "tx-source", "data-source": t.source || "" },
+      h("b", {}, "Forgotten"),
+      h("span", {}, "The group's replicated state forgot this finished transaction at " + when + " (retention); this is its full record from " + node + "'s own history. Its decision stays answered while its tombstone is kept. ", toHistory),
+    );
   }
 
   /* Phase-2 attempts that failed the same way, one after the other, read as one row: a
@@ -920,6 +1052,7 @@
 
   // -- cluster ----------------------------------------------------------------------------
   function renderCluster() {
+    renderRetention();
     const snap = state.snap;
     if (!snap) return;
     const st = snap.cluster.status;
@@ -975,8 +1108,72 @@
       " s); replication lag and match index are the leader's view. Leadership transfers go to the leader's API.";
   }
 
-  function summaryCard(label, value, note) {
-    return h("div", { class: "card" }, h("div", { class: "card-label" }, label), h("div", { class: "card-value" }, value), h("div", { class: "card-note" }, note));
+  function summaryCard(label, value, note, id) {
+    return h("div", { class: "card", id }, h("div", { class: "card-label" }, label), h("div", { class: "card-value" }, value), h("div", { class: "card-note" }, note));
+  }
+
+  // -- retention figures (cluster view) ---------------------------------------------------
+  async function loadRetention() {
+    const rt = state.retention;
+    const seq = ++rt.seq;
+    rt.loading = true;
+    scheduleRender();
+    try {
+      const r = await api("GET", "/v1/retention");
+      if (seq !== rt.seq) return;
+      rt.data = r;
+      rt.error = null;
+      rt.at = Date.now();
+    } catch (e) {
+      if (seq !== rt.seq) return;
+      rt.error = e;
+    } finally {
+      if (seq === rt.seq) {
+        rt.loading = false;
+        rt.fetches += 1;
+      }
+    }
+    scheduleRender();
+  }
+
+  function fmtBytes(n) {
+    if (n === null || n === undefined) return "–";
+    if (n < 1024) return n + " B";
+    const units = ["KiB", "MiB", "GiB", "TiB"];
+    let v = n / 1024;
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) {
+      v /= 1024;
+      i += 1;
+    }
+    return v.toFixed(v < 10 ? 1 : 0) + " " + units[i];
+  }
+
+  function renderRetention() {
+    const rt = state.retention;
+    const r = rt.data;
+    const box = $("retention-summary");
+    box.dataset.fetches = String(rt.fetches);
+    $("retention-refresh").disabled = rt.loading;
+    const err = rt.error ? "could not read the figures: " + (rt.error.status ? "HTTP " + rt.error.status + " " : "") + rt.error.message : "";
+    $("retention-note").textContent = rt.loading
+      ? "reading…"
+      : err || (r ? "as " + (r.node_id || "this node") + " counted them at " + new Date(rt.at).toLocaleTimeString([], { hour12: false }) + " (read on open and on Refresh, not live)" : "");
+    if (!changed("retention", JSON.stringify([r, rt.at]))) return;
+    if (!r) {
+      box.replaceChildren();
+      $("retention-policy").textContent = "";
+      return;
+    }
+    const hasSnapshots = r.snapshot_bytes !== null && r.snapshot_bytes !== undefined;
+    box.replaceChildren(
+      summaryCard("Records", fmtNum(r.records), fmtNum(r.in_flight) + " in flight · in the replicated state", "ret-records"),
+      summaryCard("Tombstones", fmtNum(r.tombstones), r.tombstone_horizon ? "purged before " + fmtClock(r.tombstone_horizon) : "none purged yet", "ret-tombstones"),
+      summaryCard("History rows", fmtNum(r.history_rows), "forgotten transactions kept by " + (r.node_id || "this node"), "ret-history"),
+      summaryCard("Snapshot", hasSnapshots ? (r.snapshot_bytes ? fmtBytes(r.snapshot_bytes) : "none yet") : "–", hasSnapshots ? (r.snapshot_bytes ? fmtNum(r.snapshot_records) + " records and tombstones" : "no log compaction yet") : "single node: no snapshots", "ret-snapshot"),
+    );
+    $("retention-policy").textContent =
+      "A finished transaction leaves the replicated state " + fmtAge(r.retention_s) + " after it finished; its tombstone (the decision) stays " + fmtAge(r.tombstone_retention_s) + ", its full record " + r.history_retention_days + " days in each node's history." + (r.forgotten_by_this_node ? " This node forgot " + fmtNum(r.forgotten_by_this_node) + " as leader since it started." : "");
   }
 
   // -- participants -----------------------------------------------------------------------
@@ -1225,7 +1422,7 @@
   function currentRoute() {
     const hash = location.hash.replace(/^#\/?/, "");
     if (hash.startsWith("tx/")) return { view: "tx", tab: "transactions", txid: decodeURIComponent(hash.slice(3)) };
-    const tab = ["cluster", "participants", "activity", "audit"].includes(hash) ? hash : "transactions";
+    const tab = ["history", "cluster", "participants", "activity", "audit"].includes(hash) ? hash : "transactions";
     return { view: tab, tab };
   }
 
@@ -1233,6 +1430,12 @@
     const route = currentRoute();
     if (route.view === "tx") openDetail(route.txid);
     else closeDetail();
+    if (route.view !== state.view) {
+      // Opening the history or the cluster view reads its figures once (Refresh reads again).
+      if (route.view === "history") loadHistory(false);
+      if (route.view === "cluster") loadRetention();
+    }
+    state.view = route.view;
     const a = state.audit;
     if (route.view === "audit" && !a.timer) {
       loadAudit();
@@ -1260,6 +1463,21 @@
       state.filters.state = e.target.value;
       scheduleRender();
     });
+    const historyFilter = (key, id) => {
+      const apply = (e) => {
+        if (state.history.filters[key] === e.target.value) return;
+        state.history.filters[key] = e.target.value;
+        loadHistory(false);
+      };
+      $(id).addEventListener("change", apply);
+      $(id).addEventListener("search", apply); // Enter, or the clear button of a search field
+    };
+    historyFilter("state", "history-state");
+    historyFilter("label", "history-label");
+    historyFilter("participant", "history-participant");
+    $("history-refresh").addEventListener("click", () => loadHistory(false));
+    $("history-more").addEventListener("click", () => loadHistory(true));
+    $("retention-refresh").addEventListener("click", () => loadRetention());
     $("stuck-only").addEventListener("change", (e) => {
       state.filters.stuckOnly = e.target.checked;
       scheduleRender();
