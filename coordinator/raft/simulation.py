@@ -183,7 +183,7 @@ class Stats:
     late_answers: int = 0
     late_tombstone_answers: int = 0  # answered from a tombstone: the point of the check
     late_after_purge: int = 0  # applied after the purge: a new life, not compared
-    late_unanswered: int = 0  # gave up (chaos), before the tombstone could be purged
+    late_unanswered: int = 0  # gave up (chaos) before the tombstone could be purged
 
 
 class Simulation:
@@ -208,6 +208,7 @@ class Simulation:
         self.askers: list[LateAsker] = []
         self.asking: dict[bytes, LateAsker] = {}  # an asker's proposed entry -> the asker
         self.calm = False
+        self.touched: set[int] = set()  # nodes that handled a Ready in this step
         for i in self.ids:
             self._start(i)
             self._at(self.rng.randint(0, TICK_MS - 1), "tick", i)
@@ -240,11 +241,19 @@ class Simulation:
             self.stats.steps += 1
             if self.stats.steps > MAX_STEPS:
                 raise InvariantViolation(f"more than {MAX_STEPS} steps")
-            self.check.check_nodes({i: n.raft for i, n in self.nodes.items() if n.raft is not None})
+            if self.touched:
+                # Only the nodes that handled a Ready in this step: a node's term, role and
+                # commit index change only with one (its hard or soft state), so the others'
+                # checks would find nothing new; `_full_check` checks every node anyway.
+                self.check.check_nodes(
+                    {i: r for i in self.touched if (r := self.nodes[i].raft) is not None}
+                )
+                self.touched.clear()
             if self.stats.steps % FULL_CHECK_EVERY == 0:
                 self._full_check()
             if self.calm and self._all_done():
                 self.stats.heal_to_done_ms = self.now - self.p.chaos_ms
+                self.stats.late_unanswered = sum(1 for a in self.askers if not a.answer)
                 self._full_check()
                 self._check_converged()
                 return self.stats
@@ -400,6 +409,7 @@ class Simulation:
                 return
 
     def _observe(self, raft: RaftNode, rd: Ready) -> None:
+        self.touched.add(raft.id)
         if rd.entries:
             self.check.on_persist(raft, rd.entries)
         if rd.soft_state is not None:
@@ -647,7 +657,7 @@ class Simulation:
         if a.answer:
             return
         if self.now > a.until_ms:
-            self.stats.late_unanswered += 1
+            # Its proposals may still be applied (and answer it, checked all the same).
             self.log(f"late {a.kind} of {a.txid} gives up")
             return
         if a.kind is Ask.OUTCOME and a.read_first:
@@ -800,7 +810,9 @@ class Simulation:
     # -- end of run -----------------------------------------------------------------------
 
     def _full_check(self) -> None:
-        self.check.full_check({i: n.raft for i, n in self.nodes.items() if n.raft is not None})
+        up = {i: n.raft for i, n in self.nodes.items() if n.raft is not None}
+        self.check.check_nodes(up)
+        self.check.full_check(up)
         for node in self.nodes.values():
             if node.up:
                 self.check.check_machine(node.machine, node.applied, f"node {node.id}")
