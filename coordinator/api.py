@@ -487,6 +487,7 @@ def create_app(node: Any) -> FastAPI:
         t = await engine.get(check_txid(txid))
         if t is not None and t.forgotten_at is None:
             return t, "state"
+        await node.store.sync()  # the history row is written by the forgetting checkpoint
         kept = await history.archived(node.db, txid)
         if kept is not None and (t is None or kept.forgotten_at == t.forgotten_at):
             full = kept.txn.copy()
@@ -528,6 +529,7 @@ def create_app(node: Any) -> FastAPI:
         )
         try:
             if finished:
+                await node.store.sync()
                 kept, more = await history.list_page(node.db, f, time.time())
                 out = []
                 for a in kept:
@@ -689,10 +691,11 @@ def create_app(node: Any) -> FastAPI:
     async def cluster() -> dict[str, Any]:
         return node.log.status()  # type: ignore[no-any-return]
 
-    @app.get("/v1/retention", dependencies=[Readers])
+    @app.get("/v1/cluster/retention", dependencies=[Readers])
     async def retention_state() -> dict[str, Any]:
         """This node's replicated state and history by size (counted: a soak or an operator
-        reads it, not the dashboard's poll)."""
+        reads it, not the dashboard's poll). Under /v1/cluster: each node answers for itself,
+        a follower does not forward it."""
         records, tombstones = await node.store.counts()
         status = node.log.status()
         return {

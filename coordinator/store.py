@@ -202,7 +202,9 @@ class Store:
         )
         return visible(t, self.tombstone_horizon)
 
-    async def _sync(self) -> None:
+    async def sync(self) -> None:
+        """Make the database hold everything applied so far (a checkpoint on a Raft node):
+        for reads of tables that only checkpoints write (lists, timelines, history)."""
         if self.before_read is not None:
             await self.before_read()
 
@@ -427,7 +429,7 @@ class Store:
                 self.inflight[txid] = t
 
     async def list_page(self, f: ListFilter, now: float) -> tuple[list[Transaction], str | None]:
-        await self._sync()
+        await self.sync()
         t = schema.transactions.c
         conds = []
         if f.state:
@@ -459,7 +461,7 @@ class Store:
         return items, cursor
 
     async def history(self, txid: str) -> list[dict[str, Any]]:
-        await self._sync()
+        await self.sync()
         h = schema.history.c
         async with self.engine.connect() as conn:
             rows = await conn.execute(
@@ -567,7 +569,7 @@ class Store:
 
     async def audit_trail(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
         """Newest first; `before` is an index to page back from."""
-        await self._sync()
+        await self.sync()
         a = schema.audit.c
         q = select(a.index, a.seq, a.at, a.actor, a.action, a.txid, a.detail)
         if before is not None:

@@ -15,8 +15,8 @@ It runs until `--transactions` transfers have finished (committed or failed), or
 `--duration` seconds (whichever comes first when both are given), and reports one row per
 `--window-s` window as it goes: transfers/s, latency p50/p99, the leader, and per node its
 RSS (/proc/PID/status VmRSS), snapshot size, records, tombstones and history rows (its
-`GET /v1/retention`). What a soak looks for: throughput that holds, memory and snapshots that
-level off instead of growing with the history, and a follower that rejoins.
+own `GET /v1/cluster/retention`). What a soak looks for: throughput that holds, memory and
+snapshots that level off instead of growing with the history, and a follower that rejoins.
 
 Follower outage (unless `--no-outage`): one follower is SIGKILLed a third of the way through
 the run and restarted (same database) at two thirds. Reported: how long after the restart
@@ -61,13 +61,13 @@ DEFAULT_TOMBSTONE_RETENTION_S = 60.0
 DEFAULT_SNAPSHOT_ENTRIES = 5000
 MAX_RUN_S = 30 * 86_400.0  # the closed loop's bound when only --transactions ends the run
 TICK_S = 0.1  # how often the run checks its progress (windows, outage, the end)
-POLL_TIMEOUT_S = 5.0  # one node's /v1/retention or /v1/cluster at a window's end
+POLL_TIMEOUT_S = 5.0  # one node's /v1/cluster/retention or /v1/cluster at a window's end
 CATCH_UP_POLL_S = 0.05
 CATCH_UP_PROBE_S = 1.0
 CATCH_UP_TIMEOUT_S = 600.0  # after the restart; the run ends without it if it takes longer
 KILL_AT = 1 / 3  # share of the run (transactions, or time with --duration) at the kill
 RESTART_AT = 2 / 3
-# Per node, from its GET /v1/retention and GET /v1/cluster at each window's end.
+# Per node, from its GET /v1/cluster/retention and GET /v1/cluster at each window's end.
 RETENTION_FIELDS = (
     "records",
     "in_flight",
@@ -154,7 +154,7 @@ async def node_figures(
     ret = cl = None
     if p.alive:
         ret, cl = await asyncio.gather(
-            _get(session, p.url + "/v1/retention", headers, POLL_TIMEOUT_S),
+            _get(session, p.url + "/v1/cluster/retention", headers, POLL_TIMEOUT_S),
             _get(session, p.url + "/v1/cluster", headers, POLL_TIMEOUT_S),
         )
     for k in RETENTION_FIELDS:

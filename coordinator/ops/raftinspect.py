@@ -205,7 +205,7 @@ def read_state(database_url: str) -> dict[str, Any]:
 def _retention(conn: Connection, ap: Any) -> dict[str, Any] | None:
     """What retention left (coordinator/retention.py): the tombstones of the replicated state
     (and those under the horizon, purged for every read, whose rows wait for deletion), the
-    horizon, this node's history of forgotten transactions (txc_archive, as `/v1/retention`
+    horizon, this node's history of forgotten transactions (txc_archive, as `/v1/cluster/retention`
     names it: `history_rows`), and txids that are both a record and a tombstone (a state
     the store refuses). None for a database from before retention."""
     if conn.execute(text("SELECT to_regclass('txc_tombstones')")).scalar() is None:

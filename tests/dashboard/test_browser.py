@@ -406,7 +406,7 @@ async def test_history_shows_forgotten_transactions_and_their_records(live: Live
     try:
         deadline = asyncio.get_running_loop().time() + FORGET_TIMEOUT_S
         while True:
-            ret = (await node.get("/v1/retention")).json()
+            ret = (await node.get("/v1/cluster/retention")).json()
             unfinished = len(done) - sum(done.values())
             if (
                 ret["records"] == unfinished
@@ -470,7 +470,7 @@ async def test_history_shows_forgotten_transactions_and_their_records(live: Live
         # The cluster view's retention figures: the API's, now that nothing moves.
         await page.goto(live.page_url + "/dashboard#/cluster")
         await page.click("#retention-refresh")
-        ret = (await node.get("/v1/retention")).json()
+        ret = (await node.get("/v1/cluster/retention")).json()
         await expect(page.locator("#ret-records .card-value")).to_have_text(str(unfinished))
         await expect(page.locator("#ret-tombstones .card-value")).to_have_text(str(finished))
         await expect(page.locator("#ret-history .card-value")).to_have_text(str(finished))

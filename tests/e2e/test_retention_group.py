@@ -31,7 +31,7 @@ BEFORE, WHILE_DOWN = 30, 60  # transactions before the follower is killed, and w
 
 async def retention_of(node: Proc) -> dict[str, object]:
     async with httpx.AsyncClient(timeout=5) as h:
-        r = await h.get(node.url + "/v1/retention")
+        r = await h.get(node.url + "/v1/cluster/retention")
         assert r.status_code == 200, r.text
         return r.json()  # type: ignore[no-any-return]
 

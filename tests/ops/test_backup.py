@@ -211,7 +211,7 @@ async def test_a_forgotten_transaction_keeps_its_outcome_through_backup_and_rest
             original = (await c.get(f"/v1/transactions/{committed}")).json()
             timeline = (await c.get(f"/v1/transactions/{committed}/timeline")).json()["events"]
             active = await begin(c, timeout_s=600)  # a live record beside the forgotten one
-            retention = (await c.get("/v1/retention")).json()
+            retention = (await c.get("/v1/cluster/retention")).json()
             assert retention["tombstones"] == 1 and retention["history_rows"] == 1
             assert retention["tombstone_horizon"] is not None  # a purge already ran
         # A purged tombstone whose row the node has not deleted yet: not in a backup.

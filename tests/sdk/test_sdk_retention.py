@@ -100,7 +100,7 @@ def test_a_forgotten_commit_answers_as_before(
         assert tx.txid in [t["txid"] for t in listed["items"]]
         live = httpx.get(f"{url}/v1/transactions", headers=AUTH).json()
         assert tx.txid not in [t["txid"] for t in live["items"]]
-        sizes = httpx.get(f"{url}/v1/retention", headers=AUTH).json()
+        sizes = httpx.get(f"{url}/v1/cluster/retention", headers=AUTH).json()
         assert sizes["records"] == 0 and sizes["tombstones"] == 1 and sizes["history_rows"] == 1
     assert httpx.get(f"{bank_a}/accounts/alice").json()["balance"] == 995
     assert httpx.get(f"{bank_b}/accounts/bob").json()["balance"] == 1005

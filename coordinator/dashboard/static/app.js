@@ -46,7 +46,7 @@
     role: null, // the signed-in token's role ("admin" may act)
     audit: { items: null, error: null, timer: null },
     // This node's history of forgotten transactions (GET /v1/transactions?finished=true) and
-    // its retention figures (GET /v1/retention): read on open and on Refresh, never polled
+    // its retention figures (GET /v1/cluster/retention): read on open and on Refresh, never polled
     // (they are counted in the database). `seq` drops the answer of a superseded request.
     history: { items: null, cursor: null, error: null, seq: 0, loading: false, at: null, filters: { state: "", label: "", participant: "" } },
     retention: { data: null, error: null, seq: 0, loading: false, at: null, fetches: 0 },
@@ -1119,7 +1119,7 @@
     rt.loading = true;
     scheduleRender();
     try {
-      const r = await api("GET", "/v1/retention");
+      const r = await api("GET", "/v1/cluster/retention");
       if (seq !== rt.seq) return;
       rt.data = r;
       rt.error = null;
