@@ -73,8 +73,9 @@ def _cut(text: str | None) -> str | None:
     return None if text is None else text[:MAX_TEXT]
 
 
-def apply(txn: Transaction | None, cmd: Command) -> Result:
-    """Apply one committed command. `txn` is never modified; a changed copy is returned."""
+def apply(txn: Transaction | None, cmd: Command, horizon: float = 0.0) -> Result:
+    """Apply one committed command. `txn` is never modified; a changed copy is returned.
+    `horizon` is the holder's tombstone horizon (only `Forget` reads it)."""
     assert txn is None or txn.txid == cmd.txid, "command applied to another transaction"
     assert not isinstance(cmd, PurgeTombstones), "a purge is applied by the record holder"
     if isinstance(cmd, Begin):
@@ -84,7 +85,7 @@ def apply(txn: Transaction | None, cmd: Command) -> Result:
     if txn is None:
         return Result(Status.NOT_FOUND, None, message=f"transaction {cmd.txid} not found")
     if isinstance(cmd, Forget):
-        return _forget(txn, cmd)
+        return _forget(txn, cmd, horizon)
     t = txn.copy()
     if isinstance(cmd, Enlist):
         result = _enlist(t, cmd)
@@ -272,12 +273,14 @@ def _ack(t: Transaction, cmd: Ack) -> Result:
     return Result(Status.OK, t, changed=True)
 
 
-def _forget(txn: Transaction, cmd: Forget) -> Result:
+def _forget(txn: Transaction, cmd: Forget, horizon: float) -> Result:
     if txn.forgotten_at is not None:
         return Result(Status.OK, txn)  # forgotten already (a repeated proposal)
     if not txn.finished:
         return Result(Status.CONFLICT, txn, message=f"transaction is {txn.state}, not finished")
-    return Result(Status.OK, txn.tombstone(cmd.at), changed=True)
+    # Never under the horizon: a Forget stamped by a proposer whose clock is behind the one
+    # that purged would otherwise make a tombstone that is purged already (its txid unknown).
+    return Result(Status.OK, txn.tombstone(max(cmd.at, horizon)), changed=True)
 
 
 def _acknowledge_heuristic(t: Transaction, cmd: AcknowledgeHeuristic) -> Result:
@@ -331,7 +334,8 @@ class Machine:
             ]:
                 del self.transactions[txid]
             return Result(Status.OK, None)
-        result = apply(self.transactions.get(cmd.txid), cmd)
+        txn = visible(self.transactions.get(cmd.txid), self.tombstone_horizon)
+        result = apply(txn, cmd, self.tombstone_horizon)
         if result.changed:
             assert result.txn is not None
             self.transactions[cmd.txid] = result.txn

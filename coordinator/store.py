@@ -352,7 +352,7 @@ class Store:
                 results.append(Result(Status.OK, None))
                 continue
             before = visible(current.get(e.command.txid), horizon)
-            result = apply(before, e.command)
+            result = apply(before, e.command, horizon)
             results.append(result)
             if result.changed:
                 assert result.txn is not None

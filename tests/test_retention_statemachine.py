@@ -183,3 +183,16 @@ def test_forgetting_never_changes_an_outcome(
         assert (b.status is Status.CREATED) <= (a.status is Status.CREATED)
     for txid, t in forgetful.transactions.items():
         assert plain.transactions[txid].outcome is t.outcome
+
+
+def test_a_forget_stamped_before_the_horizon_still_leaves_a_tombstone() -> None:
+    """A proposer whose clock is behind the one that purged: its tombstone is stamped at the
+    horizon, not under it (it would be purged at birth, and its txid presumed aborted)."""
+    m = Machine()
+    committed(m)
+    m.apply(PurgeTombstones(txid="", at=500, before=400))
+    assert m.apply(Forget(txid=T, at=100)).changed
+    stone = m.transactions[T]
+    assert stone.forgotten_at == 400 and stone.outcome is Outcome.COMMIT
+    r = m.apply(Decide(txid=T, at=600, outcome=Outcome.ABORT, reason="presumed abort"))
+    assert not r.changed and r.txn is not None and r.txn.outcome is Outcome.COMMIT
