@@ -8,7 +8,10 @@ For each participant P the audit gathers
 - at P: its SDK records (`txc_participant_record`: prepared / committed / aborted) and its
   prepared transactions (`txc:P:<txid>` gids in `pg_prepared_xacts`);
 - at the coordinator: every transaction that enlisted P (`GET /v1/transactions?participant=P`,
-  all pages), and each transaction P holds work for that the listing did not return.
+  all pages), and each transaction P holds work for that the listing did not return (a
+  forgotten one answers from the coordinator's history, or only with its decision when the
+  answering node has no history of it: docs/retention.md). Transactions forgotten by
+  retention are not listed, so `missing` is found only within `retention_s`.
 
 What P holds for a txid, in one word (the SDK's rules, participant_sdk/record.py):
 `prepared` (the gid exists), `committed` (record committed, or record 'prepared' with no gid:
@@ -191,6 +194,14 @@ def classify(
         since = local.prepared_at
         if t is None:
             return f("orphan", since, "prepared here; the coordinator has no record of it")
+        if p is None and t.get("source") == "tombstone":
+            # Forgotten, and the answering node kept no history of it: who was enlisted is
+            # not known, only the decision, which `txc recover` applies.
+            return f(
+                "in_doubt",
+                since,
+                f"{outcome} decided (forgotten: only its decision is kept); still prepared here",
+            )
         if p is None:
             return f("orphan", since, "prepared here; not enlisted in this transaction")
         if outcome is not None and phase2 == "pending":

@@ -157,6 +157,10 @@ NOTHING = Local()
         (NOTHING, txn("abort"), None),
         (NOTHING, txn("abort", "pending", "aborting"), "phase2_pending"),
         (NOTHING, txn(None, "waiting"), None),
+        # Forgotten, answered by a node without its history: only the decision is known.
+        (PREPARED, txn("commit", phase2=None) | {"source": "tombstone"}, "in_doubt"),
+        (COMMITTED, txn("commit", phase2=None) | {"source": "tombstone"}, None),
+        (ABORTED, txn("abort", phase2=None) | {"source": "tombstone"}, None),
     ],
 )
 def test_classify(local: Local, t: dict[str, object] | None, kind: str | None) -> None:
