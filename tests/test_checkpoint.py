@@ -272,3 +272,28 @@ async def test_a_snapshot_is_dumped_while_checkpoints_go_on(node_db: str) -> Non
     data = orjson.loads(snapshot_codec.unpack(state.snapshot.data))
     assert state.snapshot.meta.index == 4 and [t["txid"] for t in data["transactions"]] == ["t1"]
     await close(rl)
+
+
+async def test_a_full_inbox_neither_fails_a_snapshot_nor_a_peer(node_db: str) -> None:
+    """A node whose Raft inbox is full (busy: installing a snapshot, a burst): a snapshot it
+    takes meanwhile is saved and handed to the Raft loop without going through the inbox
+    (it used to raise LogUnavailable there and stop the node), and peers' messages are
+    dropped and counted (Raft resends them) instead of failing their request."""
+    from coordinator.raft.messages import Message, MsgType
+
+    rl, _ = await make_log(node_db)
+    rl.snapshot_entries = 10**6
+    await _commit(rl, _entries(1, "t1"))
+    rl.core = RaftNode(rl.cfg, await load(rl.engine, frozenset(PEERS)), random.Random(0))
+    fatal: list[bool] = []
+    rl.on_fatal = lambda: fatal.append(True)
+    while not rl.inbox.full():
+        rl.inbox.put_nowait(("tick", None))
+    rl.snapshot_entries = 4
+    await rl._maybe_snapshot()
+    await rl.snapshot_settled()
+    assert rl.snapshot_index == 4 and rl._compact_to is not None and not fatal
+    heartbeat = Message(MsgType.HEARTBEAT, 2, 1, term=1)
+    assert rl.deliver([heartbeat, heartbeat, heartbeat]) == 3
+    assert rl.messages_refused == 3 and rl.status()["messages_refused"] == 3
+    await close(rl)
