@@ -38,20 +38,22 @@ MIN_TOMBSTONE_RETENTION_S = 30.0
 RETENTION_INTERVAL_S = 1.0  # how often the leader looks for records to forget
 MAX_FORGET_PER_PROPOSAL = 256  # Forget commands in one log entry (~20 KB)
 MAX_PROPOSALS_PER_PASS = 8  # so that a backlog (e.g. after a long outage) drains in steps
-# A purge is proposed once the horizon lags the due one by this share of the retention (at
-# most PURGE_MAX_STEP_S): one small entry every few minutes at the defaults.
+# A purge is proposed once a tombstone is due and the horizon lags by this share of the
+# retention (at most PURGE_MAX_STEP_S): at most one small entry every 36 s at the defaults,
+# none while no tombstone is due.
 PURGE_STEP_SHARE = 0.01
 PURGE_MAX_STEP_S = 300.0
 
 
 def purge_before(
-    horizon: float, now: float, tombstone_retention_s: float
+    horizon: float, oldest: float | None, now: float, tombstone_retention_s: float
 ) -> PurgeTombstones | None:
     """The purge to propose now, if one is due: tombstones forgotten before
-    `now - tombstone_retention_s` go."""
+    `now - tombstone_retention_s` go. `oldest` is when the oldest unpurged tombstone was
+    forgotten (None: there is none), so an idle group proposes nothing."""
     due = now - tombstone_retention_s
     step = min(PURGE_MAX_STEP_S, tombstone_retention_s * PURGE_STEP_SHARE)
-    if due - horizon < step:
+    if oldest is None or oldest >= due or due - horizon < step:
         return None
     return PurgeTombstones(txid="", at=now, before=due)
 
@@ -119,7 +121,12 @@ class Retention:
             if n == 0 or len(txids) < MAX_FORGET_PER_PROPOSAL:
                 break  # nothing more (what the database showed was already forgotten)
         self.forgotten += forgotten
-        purge = purge_before(self.store.tombstone_horizon, self.clock(), self.tombstone_retention_s)
+        purge = purge_before(
+            self.store.tombstone_horizon,
+            await self.store.oldest_tombstone(),
+            self.clock(),
+            self.tombstone_retention_s,
+        )
         if purge is not None:
             await self.log.propose([purge])
             self.purges += 1

@@ -233,6 +233,15 @@ class Store:
             )
         return int(records or 0), int(tombs or 0)
 
+    async def oldest_tombstone(self) -> float | None:
+        """When the oldest unpurged tombstone in the database was forgotten (index scan)."""
+        tb = schema.tombstones.c
+        async with self.engine.connect() as conn:
+            oldest = await conn.scalar(
+                select(func.min(tb.forgotten_at)).where(tb.forgotten_at >= self.tombstone_horizon)
+            )
+        return None if oldest is None else float(oldest)
+
     async def forgettable(self, finished_before: float, limit: int) -> list[str]:
         """Finished records last changed before `finished_before`, oldest first, at most
         `limit` (the leader's retention pass: coordinator/retention.py). Read from the last

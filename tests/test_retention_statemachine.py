@@ -116,13 +116,16 @@ def test_commands_round_trip() -> None:
 
 def test_purge_is_proposed_in_steps() -> None:
     day = 86_400.0
-    assert purge_before(0.0, 1000.0, day) is None  # nothing is a day old yet
-    p = purge_before(0.0, day + 1000.0, day)
+    assert purge_before(0.0, 500.0, 1000.0, day) is None  # nothing is a day old yet
+    p = purge_before(0.0, 500.0, day + 1000.0, day)
     assert p is not None and p.before == 1000.0
     # Once purged up to the due horizon, the next purge waits for a step (1% of a day at most
     # 300 s) rather than proposing an entry on every pass.
-    assert purge_before(1000.0, day + 1100.0, day) is None
-    assert purge_before(1000.0, day + 1300.0, day) is not None
+    assert purge_before(1000.0, 1050.0, day + 1100.0, day) is None
+    assert purge_before(1000.0, 1050.0, day + 1300.0, day) is not None
+    # Nothing to purge (no tombstone, or none old enough): no entry, however long idle.
+    assert purge_before(0.0, None, 10 * day, day) is None
+    assert purge_before(1000.0, 9 * day + 1, 10 * day, day) is None
 
 
 # -- property: forgetting changes no answer -------------------------------------------------
