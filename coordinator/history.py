@@ -17,19 +17,19 @@ STANDALONE_LOG_KEEP entries (a Raft node's log is compacted by snapshots).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select, text, true
+from sqlalchemy import and_, select, text, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import schema
 from coordinator.model import Transaction
-from coordinator.store import ListFilter, decode_cursor, encode_cursor
+from coordinator.periodic import Periodic
+from coordinator.store import ListFilter, filter_conditions, page
 
 log = logging.getLogger("txc.history")
 
@@ -108,35 +108,16 @@ async def list_page(
     """The history table, newest first, with the filters and the cursor of the live list
     (coordinator/store.py `Store.list_page`)."""
     a = schema.archive.c
-    conds: list[Any] = []
-    if f.state:
-        conds.append(a.state == f.state)
-    if f.label:
-        conds.append(a.labels.contains({f.label[0]: f.label[1]}))
-    if f.participant:
-        conds.append(a.doc["participants"].contains([{"name": f.participant}]))
-    if f.min_age_s is not None:
-        conds.append(a.created_at <= now - f.min_age_s)
-    if f.max_age_s is not None:
-        conds.append(a.created_at >= now - f.max_age_s)
-    if f.cursor:
-        c_at, c_txid = decode_cursor(f.cursor)
-        conds.append(or_(a.created_at < c_at, and_(a.created_at == c_at, a.txid < c_txid)))
     q = (
         select(a.doc, a.forgotten_at)
-        .where(and_(true(), *conds))
+        .where(and_(true(), *filter_conditions(a, f, now)))
         .order_by(a.created_at.desc(), a.txid.desc())
         .limit(f.limit + 1)
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(q)).fetchall()
     items = [ArchivedTransaction(Transaction.from_dict(r[0]), float(r[1])) for r in rows]
-    cursor = None
-    if len(items) > f.limit:
-        items = items[: f.limit]
-        last = items[-1].txn
-        cursor = encode_cursor(last.created_at, last.txid)
-    return items, cursor
+    return page(items, f.limit, lambda k: k.txn)
 
 
 async def count(engine: AsyncEngine) -> int:
@@ -183,8 +164,11 @@ async def delete_old(
     return total
 
 
-class HistoryKeeper:
+class HistoryKeeper(Periodic):
     """This node's housekeeping task: history past its retention, purged tombstones' rows."""
+
+    name = "txc-history"
+    log = log
 
     def __init__(
         self,
@@ -197,33 +181,13 @@ class HistoryKeeper:
     ) -> None:
         assert history_retention_days > 0
         assert standalone_log_keep is None or standalone_log_keep > 0
+        super().__init__(interval_s)
         self.engine = engine
         self.standalone_log_keep = standalone_log_keep
         self.retention_s = history_retention_days * 86_400.0
         self.clock = clock
-        self.interval_s = interval_s
         self.deleted_history = 0
         self.deleted_tombstones = 0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="txc-history")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # next pass; the rows only wait
-                log.warning("history pass failed: %s: %s", type(e).__name__, e)
 
     async def run_once(self) -> tuple[int, int]:
         """One pass; returns (history rows, tombstone rows) deleted."""

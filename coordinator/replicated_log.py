@@ -575,8 +575,8 @@ class RaftLog:
             async with self.engine.begin() as conn:
                 await storage.save(conn, snap, rd.entries, rd.hard_state)
                 if snap.meta.index > self.applied:
-                    restored, horizon = await self.store.restore(conn, snap.data)
-                    members = snapshot_members(snap.data)
+                    restored, horizon, extra = await self.store.restore(conn, snap.data)
+                    members = members_of(extra)
                     await storage.set_applied(conn, snap.meta.index, snap.meta.term)
                     await storage.save_members(conn, members)
             if restored is not None:
@@ -817,7 +817,11 @@ def _members_in(entries: list[Entry]) -> dict[int, str]:
 def snapshot_members(data: bytes) -> dict[int, str]:
     if not data:
         return {}
-    doc = orjson.loads(snapshot_codec.unpack(data))
+    return members_of(orjson.loads(snapshot_codec.unpack(data)))
+
+
+def members_of(doc: dict[str, Any]) -> dict[int, str]:
+    """The member addresses a snapshot's document carries."""
     return {int(k): str(v) for k, v in doc.get("members", {}).items()}
 
 

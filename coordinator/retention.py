@@ -21,14 +21,13 @@ skewed clock can make it propose too little or too early, never forget an unfini
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from coordinator.commands import Command, Forget, PurgeTombstones
 from coordinator.log import CommandLog, LogUnavailable, NotLeader
+from coordinator.periodic import Periodic
 from coordinator.store import Store
 
 log = logging.getLogger("txc.retention")
@@ -58,8 +57,11 @@ def purge_before(
     return PurgeTombstones(txid="", at=now, before=due)
 
 
-class Retention:
+class Retention(Periodic):
     """The leader's retention task. On a follower it only waits."""
+
+    name = "txc-retention"
+    log = log
 
     def __init__(
         self,
@@ -72,38 +74,23 @@ class Retention:
         interval_s: float = RETENTION_INTERVAL_S,
     ) -> None:
         assert retention_s > 0 and tombstone_retention_s >= MIN_TOMBSTONE_RETENTION_S
-        self.log = log_
+        super().__init__(interval_s)
+        self.command_log = log_
         self.store = store
         self.retention_s = retention_s
         self.tombstone_retention_s = tombstone_retention_s
         self.clock = clock
-        self.interval_s = interval_s
         self.forgotten = 0  # records this node forgot as leader (status, tests)
         self.purges = 0
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="txc-retention")
+    def due(self) -> bool:
+        return self.command_log.is_leader()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            if not self.log.is_leader():
-                continue
-            try:
-                await self.run_once()
-            except (NotLeader, LogUnavailable) as e:
-                log.debug("retention pass skipped: %s", e)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the next pass tries again; nothing is lost by waiting
-                log.warning("retention pass failed: %s: %s", type(e).__name__, e)
+    def failed(self, e: Exception) -> None:
+        if isinstance(e, NotLeader | LogUnavailable):  # leadership moved: the new leader goes on
+            log.debug("retention pass skipped: %s", e)
+        else:
+            super().failed(e)
 
     async def run_once(self) -> int:
         """One pass: forget what is due (in bounded proposals), then purge tombstones if due.
@@ -115,7 +102,7 @@ class Retention:
             if not txids:
                 break
             cmds: list[Command] = [Forget(txid=t, at=now) for t in txids]
-            results = await self.log.propose(cmds)
+            results = await self.command_log.propose(cmds)
             n = sum(1 for r in results if r.changed)
             forgotten += n
             if n == 0 or len(txids) < MAX_FORGET_PER_PROPOSAL:
@@ -128,6 +115,6 @@ class Retention:
             self.tombstone_retention_s,
         )
         if purge is not None:
-            await self.log.propose([purge])
+            await self.command_log.propose([purge])
             self.purges += 1
         return forgotten

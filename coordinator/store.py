@@ -17,7 +17,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Text, and_, cast, func, or_, select, true
@@ -31,11 +31,14 @@ from coordinator.model import Outcome, Transaction, TxState, tombstone
 from coordinator.pgconn import HotConnection
 from coordinator.statemachine import Result, Status, apply, visible
 
+T = TypeVar("T")
+
 MAX_BATCH_LOOKUP = 1000  # txids fetched in one query when a batch touches cold transactions
 # Finished transactions kept in memory (newest): a commit's answer, a client's or participant's
 # read just after the end, and a repeated message are served without a query.
 MAX_RECENT_FINISHED = 10_000
 DUMP_BATCH_ROWS = 5000  # records a snapshot reads from its cursor at a time
+_STATE_KEYS = frozenset({"transactions", "tombstones", "tombstone_horizon"})
 _COPY_TOMBSTONES = (
     "COPY txc_tombstones (txid, outcome, created_at, decided_at, completed_at, forgotten_at)"
     " FROM STDIN"
@@ -73,6 +76,36 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         return float(created_at), str(txid)
     except (ValueError, TypeError) as e:
         raise ValueError("malformed cursor") from e
+
+
+def filter_conditions(c: Any, f: ListFilter, now: float) -> list[Any]:
+    """The WHERE terms of a listing, for any table with the record's columns (`state`,
+    `labels`, `doc`, `created_at`, `txid`): the live records, or a node's history."""
+    conds: list[Any] = []
+    if f.state:
+        conds.append(c.state == f.state)
+    if f.label:
+        conds.append(c.labels.contains({f.label[0]: f.label[1]}))
+    if f.participant:
+        conds.append(c.doc["participants"].contains([{"name": f.participant}]))
+    if f.min_age_s is not None:
+        conds.append(c.created_at <= now - f.min_age_s)
+    if f.max_age_s is not None:
+        conds.append(c.created_at >= now - f.max_age_s)
+    if f.cursor:
+        c_at, c_txid = decode_cursor(f.cursor)
+        conds.append(or_(c.created_at < c_at, and_(c.created_at == c_at, c.txid < c_txid)))
+    return conds
+
+
+def page(items: list[T], limit: int, txn: Callable[[T], Transaction]) -> tuple[list[T], str | None]:
+    """The first `limit` of `items` (read as `limit + 1`, newest first) and the cursor of
+    the next page, if there is one."""
+    if len(items) <= limit:
+        return items, None
+    items = items[:limit]
+    last = txn(items[-1])
+    return items, encode_cursor(last.created_at, last.txid)
 
 
 def fill_rows(rows: ApplyRows, txns: Iterable[Transaction]) -> ApplyRows:
@@ -440,34 +473,16 @@ class Store:
     async def list_page(self, f: ListFilter, now: float) -> tuple[list[Transaction], str | None]:
         await self.sync()
         t = schema.transactions.c
-        conds = []
-        if f.state:
-            conds.append(t.state == f.state)
-        if f.label:
-            conds.append(t.labels.contains({f.label[0]: f.label[1]}))
-        if f.participant:
-            conds.append(t.doc["participants"].contains([{"name": f.participant}]))
-        if f.min_age_s is not None:
-            conds.append(t.created_at <= now - f.min_age_s)
-        if f.max_age_s is not None:
-            conds.append(t.created_at >= now - f.max_age_s)
-        if f.cursor:
-            c_at, c_txid = decode_cursor(f.cursor)
-            conds.append(or_(t.created_at < c_at, and_(t.created_at == c_at, t.txid < c_txid)))
         q = (
             select(t.doc)
-            .where(and_(true(), *conds))
+            .where(and_(true(), *filter_conditions(t, f, now)))
             .order_by(t.created_at.desc(), t.txid.desc())
             .limit(f.limit + 1)
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).fetchall()
-        items = [Transaction.from_dict(r[0]) for r in rows[: f.limit]]
-        cursor = None
-        if len(rows) > f.limit:
-            last = items[-1]
-            cursor = encode_cursor(last.created_at, last.txid)
-        return items, cursor
+        items = [Transaction.from_dict(r[0]) for r in rows]
+        return page(items, f.limit, lambda t: t)
 
     async def history(self, txid: str) -> list[dict[str, Any]]:
         await self.sync()
@@ -537,10 +552,11 @@ class Store:
 
     async def restore(
         self, conn: AsyncConnection, data: bytes
-    ) -> tuple[dict[str, Transaction], float]:
+    ) -> tuple[dict[str, Transaction], float, dict[str, Any]]:
         """Replace the replicated state with a snapshot's (InstallSnapshot): records,
         tombstones and horizon. This node's history (timelines, forgotten records) is its
-        own and stays. Returns the live records and the horizon; the caller publishes them
+        own and stays. Returns the live records, the horizon and the snapshot's other keys
+        (`dump`'s `extra`: the members), from its one parse; the caller publishes them
         (`reset_inflight`) after commit."""
         doc = orjson.loads(snapshot_codec.unpack(data)) if data else {}
         await conn.execute(schema.transactions.delete())
@@ -568,7 +584,8 @@ class Store:
                 index_elements=["id"], set_={"tombstone_horizon": horizon}
             )
         )
-        return {t.txid: t for t in txns}, horizon
+        extra = {k: v for k, v in doc.items() if k not in _STATE_KEYS}
+        return {t.txid: t for t in txns}, horizon, extra
 
     def reset_inflight(self, txns: dict[str, Transaction], horizon: float = 0.0) -> None:
         self.inflight = {k: t for k, t in txns.items() if not t.state.terminal}

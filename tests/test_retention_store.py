@@ -189,9 +189,9 @@ async def test_a_snapshot_taken_after_forgetting_restores_the_decisions(
     migrate.upgrade(other, "coordinator")
     fresh, _ = await make_log(other)
     async with fresh.engine.begin() as conn:
-        live, horizon = await fresh.store.restore(conn, data)
+        live, horizon, extra = await fresh.store.restore(conn, data)
     fresh.store.reset_inflight(live, horizon)
-    assert horizon == now - 10 and set(live) == {"kept"}
+    assert horizon == now - 10 and set(live) == {"kept"} and extra == {}
     stone = await fresh.store.get("gone")
     assert stone is not None and stone.forgotten_at == now and stone.outcome is Outcome.COMMIT
     assert _db(other, "SELECT tombstone_horizon FROM txc_applied") == [(now - 10,)]
