@@ -38,11 +38,16 @@ MAX_BATCH_LOOKUP = 1000  # txids fetched in one query when a batch touches cold 
 # read just after the end, and a repeated message are served without a query.
 MAX_RECENT_FINISHED = 10_000
 DUMP_BATCH_ROWS = 5000  # records a snapshot reads from its cursor at a time
+TOMBSTONE_COLUMNS = ("txid", "outcome", "created_at", "decided_at", "completed_at", "forgotten_at")
+
+
+def _tombstone_columns() -> list[Any]:
+    """A tombstone's columns in the order `_tombstone_from` reads them."""
+    return [schema.tombstones.c[name] for name in TOMBSTONE_COLUMNS]
+
+
 _STATE_KEYS = frozenset({"transactions", "tombstones", "tombstone_horizon"})
-_COPY_TOMBSTONES = (
-    "COPY txc_tombstones (txid, outcome, created_at, decided_at, completed_at, forgotten_at)"
-    " FROM STDIN"
-)
+_COPY_TOMBSTONES = f"COPY txc_tombstones ({', '.join(TOMBSTONE_COLUMNS)}) FROM STDIN"
 
 
 @dataclass(frozen=True)
@@ -336,14 +341,9 @@ class Store:
                 return Transaction.from_dict(row[0])
             tomb = (
                 await conn.execute(
-                    select(
-                        tb.txid,
-                        tb.outcome,
-                        tb.created_at,
-                        tb.decided_at,
-                        tb.completed_at,
-                        tb.forgotten_at,
-                    ).where(tb.txid == txid, tb.forgotten_at >= self.tombstone_horizon)
+                    select(*_tombstone_columns()).where(
+                        tb.txid == txid, tb.forgotten_at >= self.tombstone_horizon
+                    )
                 )
             ).first()
         return _tombstone_from(tomb) if tomb is not None else None
@@ -523,14 +523,7 @@ class Store:
                 b'],"tombstones":[',
                 select(
                     cast(
-                        func.json_build_array(
-                            tb.txid,
-                            tb.outcome,
-                            tb.created_at,
-                            tb.decided_at,
-                            tb.completed_at,
-                            tb.forgotten_at,
-                        ),
+                        func.json_build_array(*_tombstone_columns()),
                         Text,
                     )
                 )
