@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -135,23 +134,6 @@ def test_malformed_commit_bodies(coordinator_url: str) -> None:
     with TxcClient(coordinator_url, token=API_TOKEN) as client:
         with pytest.raises(InvalidRequest):
             client.commit(txid, [{"name": "bad name!", "url": "http://h"}], {})
-
-
-@pytest.fixture
-def svc(coordinator_url: str, engine: Engine) -> Iterator[PgResourceManager]:
-    """A participant outside FastAPI (`rm.work(..., deferred=True)`), with no server: the
-    coordinator cannot reach it, so only its recovery settles its work."""
-    rm = PgResourceManager(
-        "svc",
-        engine,
-        public_url=f"http://127.0.0.1:{free_port()}",
-        coordinator_url=coordinator_url,
-        token=API_TOKEN,
-        participant_token=PARTICIPANT_TOKEN,
-        deferred_enlistment=True,
-    )
-    yield rm
-    rm.close()
 
 
 def test_enlistment_left_out_follows_the_outcome_through_recovery(

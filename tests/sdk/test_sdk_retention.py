@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from sdk_helpers import items, prepared_gids, record_state
-from sdk_real import API_TOKEN, PARTICIPANT_TOKEN, eventually, serve_coordinator
-from sdk_servers import free_port
+from sdk_real import API_TOKEN, eventually, serve_coordinator
 from sqlalchemy import Engine, text
 
 from participant_sdk import PgResourceManager, TransactionAborted, TxcClient
@@ -27,24 +26,6 @@ def coordinator_url(pg, request) -> Iterator[str]:  # type: ignore[no-untyped-de
     """Overrides the SDK tests' coordinator (and so the demo banks' one)."""
     with serve_coordinator(pg, raft=request.param, **RETENTION) as url:
         yield url
-
-
-@pytest.fixture
-def svc(coordinator_url: str, engine: Engine) -> Iterator[PgResourceManager]:
-    """A participant with no server: only its recovery settles its work."""
-    with engine.begin() as c:
-        c.execute(text("CREATE TABLE IF NOT EXISTS items (name text primary key, qty int)"))
-    rm = PgResourceManager(
-        "svc",
-        engine,
-        public_url=f"http://127.0.0.1:{free_port()}",
-        coordinator_url=coordinator_url,
-        token=API_TOKEN,
-        participant_token=PARTICIPANT_TOKEN,
-        deferred_enlistment=True,
-    )
-    yield rm
-    rm.close()
 
 
 def get(url: str, txid: str) -> dict:  # type: ignore[type-arg]
