@@ -254,6 +254,12 @@ class RaftLog:
     def leadership_epoch(self) -> int:
         return self._epoch
 
+    @property
+    def members(self) -> frozenset[int]:
+        """Voters and learners of this node's current configuration (a change counts once its
+        entry is appended); empty before start and while a joining node has none yet."""
+        return self.core.conf.members if self.core is not None else frozenset()
+
     def _put(self, kind: str, payload: Any) -> None:
         try:
             self.inbox.put_nowait((kind, payload))

@@ -1,7 +1,9 @@
-"""The Raft receiving endpoint (coordinator/raft_endpoint.py), every row of its status table,
-over real ASGI calls: only an authenticated batch from a member, addressed to this node,
+"""The Raft receiving endpoint (coordinator/raft_endpoint.py) over ASGI calls: only an
+authenticated batch from a member of the current configuration, addressed to this node,
 reaches the Raft task; everything else is answered with the API's error shape. The stream
-(WebSocket) likewise, frame by frame; and the sending transport against a real server."""
+(WebSocket) likewise, frame by frame; and the sending transport against a real server. What
+needs control of the bytes on the wire (bodies announced and not sent, slow, concurrent,
+replayed, floods) is in tests/test_raft_hostile.py."""
 
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from starlette.types import Receive, Scope, Send
 from coordinator.bench.serving import serve
 from coordinator.raft.messages import Message, MsgType
 from coordinator.raft.transport import (
+    HEADER_BODY_MAC,
     HEADER_FROM,
-    HEADER_LENGTH_SIG,
     HEADER_NONCE,
     HEADER_SIG,
     HEADER_TIME,
@@ -30,7 +32,7 @@ from coordinator.raft.transport import (
     RAFT_STREAM_PATH,
     Transport,
     frame_mac,
-    length_signed_body,
+    post_headers,
     sign,
     stream_handshake_body,
 )
@@ -41,8 +43,13 @@ SECRET = "cluster-secret-for-tests"
 
 @dataclass
 class FakeRaft:
+    """What the endpoint reads of a `RaftLog`: its id, the addresses it knows (every node
+    ever heard of), its configuration's members and the leader it follows."""
+
     id: int = 1
     urls: dict[int, str] = field(default_factory=lambda: {1: "http://a", 2: "http://b"})
+    members: frozenset[int] = frozenset({1, 2})
+    leader: int = 0
     delivered: list[Message] = field(default_factory=list)
 
     def deliver(self, msgs: list[Message]) -> None:
@@ -74,12 +81,7 @@ def _client(node: FakeNode) -> httpx.AsyncClient:
 
 
 def _signed(body: bytes, sender: int = 2, secret: str = SECRET, ts: float | None = None) -> Any:
-    stamp = f"{time.time() if ts is None else ts:.3f}"
-    return {
-        HEADER_FROM: str(sender),
-        HEADER_TIME: stamp,
-        HEADER_SIG: sign(secret, sender, stamp, body),
-    }
+    return post_headers(secret, sender, body, now=ts)
 
 
 def _batch(src: int = 2, dst: int = 1, term: int = 3) -> bytes:
@@ -102,10 +104,20 @@ async def test_an_authenticated_batch_reaches_the_raft_task() -> None:
     ("case", "status", "code"),
     [
         ("no headers", 401, "unauthenticated"),
+        ("an older node's headers", 401, "unauthenticated"),
         ("wrong secret", 401, "unauthenticated"),
+        ("forged header signature", 401, "unauthenticated"),
         ("stale timestamp", 401, "unauthenticated"),
+        ("nan timestamp", 401, "unauthenticated"),
+        ("no nonce", 401, "unauthenticated"),
+        ("malformed nonce", 401, "unauthenticated"),
         ("not a member", 401, "unauthenticated"),
+        ("removed member", 401, "unauthenticated"),
+        ("claims to be this node", 401, "unauthenticated"),
+        ("signed for another length", 401, "unauthenticated"),
         ("tampered body", 401, "unauthenticated"),
+        ("no body MAC", 401, "unauthenticated"),
+        ("body MAC of another nonce", 401, "unauthenticated"),
         ("not json", 400, "malformed_raft_messages"),
         ("addressed elsewhere", 400, "malformed_raft_messages"),
         ("claims another sender", 400, "malformed_raft_messages"),
@@ -113,19 +125,46 @@ async def test_an_authenticated_batch_reaches_the_raft_task() -> None:
 )
 async def test_refused_batches_deliver_nothing(case: str, status: int, code: str) -> None:
     node = FakeNode()
+    assert node.raft is not None
+    # Node 3 was a member; the configuration changed since (its address stays known).
+    node.raft.urls[3] = "http://c"
     body = _batch()
     headers = _signed(body)
     if case == "no headers":
         headers = {}
+    elif case == "an older node's headers":  # before nonces: a MAC of the body only
+        stamp = f"{time.time():.3f}"
+        headers = {HEADER_FROM: "2", HEADER_TIME: stamp, HEADER_SIG: sign(SECRET, 2, stamp, body)}
     elif case == "wrong secret":
         headers = _signed(body, secret="another")
+    elif case == "forged header signature":
+        headers[HEADER_SIG] = "0" * 64
     elif case == "stale timestamp":
         headers = _signed(body, ts=time.time() - 3600)
+    elif case == "nan timestamp":
+        headers = _signed(body, ts=float("nan"))
+    elif case == "no nonce":
+        del headers[HEADER_NONCE]
+    elif case == "malformed nonce":
+        headers = post_headers(SECRET, 2, body, nonce="not-hex-" + "0" * 24)
     elif case == "not a member":
         body = _batch(src=9)
         headers = _signed(body, sender=9)
+    elif case == "removed member":
+        body = _batch(src=3)
+        headers = _signed(body, sender=3)
+    elif case == "claims to be this node":
+        body = _batch(src=1)
+        headers = _signed(body, sender=1)
+    elif case == "signed for another length":
+        headers = _signed(body + b" ")
     elif case == "tampered body":
         body = _batch().replace(b'"term": 3', b'"term": 4')
+        assert len(body) == len(_batch())
+    elif case == "no body MAC":
+        del headers[HEADER_BODY_MAC]
+    elif case == "body MAC of another nonce":
+        headers[HEADER_BODY_MAC] = _signed(body)[HEADER_BODY_MAC]
     elif case == "not json":
         body = b"{not json"
         headers = _signed(body)
@@ -139,9 +178,33 @@ async def test_refused_batches_deliver_nothing(case: str, status: int, code: str
         r = await c.post(RAFT_PATH, content=body, headers=headers)
     assert r.status_code == status, (case, r.text)
     assert r.json()["error"]["code"] == code
-    assert node.raft is not None and node.raft.delivered == []
+    assert node.raft.delivered == []
     assert bool(node.refused) == (status == 401)
     assert all(SECRET not in reason for reason in node.refused)
+
+
+@pytest.mark.parametrize(
+    ("members", "leader", "sender", "accepted"),
+    [
+        ({1, 2}, 0, 2, True),  # a voter or learner of the current configuration
+        ({1, 3}, 0, 2, False),  # removed: its address is still known (urls), not a member now
+        ({1, 3}, 2, 2, True),  # the leader, added after the snapshot this node installed
+        ({1, 2}, 0, 1, False),  # this node itself: it never sends to itself
+        ({1, 2}, 0, 9, False),  # never heard of
+        (set(), 0, 2, True),  # a node still joining accepts the peers it was given
+        (set(), 0, 9, False),
+    ],
+)
+async def test_only_members_of_the_current_configuration_are_heard(
+    members: set[int], leader: int, sender: int, accepted: bool
+) -> None:
+    node = FakeNode(raft=FakeRaft(members=frozenset(members), leader=leader))
+    body = _batch(src=sender)
+    async with _client(node) as c:
+        r = await c.post(RAFT_PATH, content=body, headers=_signed(body, sender=sender))
+    assert node.raft is not None
+    assert r.status_code == (204 if accepted else 401), r.text
+    assert len(node.raft.delivered) == (1 if accepted else 0)
 
 
 async def test_other_methods_standalone_nodes_and_huge_bodies(
@@ -153,12 +216,13 @@ async def test_other_methods_standalone_nodes_and_huge_bodies(
     async with _client(FakeNode(raft=None)) as c:
         r = await c.post(RAFT_PATH, content=b"[]")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
-    monkeypatch.setattr("coordinator.raft_endpoint.MAX_BODY_BYTES", 100)
+    monkeypatch.setattr("coordinator.raft_endpoint.MAX_SIGNED_BODY_BYTES", 100)
     node = FakeNode()
     body = b"[" + b" " * 200 + b"]"
     async with _client(node) as c:
         r = await c.post(RAFT_PATH, content=body, headers=_signed(body))
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    assert r.headers["connection"] == "close"  # the body was not read
     assert node.raft is not None and node.raft.delivered == []
 
 
@@ -221,10 +285,20 @@ async def test_a_signed_stream_delivers_its_frames_in_order() -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["unsigned", "wrong secret", "not a member", "short nonce", "replayed nonce"],
+    [
+        "unsigned",
+        "wrong secret",
+        "not a member",
+        "removed member",
+        "claims to be this node",
+        "short nonce",
+        "replayed nonce",
+    ],
 )
 async def test_a_bad_handshake_is_refused(case: str) -> None:
     node = FakeNode()
+    assert node.raft is not None
+    node.raft.urls[3] = "http://c"  # a member once: its address stays known
     nonce = secrets.token_hex(16)
     headers = _handshake(nonce)
     if case == "unsigned":
@@ -233,6 +307,10 @@ async def test_a_bad_handshake_is_refused(case: str) -> None:
         headers = _handshake(nonce, secret="another")
     elif case == "not a member":
         headers = _handshake(nonce, sender=9)
+    elif case == "removed member":
+        headers = _handshake(nonce, sender=3)
+    elif case == "claims to be this node":
+        headers = _handshake(nonce, sender=1)
     elif case == "short nonce":
         headers = _handshake("abc")
     async with serve(RaftEndpoint(_inner, node, SECRET)) as url:
@@ -270,6 +348,24 @@ async def test_a_bad_frame_closes_the_stream_and_delivers_nothing_more(case: str
     assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1008, (case, msg)
     assert node.raft is not None and len(node.raft.delivered) == 1
     assert len(node.refused) == 1
+
+
+async def test_a_stream_from_a_node_removed_meanwhile_is_closed() -> None:
+    """A stream opened while its sender was a member delivers nothing once the configuration
+    no longer has it: the next frame closes the connection."""
+    node = FakeNode()
+    assert node.raft is not None
+    nonce = secrets.token_hex(16)
+    async with serve(RaftEndpoint(_inner, node, SECRET)) as url:
+        ws = await _ws(url, _handshake(nonce))
+        await ws.send_bytes(_frame(nonce, 0, _batch()))
+        await _deliveries(node, 1)
+        node.raft.members = frozenset({1, 3})  # node 2 removed
+        await ws.send_bytes(_frame(nonce, 1, _batch()))
+        msg = await ws.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1008
+    assert len(node.raft.delivered) == 1
+    assert node.refused == ["node 2 is not a member"]
 
 
 async def _refuse_streams(scope: Scope, receive: Receive, send: Send) -> None:
@@ -328,65 +424,27 @@ async def test_a_peer_without_the_stream_gets_posts() -> None:
             await t.stop()
 
 
-def _length_signed(body: bytes, length: int, secret: str = SECRET) -> Any:
-    headers = _signed(body)
-    stamp = headers[HEADER_TIME]
-    headers[HEADER_LENGTH_SIG] = sign(secret, 2, stamp, length_signed_body(length))
-    return headers
-
-
-@pytest.mark.parametrize(
-    "case, delivered",
-    [("signed", True), ("unsigned", False), ("other secret", False), ("other length", False)],
-)
-async def test_a_body_over_the_limit_needs_a_signed_length(
-    monkeypatch: pytest.MonkeyPatch, case: str, delivered: bool
-) -> None:
-    """A snapshot bigger than MAX_BODY_BYTES is read only when a member signed its length:
-    without that, an unauthenticated sender could make a node buffer up to the larger
-    bound before its signature is checked."""
-    monkeypatch.setattr("coordinator.raft_endpoint.MAX_BODY_BYTES", 100)
-    body = _batch()[:-1] + b" " * 200 + b"]"
-    headers = {
-        "signed": _length_signed(body, len(body)),
-        "unsigned": _signed(body),
-        "other secret": _length_signed(body, len(body), secret="not-the-secret"),
-        "other length": _length_signed(body, len(body) - 50),
-    }[case]
-    node = FakeNode()
-    async with _client(node) as c:
-        r = await c.post(RAFT_PATH, content=body, headers=headers)
-    assert node.raft is not None
-    if delivered:
-        assert r.status_code == 204 and len(node.raft.delivered) == 1
-    else:
-        assert r.status_code == 413 and node.raft.delivered == []
-    assert bool(node.refused) == (case in ("other secret", "other length"))  # logged
-
-
-async def test_a_signed_length_is_good_for_one_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Seen on the wire (plain HTTP) and replayed, a signed length must not make the node
-    buffer the announced size again: the second use is refused before the body is read."""
-    monkeypatch.setattr("coordinator.raft_endpoint.MAX_BODY_BYTES", 100)
-    body = _batch()[:-1] + b" " * 200 + b"]"
-    headers = _length_signed(body, len(body))
-    node = FakeNode()
-    async with _client(node) as c:
-        first = await c.post(RAFT_PATH, content=body, headers=headers)
-        again = await c.post(RAFT_PATH, content=body, headers=headers)
-    assert first.status_code == 204 and again.status_code == 413
-    assert node.raft is not None and len(node.raft.delivered) == 1
-    assert any("already used" in why for why in node.refused)
-
-
-async def test_the_transport_sends_a_big_batch_with_a_signed_length(
+async def test_a_body_over_max_body_bytes_is_read_in_a_big_slot(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Over real HTTP: a batch over the receiver's plain limit arrives; one over the signed
-    limit is not sent at all (counted as dropped)."""
+    """A snapshot bigger than MAX_BODY_BYTES is read (when signed, like every body), in one of
+    the MAX_CONCURRENT_BIG_BODIES slots."""
+    monkeypatch.setattr("coordinator.raft_endpoint.MAX_BODY_BYTES", 100)
+    body = _batch()[:-1] + b" " * 200 + b"]"
     node = FakeNode()
-    for module in ("coordinator.raft.transport", "coordinator.raft_endpoint"):
-        monkeypatch.setattr(f"{module}.MAX_BODY_BYTES", 100)
+    async with _client(node) as c:
+        r = await c.post(RAFT_PATH, content=body, headers=_signed(body))
+    assert r.status_code == 204
+    assert node.raft is not None and len(node.raft.delivered) == 1
+
+
+async def test_the_transport_posts_a_big_batch_and_drops_one_over_the_signed_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over real HTTP: a batch over the receiver's MAX_BODY_BYTES arrives; one over
+    MAX_SIGNED_BODY_BYTES is not sent at all (counted as dropped)."""
+    node = FakeNode()
+    monkeypatch.setattr("coordinator.raft_endpoint.MAX_BODY_BYTES", 100)
     monkeypatch.setattr("coordinator.raft.transport.MAX_FRAME_BYTES", 10)  # POST, not stream
     async with serve(RaftEndpoint(_inner, node, SECRET)) as url:
         t = Transport(2, SECRET, lambda: {1: url})

@@ -8,12 +8,23 @@ of its body bound to the sender, the connection's nonce and the frame's sequence
 frame cannot be forged, altered, reordered or replayed into another connection.
 
 The POST path (`RAFT_PATH`) stays: batches too big for a frame (snapshots) go that way, and
-so does everything to a peer that does not offer the stream. Each POST carries a batch of
-messages as JSON and an HMAC-SHA256 of the body keyed by the cluster secret, bound to the
-sender's id and a timestamp.
+so does everything to a peer that does not offer the stream. A POST is authenticated twice:
 
-A node that cannot prove it knows the secret, or claims an id outside the configured peers,
-is refused and logged (never with the secret or the signature).
+- its headers (`post_headers`): sender id, timestamp, a fresh nonce and the exact
+  Content-Length, signed with the cluster secret. The receiver checks them before it reads a
+  byte of the body, so a caller without the secret makes it buffer nothing, and it knows how
+  much a member is about to send before it agrees to read it (a POST may be a snapshot of up
+  to MAX_SIGNED_BODY_BYTES);
+- its body (HEADER_BODY_MAC): an HMAC-SHA256 of the body bound to the sender and the nonce,
+  checked once the body is in. The nonce is accepted once, so a POST seen on the wire (plain
+  HTTP) cannot be replayed: a replayed TIMEOUT_NOW would force an election.
+
+Each MAC input starts with what it is (`_DOMAIN_*`, or a sender id for the stream's), so no
+signature made for one purpose verifies for another.
+
+A node that cannot prove it knows the secret, or whose id is not a member of the group now
+(a removed node still knows the secret), is refused and logged (never with the secret or the
+signature).
 
 Delivery is best effort, as Raft expects: one sender task per peer drains a bounded queue,
 keeps messages to a peer in order, and drops what does not fit or cannot be delivered; the
@@ -27,6 +38,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import ssl
 import time
@@ -43,8 +55,9 @@ RAFT_PATH = "/raft/v1/messages"
 RAFT_STREAM_PATH = "/raft/v1/stream"
 HEADER_FROM = "Txc-Raft-From"
 HEADER_TIME = "Txc-Raft-Time"
-HEADER_SIG = "Txc-Raft-Signature"
+HEADER_SIG = "Txc-Raft-Signature"  # a POST's headers, or a stream's handshake
 HEADER_NONCE = "Txc-Raft-Nonce"
+HEADER_BODY_MAC = "Txc-Raft-Body-MAC"  # a POST's body
 MAX_QUEUE_PER_PEER = 4096  # messages waiting for one peer before new ones are dropped
 MAX_MESSAGES_PER_POST = 256
 SEND_TIMEOUT_S = 5.0
@@ -53,30 +66,69 @@ MAC_BYTES = 32  # HMAC-SHA256 digest at the head of every frame
 NONCE_BYTES = 16
 NO_STREAM_RETRY_S = 60.0  # a peer without the stream (an older node) is asked again after this
 MAX_CLOCK_SKEW_S = 300.0  # a signed request older (or newer) than this is refused
-MAX_BODY_BYTES = 64 * 1024 * 1024  # what a receiver reads before it can check the signature
-# A bigger body (a snapshot of a large state) is read only when its announced length carries
-# the sender's signature (HEADER_LENGTH_SIG), so that only a member can make a node buffer it.
+# A receiver reads a POST body no bigger than this as one of its MAX_CONCURRENT_BODIES; a
+# bigger one (a snapshot of a large state) takes one of its fewer big slots, and
+# MAX_SIGNED_BODY_BYTES is the most any POST may announce.
+MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_SIGNED_BODY_BYTES = 1024 * 1024 * 1024
-HEADER_LENGTH_SIG = "Txc-Raft-Length-Signature"
-MIN_SEND_BYTES_PER_S = 8 * 1024 * 1024  # a big POST gets SEND_TIMEOUT_S plus its size at this
+# A POST's body must arrive within BODY_TIMEOUT_S plus its length at MIN_BODY_BYTES_PER_S.
+# The sender gives up then (its request timeout) and so does the receiver: a member that
+# stalls mid-body must not hold one of the receiver's few body slots for longer.
+BODY_TIMEOUT_S = SEND_TIMEOUT_S
+MIN_BODY_BYTES_PER_S = 8 * 1024 * 1024
+_DOMAIN_POST_HEADERS = b"txc-raft-post-headers\n"
+_DOMAIN_POST_BODY = b"txc-raft-post-body\n"
+_NONCE_RE = re.compile(f"[0-9a-f]{{{2 * NONCE_BYTES}}}")
 
 
 def sign(secret: str, sender: int, timestamp: str, body: bytes) -> str:
+    """The stream handshake's signature (of `stream_handshake_body`)."""
     mac = hmac.new(secret.encode(), digestmod=hashlib.sha256)
     mac.update(f"{sender}\n{timestamp}\n".encode())
     mac.update(body)
     return mac.hexdigest()
 
 
-def length_signed_body(length: int) -> bytes:
-    """What a length signature covers besides the sender and timestamp (never a batch: a
-    batch is a JSON list)."""
-    return b"length\n%d" % length
-
-
 def stream_handshake_body(nonce: str) -> bytes:
     """What the handshake's signature covers besides the sender and timestamp."""
     return b"stream\n" + nonce.encode()
+
+
+def post_signature(secret: str, sender: int, timestamp: str, nonce: str, length: int) -> str:
+    """A POST's header signature. It covers the exact Content-Length so that the receiver,
+    which checks it before reading, reads no more than a member chose to send."""
+    mac = hmac.new(secret.encode(), _DOMAIN_POST_HEADERS, hashlib.sha256)
+    mac.update(f"{sender}\n{timestamp}\n{nonce}\n{length}".encode())
+    return mac.hexdigest()
+
+
+def body_mac(secret: str, sender: int, nonce: str, body: bytes) -> str:
+    """A POST body's MAC, bound to its nonce (hence to the signed headers, and to one use)."""
+    mac = hmac.new(secret.encode(), _DOMAIN_POST_BODY, hashlib.sha256)
+    mac.update(f"{sender}\n{nonce}\n".encode())
+    mac.update(body)
+    return mac.hexdigest()
+
+
+def post_headers(
+    secret: str, sender: int, body: bytes, now: float | None = None, nonce: str | None = None
+) -> dict[str, str]:
+    """Every header a POST of `body` needs to be accepted (once: the nonce is fresh unless
+    given). The body goes with a plain Content-Length of len(body), never chunked."""
+    ts = f"{time.time() if now is None else now:.3f}"
+    nonce = secrets.token_hex(NONCE_BYTES) if nonce is None else nonce
+    return {
+        HEADER_FROM: str(sender),
+        HEADER_TIME: ts,
+        HEADER_NONCE: nonce,
+        HEADER_SIG: post_signature(secret, sender, ts, nonce, len(body)),
+        HEADER_BODY_MAC: body_mac(secret, sender, nonce, body),
+    }
+
+
+def body_deadline_s(length: int) -> float:
+    """How long a POST body of `length` bytes may take to arrive (and to be sent)."""
+    return BODY_TIMEOUT_S + length / MIN_BODY_BYTES_PER_S
 
 
 def frame_mac(secret: str, sender: int, nonce: str, seq: int, body: bytes) -> bytes:
@@ -102,26 +154,84 @@ class AuthError(Exception):
 
 def verify(
     secret: str,
-    peers: set[int],
+    is_member: Callable[[int], bool],
     sender: str | None,
     timestamp: str | None,
     sig: str | None,
     body: bytes,
     now: float,
 ) -> int:
-    if not sender or not timestamp or not sig:
+    """The id of the member whose signature (`sign`) over `body` the headers carry: a stream
+    handshake. AuthError otherwise."""
+    if not timestamp:
         raise AuthError("missing authentication headers")
+    return _authenticate(
+        is_member, sender, timestamp, sig, now, lambda sid: sign(secret, sid, timestamp, body)
+    )
+
+
+def verify_post(
+    secret: str,
+    is_member: Callable[[int], bool],
+    sender: str | None,
+    timestamp: str | None,
+    nonce: str | None,
+    length: int,
+    sig: str | None,
+    now: float,
+) -> int:
+    """The id of the member that signed these POST headers for a body of `length` bytes
+    (`post_signature`); AuthError otherwise. The nonce's freshness is the caller's to check
+    (it keeps the nonces seen)."""
+    if not timestamp or not nonce:
+        raise AuthError("missing authentication headers")
+    if not well_formed_nonce(nonce):
+        raise AuthError("malformed nonce")
+    return _authenticate(
+        is_member,
+        sender,
+        timestamp,
+        sig,
+        now,
+        lambda sid: post_signature(secret, sid, timestamp, nonce, length),
+    )
+
+
+def well_formed_nonce(nonce: str) -> bool:
+    """What `secrets.token_hex(NONCE_BYTES)` makes: a receiver remembers nothing else."""
+    return _NONCE_RE.fullmatch(nonce) is not None
+
+
+def verify_body(secret: str, sender: int, nonce: str, body: bytes, mac: str | None) -> None:
+    """AuthError unless `mac` is the body's (`body_mac`) for this sender and nonce."""
+    if not mac or not hmac.compare_digest(body_mac(secret, sender, nonce, body), mac):
+        raise AuthError(f"bad body signature from node {sender}")
+
+
+def _authenticate(
+    is_member: Callable[[int], bool],
+    sender: str | None,
+    timestamp: str,
+    sig: str | None,
+    now: float,
+    expected: Callable[[int], str],
+) -> int:
+    if not sender or not sig:
+        raise AuthError("missing authentication headers")
+    if not (sender.isascii() and sender.isdigit()):
+        raise AuthError("malformed authentication headers")
+    sender_id = int(sender)
     try:
-        sender_id = int(sender)
         ts = float(timestamp)
     except ValueError:
         raise AuthError("malformed authentication headers") from None
-    if abs(now - ts) > MAX_CLOCK_SKEW_S:
+    if not abs(now - ts) <= MAX_CLOCK_SKEW_S:  # written so that NaN is refused too
         raise AuthError("timestamp outside the allowed skew")
-    expected = sign(secret, sender_id, timestamp, body)
-    if not hmac.compare_digest(expected, sig):
+    if not hmac.compare_digest(expected(sender_id), sig):
         raise AuthError(f"bad signature from claimed node {sender_id}")
-    if sender_id not in peers:
+    # Checked after the signature: this refusal means a node that knows the secret but is
+    # not a member now (e.g. one removed from the group).
+    if not is_member(sender_id):
         raise AuthError(f"node {sender_id} is not a member")
     return sender_id
 
@@ -209,27 +319,18 @@ class Transport:
             await link.close()
 
     async def _post(self, peer: int, url: str, body: bytes, count: int) -> None:
-        ts = f"{time.time():.3f}"
-        headers = {
-            "Content-Type": "application/json",
-            HEADER_FROM: str(self.node_id),
-            HEADER_TIME: ts,
-            HEADER_SIG: sign(self.secret, self.node_id, ts, body),
-        }
-        timeout_s = SEND_TIMEOUT_S
-        if len(body) > MAX_BODY_BYTES:
-            if len(body) > MAX_SIGNED_BODY_BYTES:
-                log.error(
-                    "raft batch to peer %s is %d bytes, over the %d a peer accepts: dropped",
-                    peer,
-                    len(body),
-                    MAX_SIGNED_BODY_BYTES,
-                )
-                self.dropped += count
-                return
-            sig = sign(self.secret, self.node_id, ts, length_signed_body(len(body)))
-            headers[HEADER_LENGTH_SIG] = sig
-            timeout_s += len(body) / MIN_SEND_BYTES_PER_S
+        if len(body) > MAX_SIGNED_BODY_BYTES:
+            log.error(
+                "raft batch to peer %s is %d bytes, over the %d a peer accepts: dropped",
+                peer,
+                len(body),
+                MAX_SIGNED_BODY_BYTES,
+            )
+            self.dropped += count
+            return
+        headers = post_headers(self.secret, self.node_id, body)
+        headers["Content-Type"] = "application/json"
+        timeout_s = body_deadline_s(len(body))
         assert self._session is not None
         try:
             async with self._session.post(
