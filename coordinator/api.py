@@ -26,22 +26,36 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coordinator import dashboard, history, logs, model
-from coordinator.auth import ANONYMOUS, AuthFailed, Principal, Role, TokenTable, parse_tokens
+from coordinator.auth import (
+    ANONYMOUS,
+    Authenticator,
+    AuthFailed,
+    Principal,
+    Role,
+    TokenTable,
+    parse_tokens,
+)
 from coordinator.engine import Carried, EngineError
 from coordinator.hot_routes import HotRoute, HotRoutes
 from coordinator.log import LogUnavailable, NotLeader
 from coordinator.model import Outcome, Transaction, TxState, Vote
+from coordinator.participants import Mode
 from coordinator.raft.transport import RAFT_PATH
 from coordinator.raft_endpoint import RaftEndpoint
+from coordinator.sign_answers import SignAnswers
 from coordinator.statemachine import Status
 from coordinator.store import ListFilter
-from participant_sdk.signing import enlistment_valid
+from participant_sdk.signing import PARTICIPANT_HEADER, enlistment_valid
 
 TXID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_IDEMPOTENCY_KEY = 200
 MAX_SIGNATURE = 128  # "e1=" and 64 hex digits (participant_sdk/signing.py)
 NODE_STOP_TIMEOUT_S = 15.0  # the node's own shutdown (tasks, connections) on SIGTERM
+# A request body must have arrived this long after its request started (a slowloris that
+# sends a byte now and then holds a task and a connection until then, not for ever);
+# the node's `body_read_timeout_s`.
+BODY_READ_TIMEOUT_S = 30.0
 ISO_SECONDS_CACHED = 4096  # formatted whole seconds kept for `iso` (timestamps cluster)
 
 
@@ -265,11 +279,16 @@ def txn_json(t: Transaction) -> dict[str, Any]:
 
 
 class BodyLimit:
-    """Refuse bodies over `max_bytes` with 413 before anything parses them."""
+    """Refuse bodies over `max_bytes` with 413 before anything parses them, and bodies
+    still arriving `read_timeout_s` after the request began with 408."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, read_timeout_s: float = BODY_READ_TIMEOUT_S
+    ) -> None:
+        assert max_bytes > 0 and read_timeout_s > 0
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") == RAFT_PATH:
@@ -284,20 +303,43 @@ class BodyLimit:
                 if too_big:
                     await self._refuse(scope, receive, send)
                     return
+        # The whole body (at most max_bytes) is read here, within the deadline, and handed
+        # on in one message: every answer about its size or its slowness comes from here.
+        parts: list[bytes] = []
         seen = 0
+        tail: Message | None = None  # a disconnect that came instead of the rest
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                while True:
+                    msg = await receive()
+                    if msg["type"] != "http.request":
+                        tail = msg
+                        break
+                    chunk = msg.get("body", b"")
+                    seen += len(chunk)
+                    if seen > self.max_bytes:
+                        await self._refuse(scope, receive, send)
+                        return
+                    parts.append(chunk)
+                    if not msg.get("more_body", False):
+                        break
+        except TimeoutError:
+            resp = error_response(
+                408, "body_timeout", f"request body not received within {self.read_timeout_s:g} s"
+            )
+            await resp(scope, receive, send)
+            return
+        first: Message = {"type": "http.request", "body": b"".join(parts), "more_body": False}
+        handed = False
 
-        async def limited() -> Message:
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    raise ApiError(
-                        413, "body_too_large", f"request body over {self.max_bytes} bytes"
-                    )
-            return msg
+        async def replay() -> Message:
+            nonlocal handed
+            if not handed:
+                handed = True
+                return first if tail is None else tail
+            return await receive()
 
-        await self.app(scope, limited, send)
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         resp = error_response(413, "body_too_large", f"request body over {self.max_bytes} bytes")
@@ -441,9 +483,18 @@ def create_app(node: Any) -> FastAPI:
         return error_response(500, "internal", "internal error; see the node's log")
 
     tokens = TokenTable(parse_tokens(settings.api_tokens, settings.api_token))
+    registry = node.registry
+    auth = Authenticator(tokens, registry)
 
-    def principal(request: Request) -> Principal:
-        return authenticated(tokens, request)
+    async def principal(request: Request) -> Principal:
+        # A participant's signature covers the body: read it (Starlette keeps it for the
+        # handler). A bearer call needs no body to be judged.
+        signed = PARTICIPANT_HEADER.lower() in request.headers
+        body = await request.body() if signed else b""
+        try:
+            return auth.principal(request.headers, request.method, request.url.path, body)
+        except AuthFailed as e:
+            raise ApiError(401, "unauthenticated", str(e), {"WWW-Authenticate": "Bearer"}) from None
 
     def require(*roles: Role) -> Any:
         """A dependency admitting `roles` (and admin, who may do everything)."""
@@ -452,7 +503,7 @@ def create_app(node: Any) -> FastAPI:
         # async: FastAPI runs a plain `def` dependency in a worker thread, and that hop was
         # ~13% of the leader's CPU under `txc bench transfers` (token checks never block).
         async def dependency(request: Request) -> Principal:
-            p = principal(request)
+            p = await principal(request)
             if p.role not in allowed:
                 may = ", ".join(sorted(r.value for r in allowed))
                 raise ApiError(403, "forbidden", f"role {p.role.value} may not do this ({may} may)")
@@ -499,9 +550,9 @@ def create_app(node: Any) -> FastAPI:
 
     @app.post("/v1/transactions", status_code=201, dependencies=[Clients])
     async def begin(body: BeginRequest) -> dict[str, Any]:
-        return await do_begin(None, body)  # type: ignore[return-value]
+        return await do_begin(None, body, ANONYMOUS)  # type: ignore[return-value]
 
-    async def do_begin(_txid: str | None, body: BeginRequest) -> Response:
+    async def do_begin(_txid: str | None, body: BeginRequest, _p: Principal) -> Response:
         t, created = await engine.begin(body.timeout_s, body.labels, body.idempotency_key)
         return FastJSON(txn_json(t), status_code=201 if created else 200)
 
@@ -557,36 +608,62 @@ def create_app(node: Any) -> FastAPI:
             ev["at"] = iso(ev["at"])
         return {"txid": txid, "events": events}
 
-    @app.post("/v1/transactions/{txid}/participants", status_code=201, dependencies=[Participants])
-    async def enlist(txid: str, body: EnlistRequest) -> dict[str, Any]:
-        return await do_enlist(check_txid(txid), body)  # type: ignore[return-value]
+    @app.post("/v1/transactions/{txid}/participants", status_code=201)
+    async def enlist(
+        txid: str, body: EnlistRequest, p: Annotated[Principal, Participants]
+    ) -> dict[str, Any]:
+        return await do_enlist(check_txid(txid), body, p)  # type: ignore[return-value]
 
-    async def do_enlist(txid: str | None, body: EnlistRequest) -> Response:
+    def enlister_refusal(p: Principal, name: str, url: str) -> ApiError | None:
+        """Why `p` may not enlist `name` at `url`, or None. A registry participant enlists
+        itself only, at its registered URLs; the URL rule holds for an admin too (an
+        enlisted URL is where the coordinator will send signed requests)."""
+        if p.participant is not None and p.participant != name:
+            return ApiError(403, "wrong_participant", f"{p.participant!r} may not enlist {name!r}")
+        if p.participant is None and p.role is Role.PARTICIPANT and registry.identities:
+            return ApiError(
+                403,
+                "participant_identity_required",
+                "with a participant registry a participant enlists by its own signature "
+                "(Txc-Participant), not with a shared token",
+            )
+        refusal = registry.refusal(name, url)
+        if refusal is not None:
+            return ApiError(403, refusal.value, f"{name!r} is not registered at {url!r}")
+        return None
+
+    async def do_enlist(txid: str | None, body: EnlistRequest, p: Principal) -> Response:
         assert txid is not None
+        refusal = enlister_refusal(p, body.name, body.url)
+        if refusal is not None:
+            raise refusal
         vote = Vote.YES if body.vote == "yes" else None
         t = await engine.enlist(txid, body.name, body.url, vote)
         return FastJSON(txn_json(t), status_code=201)
 
     @app.post("/v1/transactions/{txid}/commit", dependencies=[Clients])
     async def commit(txid: str, body: Annotated[CommitRequest | None, Body()] = None) -> Any:
-        return await do_commit(check_txid(txid), body)
+        return await do_commit(check_txid(txid), body, ANONYMOUS)
 
     def verified(txid: str, p: CarriedEnlistment) -> ApiError | None:
         """Why this carried enlistment cannot be taken, or None."""
-        secret = settings.participant_token
-        if not secret and tokens.enabled:
+        if registry.mode is Mode.OPEN and tokens.enabled:
             # API tokens but no participant secret: nothing could prove that a participant
             # made it, and enlisting is the participant role's call, not a client's.
             return ApiError(
                 403,
                 "enlistment_unverifiable",
-                "deferred enlistments need the participant secret (TXC_PARTICIPANT_TOKEN) "
+                "deferred enlistments need participant secrets (participants_file) "
                 "on the coordinator and the participants",
             )
-        # With a participant secret configured (production), only a participant can enlist:
-        # the client must show its signature. With no auth at all (development mode)
-        # nothing is signed, as the protocol requests are not.
-        if secret and not enlistment_valid(secret, txid, p.name, p.url, p.vote, p.sig):
+        refusal = registry.refusal(p.name, p.url)
+        if refusal is not None:
+            return ApiError(403, refusal.value, f"{p.name!r} is not registered at {p.url!r}")
+        # With secrets configured, only a participant can enlist: the client must show the
+        # named participant's signature. With no auth at all (development mode) nothing is
+        # signed, as the protocol requests are not.
+        secrets = registry.secrets(p.name)
+        if secrets and not enlistment_valid(secrets, txid, p.name, p.url, p.vote, p.sig):
             return ApiError(
                 403,
                 "bad_enlistment_signature",
@@ -615,7 +692,7 @@ def create_app(node: Any) -> FastAPI:
             (body.begin.timeout_s, body.begin.labels) if body.begin is not None else None,
         )
 
-    async def do_commit(txid: str | None, body: CommitRequest | None) -> Response:
+    async def do_commit(txid: str | None, body: CommitRequest | None, _p: Principal) -> Response:
         assert txid is not None
         t = await engine.commit(txid, carried(txid, body) if body is not None else None)
         if t.outcome is Outcome.ABORT:
@@ -809,7 +886,7 @@ def create_app(node: Any) -> FastAPI:
     # Innermost: begin, enlist and commit without FastAPI's machinery (coordinator/hot_routes.py).
     app.add_middleware(
         HotRoutes,
-        tokens=tokens,
+        auth=auth,
         txid_re=TXID_RE,
         begin=HotRoute({Role.CLIENT}, BeginRequest, do_begin),
         enlist=HotRoute({Role.PARTICIPANT}, EnlistRequest, do_enlist),
@@ -817,8 +894,14 @@ def create_app(node: Any) -> FastAPI:
         answers=answer,
     )
     app.add_middleware(ForwardToLeader, node=node)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+    )
     app.add_middleware(RequestContext)
+    # Every answer to a participant's signed call carries the coordinator's signature.
+    app.add_middleware(SignAnswers, registry=registry)
     # Outermost: Raft messages skip the API's stack (coordinator/raft_endpoint.py).
     app.add_middleware(RaftEndpoint, node=node, secret=settings.cluster_secret)
     return app

@@ -8,17 +8,34 @@
 | `admin` | everything, including operator actions and membership changes |
 
 Tokens come from `api_tokens` ("role=token,role=token", several per role allowed) and
-`api_token` (one admin token). With no token configured the API is open (development);
-`environment=production` refuses to start that way. Who did what is recorded by token
-fingerprint (a hash prefix), never by the token itself.
+`api_token` (one admin token). With no token configured the API is open (development, and
+then the node listens on loopback only: coordinator/config.py); `environment=production`
+refuses to start that way. Who did what is recorded by token fingerprint (a hash prefix),
+never by the token itself.
+
+A participant of the registry (coordinator/participants.py) proves who it is by signing
+its call (`Txc-Participant`, `Txc-Timestamp`, `Txc-Signature`) rather than by a bearer
+token: its principal has the participant role and its name, and it may enlist that name
+only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+
+from coordinator.participants import Registry
+from participant_sdk.headers import MAX_PARTICIPANT_NAME
+from participant_sdk.signing import (
+    PARTICIPANT_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    SignatureError,
+    verify_participant,
+)
 
 
 class Role(StrEnum):
@@ -38,9 +55,12 @@ class Principal:
 
     role: Role
     fingerprint: str
+    participant: str | None = None  # a registry participant that signed its call
 
     @property
     def name(self) -> str:
+        if self.participant is not None:
+            return f"participant:{self.participant}"
         return f"{self.role.value}:{self.fingerprint}"
 
 
@@ -107,3 +127,39 @@ class TokenTable:
             if hmac.compare_digest(given, t):
                 found = Principal(role, fp)
         return found
+
+
+class Authenticator:
+    """Who is calling, from a bearer token or a participant's signature."""
+
+    def __init__(self, tokens: TokenTable, registry: Registry) -> None:
+        self.tokens = tokens
+        self.registry = registry
+
+    def principal(
+        self, headers: Mapping[str, str], method: str, path: str, body: bytes
+    ) -> Principal:
+        """`headers` with lower-case names. A call carrying `Txc-Participant` is judged by
+        its signature alone (a bearer token beside it changes nothing); AuthFailed when the
+        signature does not hold, or when the call carries neither and tokens are on."""
+        name = headers.get(PARTICIPANT_HEADER.lower())
+        if name is None or not self.registry.secrets_known:
+            return self.tokens.principal(headers.get("authorization"))
+        if not name or len(name) > MAX_PARTICIPANT_NAME:
+            raise AuthFailed("malformed participant name")
+        secrets = self.registry.secrets(name)
+        if secrets is None:
+            raise AuthFailed("unknown participant")
+        try:
+            verify_participant(
+                secrets,
+                name,
+                method,
+                path,
+                headers.get(TIMESTAMP_HEADER.lower()),
+                headers.get(SIGNATURE_HEADER.lower()),
+                body,
+            )
+        except SignatureError as e:
+            raise AuthFailed(f"participant signature refused: {e}") from None
+        return Principal(Role.PARTICIPANT, name, participant=name)

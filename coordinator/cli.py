@@ -303,6 +303,10 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 # Collect the youngest generation every GC_GEN0_THRESHOLD allocations instead, and leave the
 # objects of start-up (modules, the app) out of every collection (gc.freeze).
 GC_GEN0_THRESHOLD = 50_000
+# Connections and requests one node serves at once; beyond it uvicorn answers 503 at once
+# (a flood of connections, idle or slow, cannot take all of a node's memory and sockets).
+# Far above what a group under `txc bench` holds (clients, participants, peers).
+MAX_CONCURRENCY = 2048
 GC_OLDER_THRESHOLDS = (20, 20)
 
 
@@ -349,6 +353,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_keyfile=settings.tls_keyfile or None,
         # A stop never waits forever on a connection (a peer's stream, a long poll).
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        limit_concurrency=MAX_CONCURRENCY,
     )
     return EXIT_OK
 

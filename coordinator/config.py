@@ -6,6 +6,7 @@ read one table to know how the node behaves (README "Configuration" mirrors it).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import ssl
 import tomllib
@@ -26,13 +27,18 @@ class Settings:
     # The URL other nodes and participants use to reach this node (defaults to http://host:port).
     advertise_url: str = ""
     database_url: str = ""
-    # `development` accepts unauthenticated requests; `production` refuses to start without
-    # an API token and a participant token.
-    environment: str = "development"
+    # "" (unset): without API tokens the node serves loopback only. `development` (said
+    # explicitly) lets an open node listen on any address; `production` refuses to start
+    # without an admin token and a participant registry.
+    environment: str = ""
     api_token: str = field(default="", repr=False)  # one admin token
     api_tokens: str = field(
         default="", repr=False
     )  # "role=token,..." (client/participant/read/admin)
+    # Participant identities (coordinator/participants.py): a TOML file naming each
+    # participant, its secrets and its URLs. `participant_token` is the earlier model, one
+    # secret shared by every participant (any of them can act as any other).
+    participants_file: str = ""
     participant_token: str = field(default="", repr=False)
 
     # Raft group: `peers` lists every initial member as "id=url,id=url"; empty runs one
@@ -78,6 +84,7 @@ class Settings:
     # the event loop share one log entry (coordinator/proposal_batch.py).
     phase2_coalesce_results: bool = True
     max_body_bytes: int = 64 * 1024
+    body_read_timeout_s: float = 30.0  # a request's body must have arrived by then (else 408)
     log_batch_max: int = 512  # commands written in one log transaction (group commit)
     log_queue_max: int = 10_000  # proposals waiting for the log before 503
     participant_connections: int = 200  # HTTP connections to participants, all together
@@ -115,22 +122,42 @@ class Settings:
     def validate(self) -> Settings:
         if not self.database_url:
             raise ConfigError("database_url is not set (TXC_DATABASE_URL)")
-        if self.environment not in ("development", "production"):
-            raise ConfigError("environment must be 'development' or 'production'")
-        if self.environment == "production":
-            from coordinator.auth import Role, parse_tokens
+        if self.environment not in ("", "development", "production"):
+            raise ConfigError("environment must be 'development' or 'production' (or unset)")
+        from coordinator.auth import Role, TokenConfigError, parse_tokens
 
+        try:
             roles = set(parse_tokens(self.api_tokens, self.api_token).values())
+        except TokenConfigError as e:
+            raise ConfigError(str(e)) from None
+        if self.environment == "production":
             missing = []
             if Role.ADMIN not in roles:
                 missing.append("an admin token (TXC_API_TOKEN or TXC_API_TOKENS=admin=...)")
-            if not self.participant_token:
-                missing.append("TXC_PARTICIPANT_TOKEN (signs requests to participants)")
+            if not self.participants_file and not self.participant_token:
+                missing.append("TXC_PARTICIPANTS_FILE (each participant's secret and URLs)")
             if missing:
                 raise ConfigError(
                     "production configuration without credentials: set " + "; ".join(missing)
                 )
-        from coordinator.auth import TokenConfigError, parse_tokens
+        if self.participants_file and self.participant_token:
+            raise ConfigError(
+                "participants_file replaces the shared participant_token: unset "
+                "TXC_PARTICIPANT_TOKEN (each participant signs with its own secret)"
+            )
+        if self.participants_file:
+            from coordinator.participants import RegistryError, load
+
+            try:
+                load(self.participants_file)
+            except RegistryError as e:
+                raise ConfigError(str(e)) from None
+        if not roles and not is_loopback(self.host) and self.environment != "development":
+            raise ConfigError(
+                f"no API tokens, so the API is open: txc serves it on loopback only, not on "
+                f"{self.host!r}. Set TXC_API_TOKENS (and TXC_PARTICIPANTS_FILE), or "
+                "TXC_ENVIRONMENT=development to serve an open API beyond this machine"
+            )
 
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise ConfigError("tls_certfile and tls_keyfile go together")
@@ -139,10 +166,6 @@ class Settings:
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name}: no such file {path}")
 
-        try:
-            parse_tokens(self.api_tokens, self.api_token)
-        except TokenConfigError as e:
-            raise ConfigError(str(e)) from None
         if self.peers:
             urls = self.peer_urls()
             if self.raft_id not in urls:
@@ -171,6 +194,16 @@ class Settings:
                 "(a client's retried commit must still find the decision)"
             )
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening address is reachable from this machine only."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:

@@ -24,14 +24,19 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coordinator.auth import AuthFailed, Role, TokenTable
+from coordinator.auth import Authenticator, AuthFailed, Principal, Role
+from participant_sdk.signing import PARTICIPANT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 MAX_BODY_BYTES = 64 * 1024  # larger bodies take the app's path (and its 413)
 _PARTICIPANTS = re.compile(r"^/v1/transactions/([^/]+)/participants$")
 _COMMIT = re.compile(r"^/v1/transactions/([^/]+)/commit$")
 _BEGIN_PATH = "/v1/transactions"
+_AUTH_HEADERS = tuple(
+    h.lower().encode()
+    for h in ("authorization", PARTICIPANT_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
+)
 
-Handler = Callable[[str | None, Any], Awaitable[Response]]
+Handler = Callable[[str | None, Any, Principal], Awaitable[Response]]
 
 
 class HotRoute:
@@ -54,7 +59,7 @@ class HotRoutes:
     def __init__(
         self,
         app: ASGIApp,
-        tokens: TokenTable,
+        auth: Authenticator,
         txid_re: re.Pattern[str],
         begin: HotRoute,
         enlist: HotRoute,
@@ -62,7 +67,7 @@ class HotRoutes:
         answers: Callable[[Exception], Response | None],
     ) -> None:
         self.app = app
-        self.tokens = tokens
+        self.auth = auth
         self.txid_re = txid_re
         self.begin, self.enlist, self.commit = begin, enlist, commit
         self.answers = answers  # an exception -> the app's answer to it, or None
@@ -99,7 +104,8 @@ class HotRoutes:
                 raise
             await answer(scope, receive, send)
             return
-        fast = not more and self._admitted(route, headers, txid)
+        who = None if more else self._admitted(route, headers, txid, scope, body)
+        fast = who is not None
         parsed: Any = None
         if fast and route.model is not None and not (route.body_optional and not body):
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
@@ -112,7 +118,8 @@ class HotRoutes:
             await self.app(scope, _replay(body, more, receive), send)
             return
         try:
-            response = await route.run(txid, parsed)
+            assert who is not None
+            response = await route.run(txid, parsed, who)
         except Exception as e:
             answer = self.answers(e)
             if answer is None:
@@ -120,15 +127,27 @@ class HotRoutes:
             response = answer
         await response(scope, receive, send)
 
-    def _admitted(self, route: HotRoute, headers: dict[bytes, bytes], txid: str | None) -> bool:
+    def _admitted(
+        self,
+        route: HotRoute,
+        headers: dict[bytes, bytes],
+        txid: str | None,
+        scope: Scope,
+        body: bytes,
+    ) -> Principal | None:
+        """The caller, when it may make this call here; None sends the call to the app."""
         if txid is not None and not self.txid_re.match(txid):
-            return False
-        auth = headers.get(b"authorization")
+            return None
+        text = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k in _AUTH_HEADERS
+            if (v := headers.get(k)) is not None
+        }
         try:
-            p = self.tokens.principal(auth.decode("latin-1") if auth is not None else None)
+            p = self.auth.principal(text, "POST", scope.get("path", ""), body)
         except AuthFailed:
-            return False
-        return p.role in route.roles
+            return None
+        return p if p.role in route.roles else None
 
 
 async def _read(receive: Receive) -> tuple[bytes, bool]:

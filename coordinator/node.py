@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from coordinator import migrate, tracing
+from coordinator import migrate, participants, tracing
 from coordinator.api import create_app
 from coordinator.auth import Principal
 from coordinator.commands import AuditNote
@@ -31,8 +31,24 @@ log = logging.getLogger("txc.node")
 
 STUCK_AFTER_S = 60.0  # an unfinished transaction older than this counts as stuck
 MAX_FORWARD_CONNECTIONS = 100  # open connections from a follower to the leader
-FORWARDED_HEADERS = {"authorization", "content-type", "accept", "traceparent"}
-RELAYED_HEADERS = {"content-type", "txc-leader", "retry-after", "www-authenticate"}
+REFUSAL_LOG_WINDOW_S = 60.0  # refused Raft requests: logged one by one up to ...
+REFUSALS_LOGGED_PER_WINDOW = 20  # ... this many per window, then counted
+FORWARDED_HEADERS = {
+    "authorization",
+    "content-type",
+    "accept",
+    "traceparent",
+    "txc-participant",  # a participant's signed call (participant_sdk/signing.py)
+    "txc-timestamp",
+    "txc-signature",
+}
+RELAYED_HEADERS = {
+    "content-type",
+    "txc-leader",
+    "retry-after",
+    "www-authenticate",
+    "txc-answer-signature",
+}
 
 
 class Node:
@@ -42,12 +58,29 @@ class Node:
         self.db = make_engine(settings.database_url)
         self.store = Store(self.db)
         self.metrics = Metrics()
+        self.registry = participants.from_settings(
+            settings.participants_file, settings.participant_token
+        )
+        if self.registry.mode is participants.Mode.SHARED:
+            log.warning(
+                "participants share one secret (participant_token): any of them can sign for "
+                "any other; give each its own in a participants_file (docs/security.md)"
+            )
+        if not (settings.api_tokens or settings.api_token):
+            log.warning(
+                "no API tokens: the API is open to every caller (development); serving %s",
+                settings.host,
+            )
         self.client = ParticipantClient(
-            token=settings.participant_token,
+            registry=self.registry,
             connections=settings.participant_connections,
             ssl_context=settings.client_ssl(),
         )
         self.raft: RaftLog | None = None
+        self.refused_peers = 0  # Raft requests refused (coordinator/raft_endpoint.py)
+        self._refusal_window_start = time.monotonic()
+        self._refusals_logged = 0
+        self._refusals_unlogged = 0
         self.log: CommandLog
         if settings.peers:
             self.raft = RaftLog(
@@ -186,7 +219,26 @@ class Node:
             log.error("audit record lost for %s %s by %s: %s", action, txid, who.name, e)
 
     def refused_peer(self, client: str, reason: str) -> None:
-        log.warning("refused raft messages from %s: %s", client, reason)
+        """Log a refused Raft request: the first REFUSALS_LOGGED_PER_WINDOW of each
+        REFUSAL_LOG_WINDOW_S, then one line saying how many more were refused (an
+        unauthenticated flood must not become a flood of log lines)."""
+        now = time.monotonic()
+        if now - self._refusal_window_start >= REFUSAL_LOG_WINDOW_S:
+            if self._refusals_unlogged:
+                log.warning(
+                    "refused %d more raft requests in the last %.0f s (not logged one by one)",
+                    self._refusals_unlogged,
+                    now - self._refusal_window_start,
+                )
+            self._refusal_window_start = now
+            self._refusals_logged = 0
+            self._refusals_unlogged = 0
+        self.refused_peers += 1
+        if self._refusals_logged < REFUSALS_LOGGED_PER_WINDOW:
+            self._refusals_logged += 1
+            log.warning("refused raft messages from %s: %s", client, reason)
+        else:
+            self._refusals_unlogged += 1
 
     async def forward(self, request: Request, leader_url: str) -> Response:
         """Send a request this follower cannot serve to the leader, and relay its answer."""

@@ -17,7 +17,13 @@ import aiohttp
 
 from coordinator import tracing
 from coordinator.logs import traceparent_var
-from participant_sdk.signing import signed_headers
+from coordinator.participants import Registry
+from participant_sdk.signing import (
+    ANSWER_SIGNATURE_HEADER,
+    SIGNATURE_HEADER,
+    answer_valid,
+    signed_headers,
+)
 
 MAX_REPLY_BYTES = 64 * 1024  # a participant's answer is a small JSON document
 ACTIONS = ("prepare", "commit", "abort")
@@ -62,11 +68,17 @@ def action_url(base: str, action: str) -> str:
 
 class ParticipantClient:
     def __init__(
-        self, *, token: str = "", connections: int = 200, ssl_context: ssl.SSLContext | None = None
+        self,
+        *,
+        registry: Registry | None = None,
+        connections: int = 200,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """`token` is the participant secret: every request is signed with it."""
+        """Each request is signed with the secret of the participant it goes to (none in
+        the registry's open mode); with a registry, an answer counts only if it carries
+        that participant's signature (anything else is as if no answer came)."""
         assert connections > 0
-        self.token = token
+        self.registry = registry or Registry()
         self.connections = connections
         self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
@@ -102,7 +114,8 @@ class ParticipantClient:
         self, base_url: str, action: str, txid: str, participant: str, timeout_s: float
     ) -> Reply:
         payload = json.dumps({"txid": txid, "participant": participant}).encode()
-        return await self._post(action_url(base_url, action), action, payload, timeout_s)
+        url = action_url(base_url, action)
+        return await self._post(url, action, participant, payload, timeout_s)
 
     async def call_batch(
         self,
@@ -133,7 +146,12 @@ class ParticipantClient:
             **{"txc.participant": participant, "txc.messages": len(messages)},
         ):
             reply = await self._post(
-                base_url.rstrip("/") + "/batch", "batch", payload, timeout_s, MAX_BATCH_REPLY_BYTES
+                base_url.rstrip("/") + "/batch",
+                "batch",
+                participant,
+                payload,
+                timeout_s,
+                MAX_BATCH_REPLY_BYTES,
             )
         if reply.status is None or (reply.status >= 500 and reply.status != 501):
             return [Reply(reply.status, {}, reply.error)] * len(messages)
@@ -145,6 +163,7 @@ class ParticipantClient:
         self,
         url: str,
         action: str,
+        participant: str,
         payload: bytes,
         timeout_s: float,
         max_reply: int = MAX_REPLY_BYTES,
@@ -154,8 +173,9 @@ class ParticipantClient:
         traceparent = traceparent_var.get()
         if traceparent:
             headers["traceparent"] = traceparent  # W3C trace context, on to the participant
-        if self.token:
-            headers |= signed_headers(self.token, "POST", url, payload)
+        secret = self.registry.signing_secret(participant)
+        if secret:
+            headers |= signed_headers(secret, "POST", url, payload)
         try:
             async with self._session.post(
                 url,
@@ -165,6 +185,12 @@ class ParticipantClient:
                 allow_redirects=False,
             ) as resp:
                 raw = await _read_limited(resp, max_reply)
+                if (
+                    secret
+                    and self.registry.answers_signed
+                    and not self._answer_holds(participant, headers[SIGNATURE_HEADER], resp, raw)
+                ):
+                    return Reply(None, error=f"{action}: answer not signed by {participant}")
                 body: dict[str, Any] = {}
                 if raw:
                     try:
@@ -185,6 +211,13 @@ class ParticipantClient:
             return Reply(None, error=f"{action}: {type(e).__name__}: {e}"[:500])
         except OSError as e:
             return Reply(None, error=f"{action}: {type(e).__name__}: {e}"[:500])
+
+    def _answer_holds(
+        self, participant: str, request_sig: str, resp: aiohttp.ClientResponse, raw: bytes
+    ) -> bool:
+        secrets = self.registry.secrets(participant)
+        given = resp.headers.get(ANSWER_SIGNATURE_HEADER)
+        return bool(secrets) and answer_valid(secrets or (), request_sig, resp.status, raw, given)
 
 
 def _batch_replies(messages: list[tuple[str, str]], results: object) -> list[Reply] | None:

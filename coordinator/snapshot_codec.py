@@ -1,11 +1,9 @@
 """The bytes of a Raft snapshot of the coordinator's applied state: its JSON, compressed.
 
-Why compressed: a snapshot holds every transaction ever recorded (~500 bytes of JSON each),
-each node keeps its latest one in memory and in PostgreSQL, and a lagging follower receives
-it in one signed POST (as base64). That POST was capped at 64 MiB, so as plain JSON a group
-past ~90,000 recorded transactions could no longer bring a follower back by snapshot (refused
-with 413, retried for ever); bigger bodies now need a signed length and stop at 1 GiB
-(`raft.transport.MAX_SIGNED_BODY_BYTES`). The records compress well
+Why compressed: a snapshot holds every live transaction and tombstone (~500 bytes of JSON a
+record), each node keeps its latest one in memory and in PostgreSQL, and a lagging follower
+receives it in one signed POST (as base64), at most 1 GiB (`raft.transport.
+MAX_SIGNED_BODY_BYTES`; bodies over 64 MiB are read one at a time). The records compress well
 (repeated keys, URLs, states): zlib at level 1 measured ~20x on benchmark-shaped records for
 ~1 ms per MB, next to ~8 ms per MB to read them out of PostgreSQL.
 

@@ -29,18 +29,28 @@ def _server_url_for(server_url: str, database: str) -> str:
     return f"{base}/{database}"
 
 
-CREDENTIAL_NAMES = ("cluster", "participant_secret", "admin", "client", "participant", "read")
+CREDENTIAL_NAMES = (
+    "cluster",
+    "participant_secret",
+    "admin",
+    "client",
+    "participant",
+    "read",
+    *(f"secret:{name}" for name, _ in DEMO_BANKS),
+)
 
 
 def _credentials(data_dir: Path) -> dict[str, str]:
     """Development credentials, generated once and kept (mode 600) in the data directory:
-    the cluster secret, the participant signing secret, and one API token per role.
-    `credentials.env` beside it exports them for a shell."""
+    the cluster secret, one secret per demo participant (its registry entry), the shared
+    participant secret (only for `--no-demo`, where nobody is registered yet), and one API
+    token per role. A data directory of an earlier release gets the names it lacks.
+    `credentials.env` beside it exports the API tokens for a shell."""
     path = data_dir / "credentials.json"
-    if path.exists():
-        creds: dict[str, str] = json.loads(path.read_text())
-    else:
-        creds = {name: secrets.token_urlsafe(24) for name in CREDENTIAL_NAMES}
+    creds: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [name for name in CREDENTIAL_NAMES if name not in creds]
+    if missing:
+        creds |= {name: secrets.token_urlsafe(24) for name in missing}
         path.write_text(json.dumps(creds, indent=2))
         path.chmod(0o600)
     env_file = data_dir / "credentials.env"
@@ -52,6 +62,24 @@ def _credentials(data_dir: Path) -> dict[str, str]:
     )
     env_file.chmod(0o600)
     return creds
+
+
+def _registry(data_dir: Path, creds: dict[str, str], banks: list[tuple[str, int]]) -> Path:
+    """The participant registry every node reads (coordinator/participants.py): each demo
+    bank's name, its own secret and its URL, so that no bank can act as the other."""
+    path = data_dir / "participants.toml"
+    entries = "".join(
+        f'[participants.{name}]\nsecrets = ["{creds["secret:" + name]}"]\n'
+        f'urls = ["http://127.0.0.1:{port}/txc"]\n\n'
+        for name, port in banks
+    )
+    path.write_text("# Written by `txc up` at every start.\n\n" + entries)
+    path.chmod(0o600)
+    return path
+
+
+def _bank_port(base: int, i: int) -> int:
+    return base + 101 + i
 
 
 def _api_tokens(creds: dict[str, str]) -> str:
@@ -90,15 +118,28 @@ def up(args: argparse.Namespace) -> int:
         secret = creds["cluster"]
         ports = [args.port + i for i in range(nodes)]
         peers = peers_for(ports)
+        banks = (
+            []
+            if args.no_demo
+            else [(name, _bank_port(args.port, i)) for i, (name, _) in enumerate(DEMO_BANKS)]
+        )
+        # With demo banks, each has its own identity; without, nobody is registered and
+        # participants the user starts share one secret (TXC_PARTICIPANT_TOKEN).
+        participant_env = (
+            {"TXC_PARTICIPANTS_FILE": str(_registry(data_dir, creds, banks))}
+            if banks
+            else {"TXC_PARTICIPANT_TOKEN": creds["participant_secret"]}
+        )
         for i, port in enumerate(ports):
             node_db = f"txc_node{i + 1}"
             create_database(server_url, node_db)
             node_url = _server_url_for(server_url, node_db)
             migrate.upgrade(node_url, "coordinator")
-            env = node_env(i + 1, port, node_url, peers, secret, nodes) | {
-                "TXC_API_TOKENS": _api_tokens(creds),
-                "TXC_PARTICIPANT_TOKEN": creds["participant_secret"],
-            }
+            env = (
+                node_env(i + 1, port, node_url, peers, secret, nodes)
+                | {"TXC_API_TOKENS": _api_tokens(creds)}
+                | participant_env
+            )
             children.append(
                 _spawn(f"node{i + 1}", ["-m", "coordinator", "serve"], env, port, log_dir)
             )
@@ -113,7 +154,7 @@ def up(args: argparse.Namespace) -> int:
                 create_database(server_url, db)
                 db_url = _server_url_for(server_url, db)
                 migrate.upgrade(db_url, "participant")
-                port = args.port + 101 + i
+                port = _bank_port(args.port, i)
                 children.append(
                     _spawn(
                         name,
@@ -131,10 +172,7 @@ def up(args: argparse.Namespace) -> int:
                         ],
                         # Secrets by environment, never on the command line (which `ps`
                         # shows every local user).
-                        {
-                            "TXC_API_TOKEN": creds["participant"],
-                            "TXC_PARTICIPANT_TOKEN": creds["participant_secret"],
-                        },
+                        {"TXC_PARTICIPANT_TOKEN": creds["secret:" + name]},
                         port,
                         log_dir,
                     )

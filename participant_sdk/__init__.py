@@ -25,6 +25,7 @@ from participant_sdk.callbacks import CallbackParticipant, CallbackWork
 from participant_sdk.client import (
     AsyncTransaction,
     AsyncTxcClient,
+    ParticipantSigner,
     Transaction,
     TxcClient,
 )
@@ -51,7 +52,13 @@ from participant_sdk.headers import (
     make_gid,
     propagation_headers,
 )
-from participant_sdk.participant import AsyncJoin, JoinFailed, ParticipantBase, ProtocolReply
+from participant_sdk.participant import (
+    AsyncJoin,
+    InsecureConfiguration,
+    JoinFailed,
+    ParticipantBase,
+    ProtocolReply,
+)
 from participant_sdk.pg_resource import PgResourceManager, PgWork
 from participant_sdk.record import create_tables
 from participant_sdk.recovery import (
@@ -77,11 +84,13 @@ __all__ = [
     "CallbackWork",
     "CoordinatorUnavailable",
     "EnlistmentUncertain",
+    "InsecureConfiguration",
     "InvalidRequest",
     "JoinFailed",
     "MissingTransaction",
     "ParticipantBase",
     "ParticipantError",
+    "ParticipantSigner",
     "PgResourceManager",
     "PgWork",
     "ProtocolReply",

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine
@@ -38,7 +36,6 @@ log = logging.getLogger("txc.sdk.callbacks")
 
 VOTES = ("yes", "no", "read_only")
 # Coordinator URLs taken from callers' headers, kept from a txid's work to its prepare.
-MAX_REMEMBERED_COORDINATORS = 10_000
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,8 @@ class CallbackParticipant(ParticipantBase):
         prefix: str = "/txc",
         coordinator: TxcClient | None = None,
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
-        participant_token: str | None = None,
+        participant_token: str | Sequence[str] | None = None,
+        development: bool = False,
     ) -> None:
         super().__init__(
             name,
@@ -75,13 +73,12 @@ class CallbackParticipant(ParticipantBase):
             coordinator=coordinator,
             recovery_interval_s=recovery_interval_s,
             participant_token=participant_token,
+            development=development,
         )
         self._prepare_cb = prepare
         self._commit_cb = commit
         self._abort_cb = abort
         self.engine = record_engine
-        self._coordinator_urls: OrderedDict[str, str] = OrderedDict()  # see work()
-        self._urls_lock = threading.Lock()
 
     def create_tables(self) -> None:
         record.create_tables(self.engine)
@@ -105,8 +102,6 @@ class CallbackParticipant(ParticipantBase):
             self.check_deferred()  # raises, before any work: this kind never defers (above)
         self.coordinator_for(coordinator_url)
         self._refuse_if_recorded(txid)
-        if coordinator_url and not self.coordinator_url:
-            self._remember_coordinator(txid, coordinator_url)
         yield CallbackWork(txid, self.name)
         # Again after the work: a prepare (or an abort) that began while it ran may not have
         # seen it, so the request must not pass for part of the transaction. One that begins
@@ -134,15 +129,6 @@ class CallbackParticipant(ParticipantBase):
             f"the transaction was already prepared here{when}", code="already_prepared"
         )
 
-    def _remember_coordinator(self, txid: str, url: str) -> None:
-        """The coordinator a caller named (no configured one), kept until this txid's prepare
-        writes it into the record: recovery must know whom to ask after a crash."""
-        with self._urls_lock:
-            self._coordinator_urls[txid] = url
-            self._coordinator_urls.move_to_end(txid)
-            while len(self._coordinator_urls) > MAX_REMEMBERED_COORDINATORS:
-                self._coordinator_urls.popitem(last=False)
-
     @contextlib.contextmanager
     def local_work(self) -> Iterator[CallbackWork]:
         yield CallbackWork(None, self.name)
@@ -161,10 +147,9 @@ class CallbackParticipant(ParticipantBase):
                 if rec.state == "prepared" and rec.gid == record.CALLBACK_PREPARING:
                     return self._vote_no(conn, txid, "an earlier prepare did not finish")
                 return ProtocolReply(200, {"vote": "yes"})
-            with self._urls_lock:
-                url = self._coordinator_urls.pop(txid, None)
+            # No coordinator URL in the record: recovery asks the configured one only.
             if not record.insert_if_absent(
-                conn, self.name, txid, "prepared", record.CALLBACK_PREPARING, url
+                conn, self.name, txid, "prepared", record.CALLBACK_PREPARING, None
             ):
                 # Only another process sharing a SQLite record store (whose lock is local to
                 # a process) can get here: answer "try again" rather than run the callback.

@@ -54,9 +54,16 @@ from participant_sdk.headers import (
     LEADER_HEADER,
     propagation_headers,
     validate_base_url,
+    validate_participant_name,
     validate_txid,
 )
 from participant_sdk.http_pool import HttpAnswer, HttpPool, HttpTransportError
+from participant_sdk.signing import (
+    ANSWER_SIGNATURE_HEADER,
+    SIGNATURE_HEADER,
+    answer_valid,
+    participant_headers,
+)
 
 log = logging.getLogger("txc.sdk.client")
 
@@ -386,6 +393,39 @@ class AsyncTransaction(_TransactionBase):
 # -- clients -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ParticipantSigner:
+    """A participant's identity for its own calls (enlist, outcome): its name and secrets
+    (the first signs; any one verifies the coordinator's answers, for rotation)."""
+
+    name: str
+    secrets: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        validate_participant_name(self.name)
+        if not self.secrets or not all(self.secrets):
+            raise ValueError("a participant signer needs at least one non-empty secret")
+
+    def headers(self, method: str, url: str, body: bytes) -> dict[str, str]:
+        return participant_headers(self.name, self.secrets[0], method, url, body)
+
+    def check(self, sent: dict[str, str], resp: _Answer, call: _Call) -> None:
+        """Raise (retryable: as if no answer came) unless the coordinator signed this answer
+        to this call. Why retryable rather than an error: an answer nobody can vouch for is
+        no answer, and anything taken from it (an outcome, a failed enlistment) could be a
+        forger's."""
+        given = resp.headers.get(ANSWER_SIGNATURE_HEADER)
+        if not answer_valid(
+            self.secrets, sent[SIGNATURE_HEADER], resp.status_code, resp.content, given
+        ):
+            raise _Retryable(
+                f"{call.op}: answer not signed by the coordinator (HTTP {resp.status_code})",
+                code="unsigned_answer",
+                # No status: nothing may be concluded from it (a forged 4xx must not read
+                # as "the coordinator refused this enlistment").
+            )
+
+
 class _ClientBase:
     def __init__(
         self,
@@ -393,6 +433,7 @@ class _ClientBase:
         token: str | None,
         timeout: float,
         retries: int,
+        participant: ParticipantSigner | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -402,6 +443,18 @@ class _ClientBase:
         self.token = token
         self.timeout = timeout
         self.retries = retries
+        # A participant's client signs each call, and takes only signed answers.
+        self.participant = participant
+
+    def _prepared(self, call: _Call, url: str) -> tuple[bytes | None, dict[str, str]]:
+        """The exact body bytes and headers of one attempt (a signature covers the bytes)."""
+        body = None if call.body is None else json.dumps(call.body).encode()
+        headers = self._headers()
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.participant is not None:
+            headers |= self.participant.headers(call.method, url, body or b"")
+        return body, headers
 
     @property
     def base_url(self) -> str:
@@ -435,8 +488,9 @@ class TxcClient(_ClientBase):
         retries: int = DEFAULT_RETRIES,
         *,
         transport: httpx.BaseTransport | None = None,
+        participant: ParticipantSigner | None = None,
     ) -> None:
-        super().__init__(base_url, token, timeout, retries)
+        super().__init__(base_url, token, timeout, retries, participant)
         self._http: httpx.Client | None = None
         self._pool: HttpPool | None = None
         if transport is not None or _env_proxies():
@@ -451,11 +505,15 @@ class TxcClient(_ClientBase):
             self._pool.close()
 
     def _send(self, call: _Call, url: str) -> _Answer:
+        body, headers = self._prepared(call, url)
         if self._pool is None:
             assert self._http is not None
-            return self._http.request(call.method, url, json=call.body, headers=self._headers())
-        body = None if call.body is None else json.dumps(call.body).encode()
-        return self._pool.request(call.method, url, body, self._headers())
+            resp: _Answer = self._http.request(call.method, url, content=body, headers=headers)
+        else:
+            resp = self._pool.request(call.method, url, body, headers)
+        if self.participant is not None:
+            self.participant.check(headers, resp, call)
+        return resp
 
     def __enter__(self) -> TxcClient:
         return self
@@ -582,8 +640,9 @@ class AsyncTxcClient(_ClientBase):
         retries: int = DEFAULT_RETRIES,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        participant: ParticipantSigner | None = None,
     ) -> None:
-        super().__init__(base_url, token, timeout, retries)
+        super().__init__(base_url, token, timeout, retries, participant)
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
@@ -606,13 +665,15 @@ class AsyncTxcClient(_ClientBase):
         async for attempt in retrying:
             with attempt:
                 base = self._endpoints.current()
+                url = base + call.path
+                body, headers = self._prepared(call, url)
                 try:
-                    resp = await self._http.request(
-                        call.method, base + call.path, json=call.body, headers=self._headers()
-                    )
+                    resp = await self._http.request(call.method, url, content=body, headers=headers)
                 except httpx.TransportError as e:
                     self._endpoints.failed(base)
                     raise _Retryable(f"{call.op}: {base}: {type(e).__name__}: {e}") from e
+                if self.participant is not None:
+                    self.participant.check(headers, resp, call)
                 return _interpret(call, resp, self._endpoints)
         raise AssertionError("unreachable: tenacity either returns or raises")
 

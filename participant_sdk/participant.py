@@ -26,12 +26,13 @@ call, and the async endpoint's response needs no thread at all.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -42,8 +43,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from participant_sdk.client import TxcClient
+from participant_sdk.client import ParticipantSigner, TxcClient
 from participant_sdk.errors import (
     MissingTransaction,
     ParticipantError,
@@ -70,9 +72,12 @@ from participant_sdk.recovery import (
     resolve_in_doubt,
 )
 from participant_sdk.signing import (
+    ANSWER_SIGNATURE_HEADER,
+    MAX_SECRETS,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     SignatureError,
+    answer_signature,
     enlistment_signature,
 )
 from participant_sdk.signing import verify as verify_signature
@@ -80,13 +85,15 @@ from participant_sdk.signing import verify as verify_signature
 log = logging.getLogger("txc.sdk.participant")
 
 DEFAULT_PREFIX = "/txc"
-MAX_COORDINATOR_CLIENTS = 16  # distinct coordinator URLs learned from Txc-Coordinator headers
 MAX_REASON = 500  # characters of a reason / error message sent back to the coordinator
 MAX_PROTOCOL_BODY = 4096  # a protocol request is {"txid", "participant"}: small
 # `POST {prefix}/batch`: many phase-2 messages in one request (see `_handle_batch`). The
 # coordinator sends at most its `phase2_batch_max` (64 by default); a message is < 200 bytes.
 MAX_BATCH_MESSAGES = 256
 MAX_BATCH_BODY = 64 * 1024
+# A protocol request's body must have arrived within this (the coordinator sends < 64 KiB
+# at once; a caller that trickles bytes in holds a connection only this long).
+PROTOCOL_READ_TIMEOUT_S = 10.0
 # The participant's own calls to the coordinator (enlist during a business request, /outcome
 # during recovery) use tighter bounds than the client defaults: a business request waits for
 # the enlistment, and a black-holed coordinator must not pin it for minutes.
@@ -107,6 +114,11 @@ class ProtocolReply:
 
     def response(self) -> JSONResponse:
         return JSONResponse(status_code=self.status, content=self.body)
+
+
+class InsecureConfiguration(ValueError):
+    """The participant would serve its protocol endpoints to anyone (no secret) without
+    having been told that this is a development setup."""
 
 
 class ProtocolRequest(BaseModel):
@@ -238,19 +250,31 @@ class ParticipantBase(ABC):
         prefix: str = DEFAULT_PREFIX,
         coordinator: TxcClient | None = None,
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
-        participant_token: str | None = None,
+        participant_token: str | Sequence[str] | None = None,
         deferred_enlistment: bool = False,
+        development: bool = False,
     ) -> None:
-        """`token`: sent to the coordinator (its API token). `participant_token`: the secret
-        the coordinator signs its protocol requests with (its `participant_token` setting);
-        when set, unsigned or badly signed protocol requests are refused, and deferred
-        enlistments are signed with it. Defaults to `token`, so one shared secret is enough
-        for simple setups. `deferred_enlistment` (off by default): honour a caller's
-        `Txc-Enlist: deferred` (hand the enlistment to the caller, who brings it to the
-        commit) instead of always enlisting with the coordinator during the request. Off,
-        a txid the coordinator never issued is refused at once (the enlist fails); on, any
-        caller of the business endpoints can have work prepared under a txid it made up,
-        held until recovery's next pass settles it (seconds)."""
+        """`participant_token`: this participant's secret (its entry in the coordinator's
+        participant registry), or a list of them during a rotation (the first signs, any
+        one verifies). The coordinator signs its protocol requests with it; this
+        participant signs with it its calls to the coordinator (enlist, outcome), its
+        answers (votes, acknowledgements) and its deferred enlistments, and refuses
+        unsigned or badly signed protocol requests.
+
+        `token`: an API bearer token, sent on this participant's calls when no
+        `participant_token` is given (the earlier setup, where that token also checks the
+        coordinator's requests: one secret shared by all).
+
+        Without any secret the protocol endpoints refuse to start (InsecureConfiguration)
+        unless `development=True`: anyone who can reach them could commit or abort this
+        participant's prepared work.
+
+        `deferred_enlistment` (off by default): honour a caller's `Txc-Enlist: deferred`
+        (hand the enlistment to the caller, who brings it to the commit) instead of always
+        enlisting with the coordinator during the request. Off, a txid the coordinator
+        never issued is refused at once (the enlist fails); on, any caller of the business
+        endpoints can have work prepared under a txid it made up, held until recovery's
+        next pass settles it (seconds)."""
         self.name = validate_participant_name(name)
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
             raise ValueError(f"prefix must start and not end with '/', got {prefix!r}")
@@ -258,21 +282,30 @@ class ParticipantBase(ABC):
         self.public_url = validate_base_url(public_url)
         self.protocol_url = self.public_url + prefix
         self.token = token or None
-        self.participant_token = participant_token or self.token
+        self.secrets = _secrets(participant_token or self.token)
+        # Calls to the coordinator are signed with a participant secret given as such; with
+        # only an API token they carry it as a bearer token, as before identities existed.
+        self.signs_calls = bool(participant_token)
+        self.development = development
         if recovery_interval_s <= 0:
             raise ValueError("recovery_interval_s must be positive")
         self.recovery_interval_s = recovery_interval_s
         # One node's URL, or several separated by commas (a Raft group): the client moves to
-        # another node when one does not answer, and follows the leader.
+        # another node when one does not answer, and follows the leader. The only
+        # coordinators this participant talks to: a caller's `Txc-Coordinator` never adds one.
         self.coordinator_url = _seed_list(coordinator_url) if coordinator_url else None
-        self._clients: dict[str, TxcClient] = {}
-        self._clients_lock = threading.Lock()
+        self._client: TxcClient | None = coordinator
+        self._client_lock = threading.Lock()
         if coordinator is not None:
             self.coordinator_url = coordinator.base_url
-            self._clients[coordinator.base_url] = coordinator
         self._recovery: RecoveryLoop | None = None
         self._router: APIRouter | None = None
         self.deferred_enlistment = deferred_enlistment
+
+    @property
+    def participant_token(self) -> str | None:
+        """The secret this participant signs with (the first of `secrets`)."""
+        return self.secrets[0] if self.secrets else None
 
     # -- what each participant kind implements ------------------------------------------------
 
@@ -323,30 +356,28 @@ class ParticipantBase(ABC):
     # -- coordinator access ---------------------------------------------------------------------
 
     def coordinator_for(self, url: str | None = None) -> TxcClient:
-        """The client for this participant's coordinator. The configured URL wins; a URL from
-        the caller's `Txc-Coordinator` header is used only when none is configured (it would
-        otherwise let any caller point this participant, and its token, anywhere)."""
-        chosen = self.coordinator_url or (_seed_list(url) if url else None)
-        if chosen is None:
+        """The client for this participant's configured coordinator. `url` (a caller's
+        `Txc-Coordinator` header, or one stored by an earlier release) is never used: a
+        caller-named host would receive this participant's calls, and recovery would take
+        its word for an outcome. The client follows the group's leader among the
+        configured URLs by itself."""
+        if self.coordinator_url is None:
             raise MissingTransaction(
-                f"no coordinator configured and no {COORDINATOR_HEADER} header",
+                f"{self.name}: no coordinator configured (coordinator_url); the "
+                f"{COORDINATOR_HEADER} header cannot name one",
                 code="no_coordinator",
             )
-        with self._clients_lock:
-            client = self._clients.get(chosen)
-            if client is None:
-                if len(self._clients) >= MAX_COORDINATOR_CLIENTS:
-                    raise WorkRefused(
-                        f"more than {MAX_COORDINATOR_CLIENTS} coordinators seen", code="too_many"
-                    )
-                client = TxcClient(
-                    chosen.split(","),
-                    token=self.token,
+        with self._client_lock:
+            if self._client is None:
+                signer = ParticipantSigner(self.name, self.secrets) if self.signs_calls else None
+                self._client = TxcClient(
+                    self.coordinator_url.split(","),
+                    token=None if signer else self.token,
                     timeout=COORDINATOR_TIMEOUT_S,
                     retries=COORDINATOR_RETRIES,
+                    participant=signer,
                 )
-                self._clients[chosen] = client
-            return client
+            return self._client
 
     def enlist(self, txid: str, coordinator_url: str | None, vote: str | None) -> None:
         """Enlist this participant (with `vote` "yes" when its work is already prepared).
@@ -415,10 +446,10 @@ class ParticipantBase(ABC):
 
     def close(self) -> None:
         self.stop_recovery()
-        with self._clients_lock:
-            for client in self._clients.values():
-                client.close()
-            self._clients.clear()
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     # -- FastAPI --------------------------------------------------------------------------------
 
@@ -430,11 +461,12 @@ class ParticipantBase(ABC):
 
     def _refuse_unsigned(self, request: Request, body: bytes) -> JSONResponse | None:
         """Only the coordinator, which holds the participant secret, may drive the protocol."""
-        if self.participant_token is None:
+        if not self.secrets:
+            assert self.development
             return None
         try:
             verify_signature(
-                self.participant_token,
+                self.secrets,
                 request.method,
                 request.url.path,
                 request.headers.get(TIMESTAMP_HEADER),
@@ -503,16 +535,51 @@ class ParticipantBase(ABC):
             )
         return JSONResponse(status_code=200, content={"results": results})
 
+    def _signed(self, request: Request, response: JSONResponse) -> JSONResponse:
+        """`response` with this participant's signature bound to the request's (a vote or
+        an acknowledgement the coordinator can tell from a forged one)."""
+        request_sig = request.headers.get(SIGNATURE_HEADER)
+        if self.secrets and request_sig:
+            response.headers[ANSWER_SIGNATURE_HEADER] = answer_signature(
+                self.secrets[0], request_sig, response.status_code, bytes(response.body)
+            )
+        return response
+
     def _build_router(self) -> APIRouter:
+        if not self.secrets and not self.development:
+            raise InsecureConfiguration(
+                f"participant {self.name!r}: refusing to serve {self.prefix}/prepare, /commit "
+                "and /abort unsigned (anyone could commit or abort its prepared work): pass "
+                "participant_token=<its secret in the coordinator's registry>, or "
+                "development=True on a machine nobody else can reach"
+            )
         router = APIRouter(prefix=self.prefix, tags=["txc"])
 
         async def read(request: Request, limit: int, model: type[M]) -> M | JSONResponse:
-            """The body, within `limit`, signed by the coordinator, and valid: or the refusal."""
-            body = await request.body()
-            if len(body) > limit:
+            """The body, within `limit` and PROTOCOL_READ_TIMEOUT_S, signed by the
+            coordinator, and valid: or the refusal. Read piece by piece: a request announcing
+            (or sending) more than `limit` is refused before the rest is buffered, and one
+            that trickles in is cut off."""
+            too_big = ProtocolReply.error(413, "body_too_large", "protocol body too large")
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                return too_big.response()
+            parts: list[bytes] = []
+            size = 0
+            try:
+                async with asyncio.timeout(PROTOCOL_READ_TIMEOUT_S):
+                    async for chunk in request.stream():
+                        size += len(chunk)
+                        if size > limit:
+                            return too_big.response()
+                        parts.append(chunk)
+            except TimeoutError:
                 return ProtocolReply.error(
-                    413, "body_too_large", "protocol body too large"
+                    408, "body_timeout", "protocol body not received in time"
                 ).response()
+            except ClientDisconnect:
+                return ProtocolReply.error(400, "disconnected", "client went away").response()
+            body = b"".join(parts)
             refused = self._refuse_unsigned(request, body)
             if refused is not None:
                 return refused
@@ -525,9 +592,9 @@ class ParticipantBase(ABC):
         async def endpoint(action: str, request: Request) -> JSONResponse:
             req = await read(request, MAX_PROTOCOL_BODY, ProtocolRequest)
             if isinstance(req, JSONResponse):
-                return req
+                return self._signed(request, req)
             # The participant's handlers block on its database: run them off the event loop.
-            return await run_in_threadpool(self._handle, action, req)
+            return self._signed(request, await run_in_threadpool(self._handle, action, req))
 
         body_doc = {
             "requestBody": {
@@ -590,8 +657,8 @@ class ParticipantBase(ABC):
         async def batch(request: Request) -> JSONResponse:
             req = await read(request, MAX_BATCH_BODY, BatchRequest)
             if isinstance(req, JSONResponse):
-                return req
-            return await run_in_threadpool(self._handle_batch, req)
+                return self._signed(request, req)
+            return self._signed(request, await run_in_threadpool(self._handle_batch, req))
 
         return router
 
@@ -698,6 +765,15 @@ class ParticipantBase(ABC):
                 yield state
 
         app.router.lifespan_context = lifespan
+
+
+def _secrets(given: str | Sequence[str] | None) -> tuple[str, ...]:
+    if given is None or given == "":
+        return ()
+    out = (given,) if isinstance(given, str) else tuple(given)
+    if not 1 <= len(out) <= MAX_SECRETS or not all(isinstance(s, str) and s for s in out):
+        raise ValueError(f"participant_token: a secret, or a list of 1 to {MAX_SECRETS} of them")
+    return out
 
 
 def _seed_list(urls: str) -> str:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -112,8 +112,9 @@ class PgResourceManager(ParticipantBase):
         prefix: str = "/txc",
         coordinator: TxcClient | None = None,
         recovery_interval_s: float = RECOVERY_INTERVAL_S,
-        participant_token: str | None = None,
+        participant_token: str | Sequence[str] | None = None,
         deferred_enlistment: bool = False,
+        development: bool = False,
     ) -> None:
         if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
             raise ValueError(
@@ -129,6 +130,7 @@ class PgResourceManager(ParticipantBase):
             coordinator=coordinator,
             recovery_interval_s=recovery_interval_s,
             participant_token=participant_token,
+            development=development,
             deferred_enlistment=deferred_enlistment,
         )
         self.engine = engine
@@ -155,8 +157,7 @@ class PgResourceManager(ParticipantBase):
         self._check_schema()
         gid = make_gid(self.name, txid)
         self.coordinator_for(coordinator_url)  # fail before any work when none is known
-        # Stored so that recovery knows whom to ask when no coordinator is configured.
-        stored_url = None if self.coordinator_url else coordinator_url
+        stored_url = None  # recovery asks the configured coordinator, never a caller's
         with self.engine.connect() as conn:
             trans = conn.begin()
             driver = fast.driver_of(conn.connection.dbapi_connection)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from dataclasses import asdict, dataclass, field
@@ -246,7 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", required=True, help="participant name")
     ap.add_argument("--database-url", required=True, help="SQLAlchemy URL of its database")
     ap.add_argument("--coordinator-url", required=True)
-    ap.add_argument("--token", default=None)
+    ap.add_argument("--token", default=None, help="an API bearer token (participant role)")
+    ap.add_argument(
+        "--participant-token",
+        default=os.environ.get("TXC_PARTICIPANT_TOKEN"),
+        help="the participant's secret (or $TXC_PARTICIPANT_TOKEN): its outcome inquiries are "
+        "signed, and only answers the coordinator signed are applied",
+    )
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
     engine = create_engine(_psycopg_url(args.database_url))
@@ -256,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         public_url="http://unused.invalid",
         coordinator_url=args.coordinator_url,
         token=args.token,
+        participant_token=args.participant_token or None,
     )
     try:
         report = rm.resolve_in_doubt(dry_run=args.dry_run)

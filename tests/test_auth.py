@@ -108,7 +108,7 @@ def test_production_refuses_to_start_without_credentials() -> None:
     base: dict[str, Any] = {"database_url": "postgresql://x/y", "environment": "production"}
     with pytest.raises(ConfigError, match="admin token"):
         Settings(**base, participant_token="p" * 20).validate()
-    with pytest.raises(ConfigError, match="TXC_PARTICIPANT_TOKEN"):
+    with pytest.raises(ConfigError, match="TXC_PARTICIPANTS_FILE"):
         Settings(**base, api_token="a" * 20).validate()
     Settings(**base, api_token="a" * 20, participant_token="p" * 20).validate()
     with pytest.raises(ConfigError, match="unknown role"):

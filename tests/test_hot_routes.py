@@ -15,9 +15,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from coordinator.api import BeginRequest, EnlistRequest, error_response
-from coordinator.auth import Role, TokenTable
+from coordinator.auth import Authenticator, Principal, Role, TokenTable
 from coordinator.hot_routes import HotRoute, HotRoutes
 from coordinator.log import NotLeader
+from coordinator.participants import Registry
 
 CLIENT, PARTICIPANT, READER = "c" * 32, "p" * 32, "r" * 32
 TXID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -46,7 +47,7 @@ class Calls:
     fail: Exception | None = None
 
     def route(self, name: str, roles: set[Role], model: Any) -> HotRoute:
-        async def run(txid: str | None, body: Any) -> Response:
+        async def run(txid: str | None, body: Any, who: Principal) -> Response:
             self.made.append((name, txid, body))
             if self.fail is not None:
                 raise self.fail
@@ -65,7 +66,7 @@ def _client(inner: Recorder, calls: Calls) -> httpx.AsyncClient:
     tokens = TokenTable({CLIENT: Role.CLIENT, PARTICIPANT: Role.PARTICIPANT, READER: Role.READ})
     app = HotRoutes(
         inner,
-        tokens=tokens,
+        auth=Authenticator(tokens, Registry()),
         txid_re=TXID,
         begin=calls.route("begin", {Role.CLIENT}, BeginRequest),
         enlist=calls.route("enlist", {Role.PARTICIPANT}, EnlistRequest),

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,7 +43,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from participant_sdk import AsyncJoin, PgResourceManager, PgWork, create_tables
+from participant_sdk import (
+    AsyncJoin,
+    InsecureConfiguration,
+    PgResourceManager,
+    PgWork,
+    create_tables,
+)
 from participant_sdk.recovery import RECOVERY_INTERVAL_S
 
 log = logging.getLogger("txc.demo.bank")
@@ -162,11 +169,14 @@ def create_app(
     participant_token: str | None = None,
     recovery_interval_s: float = RECOVERY_INTERVAL_S,
     seed: dict[str, int] | None = None,
+    development: bool = False,
 ) -> FastAPI:
     """The bank service. `public_url` is where the coordinator reaches it (the protocol
-    endpoints live under `{public_url}/txc`). `token` is the coordinator's API token (sent on
-    enlist and /outcome); `participant_token` the one the coordinator must present on
-    /txc/* (defaults to `token`)."""
+    endpoints live under `{public_url}/txc`). `participant_token` is this bank's secret (its
+    entry in the coordinator's participant registry: it signs its calls and answers with
+    it, and checks the coordinator's requests against it); `token` an API bearer token,
+    used only without a secret. Without either, the bank refuses to start unless
+    `development` (participant_sdk.InsecureConfiguration)."""
     engine = make_engine(database_url)
     rm = PgResourceManager(
         name,
@@ -177,6 +187,7 @@ def create_app(
         participant_token=participant_token,
         recovery_interval_s=recovery_interval_s,
         deferred_enlistment=True,  # lazy transactions (README); the bench measures them
+        development=development,
     )
 
     @contextlib.asynccontextmanager
@@ -257,21 +268,33 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--participant-token",
         default=os.environ.get("TXC_PARTICIPANT_TOKEN"),
-        help="token the coordinator presents to this bank (or $TXC_PARTICIPANT_TOKEN)",
+        help="this bank's secret in the coordinator's participant registry "
+        "(or $TXC_PARTICIPANT_TOKEN)",
+    )
+    ap.add_argument(
+        "--development",
+        action="store_true",
+        help="serve the protocol endpoints unsigned when no secret is given (never on a "
+        "network: anyone who reaches them can commit or abort the bank's prepared work)",
     )
     ap.add_argument("--recovery-interval", type=float, default=RECOVERY_INTERVAL_S)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     public_url = args.public_url or f"http://{args.host}:{args.port}"
-    app = create_app(
-        args.name,
-        args.database_url,
-        args.coordinator_url,
-        public_url,
-        token=args.token,
-        participant_token=args.participant_token,
-        recovery_interval_s=args.recovery_interval,
-    )
+    try:
+        app = create_app(
+            args.name,
+            args.database_url,
+            args.coordinator_url,
+            public_url,
+            token=args.token,
+            participant_token=args.participant_token,
+            recovery_interval_s=args.recovery_interval,
+            development=args.development,
+        )
+    except (InsecureConfiguration, ValueError) as e:
+        print(f"txc demo bank: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

@@ -30,6 +30,7 @@ from coordinator.bench import profiling, report, stack
 from coordinator.bench.loadgen import run_bench
 from coordinator.embedded_pg import EmbeddedPostgres
 from coordinator.participant_client import ParticipantClient, Reply
+from coordinator.participants import Registry
 from participant_sdk.headers import ENLIST_DEFERRED, ENLIST_HEADER, TRANSACTION_HEADER
 
 BANK = "bank-a"
@@ -126,7 +127,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             recovery_interval_s=RECOVERY_INTERVAL_S,
         )
         accounts = [stack.account_name(i) for i in range(args.per_round)]
-        client = ParticipantClient(token=creds.participant_secret)
+        client = ParticipantClient(registry=Registry(shared_secret=creds.participant_secret))
         await client.start()
         try:
             async with aiohttp.ClientSession() as session:

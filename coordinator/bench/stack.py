@@ -222,6 +222,8 @@ def start_bank(
         if creds is not None:  # by environment: a command line is visible to every local user
             env["TXC_API_TOKEN"] = creds.tokens["participant"]
             env["TXC_PARTICIPANT_TOKEN"] = creds.participant_secret
+        else:
+            args += ["--development"]  # --no-auth: an open group on loopback
         if recovery_interval_s is not None:
             args += ["--recovery-interval", str(recovery_interval_s)]
     args += ["--database-url", db_url, "--port", str(port)]

@@ -148,6 +148,7 @@ def start_bank(
         "--port", str(port),
         "--public-url", public_url,
         "--recovery-interval", str(RECOVERY_INTERVAL_S),
+        "--development",  # the node runs open (no tokens): unsigned, on loopback
     ]  # fmt: skip
     return Proc(name, args, {}, f"http://127.0.0.1:{port}", tmp / f"{name}.log").start()
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from coordinator.bench.client import LeaderFollowingClient
-from coordinator.raft.transport import HEADER_FROM, HEADER_SIG, HEADER_TIME, RAFT_PATH, sign
+from coordinator.raft.transport import RAFT_PATH, post_headers
 from tests.conftest import PgServer
 from tests.helpers import ScriptedParticipant, serve
 from tests.processes import Cluster, Proc, cluster_of
@@ -148,24 +148,21 @@ def _records(url: str, txids: list[str]) -> dict[str, object]:
 async def test_a_peer_with_a_wrong_secret_is_refused(pg: PgServer, tmp_path: Path) -> None:
     with cluster_of(pg, tmp_path, 3) as cluster:
         leader = await leader_of(cluster)
+        # A member that is not the leader (a node never takes its own id from the wire).
+        peer = next(i + 1 for i, n in enumerate(cluster.nodes) if n is not leader)
         body = b"[]"
-        ts = f"{time.time():.3f}"
         async with httpx.AsyncClient() as h:
             for sender, secret, expect in (
-                (2, "wrong-secret", 401),
+                (peer, "wrong-secret", 401),
                 (9, "test-secret", 401),
-                (2, "test-secret", 204),
+                (peer, "test-secret", 204),
             ):
-                r = await h.post(
-                    leader.url + RAFT_PATH,
-                    content=body,
-                    headers={
-                        HEADER_FROM: str(sender),
-                        HEADER_TIME: ts,
-                        HEADER_SIG: sign(secret, sender, ts, body),
-                    },
-                )
+                headers = post_headers(secret, sender, body)
+                r = await h.post(leader.url + RAFT_PATH, content=body, headers=headers)
                 assert r.status_code == expect, (sender, secret, r.text)
+            # The same request again (captured on the wire): refused, nonce already used.
+            r = await h.post(leader.url + RAFT_PATH, content=body, headers=headers)
+            assert r.status_code == 401
             r = await h.post(leader.url + RAFT_PATH, content=body)
             assert r.status_code == 401
         assert "refused raft messages" in leader.log_tail(20000)

@@ -106,6 +106,7 @@ def serve_items(
         token=token,
         recovery_interval_s=recovery_interval_s,
         deferred_enlistment=deferred_enlistment,
+        development=not token,  # the fake coordinator signs nothing
     )
     server = ServerThread(items_app(rm, recovery=recovery), port).start()
     try:

@@ -69,6 +69,7 @@ def _reserver(record_engine: Engine, coordinator: TxcClient | None):
         record_engine=record_engine,
         public_url=f"http://127.0.0.1:{port}",
         coordinator=coordinator,
+        development=True,  # the fake coordinator signs nothing
     )
     app = FastAPI()
     cp.install(app, recovery=False)
@@ -273,21 +274,16 @@ def test_a_prepare_aborted_meanwhile_elsewhere_undoes_its_work(
     assert store.prepared == {} and store.aborted == [tx.txid]
 
 
-def test_recovery_asks_the_coordinator_the_caller_named(
-    record_engine: Engine, coord, monkeypatch
-) -> None:
-    """No coordinator configured: the one named by the work request's Txc-Coordinator header
-    goes into the record at prepare, so recovery knows whom to ask after a crash (found by
-    review: the record had no URL and recovery failed with no_coordinator on every pass)."""
-    coord.fake.drive_phase2 = False
+def test_a_caller_named_coordinator_is_never_used(record_engine: Engine, coord) -> None:
+    """No coordinator configured: a work request's Txc-Coordinator header does not make one
+    (it would receive this participant's calls, and recovery would take its word for an
+    outcome). The request is refused before any work, and the named host hears nothing."""
     with _reserver(record_engine, None) as (cp, store, url), TxcClient(coord.url) as client:
         tx = client.begin()
         headers = tx.headers | {"Txc-Coordinator": coord.url}
-        assert httpx.post(f"{url}/reserve/v", headers=headers).status_code == 200
-        with monkeypatch.context() as m:
-            m.setattr(record, "finish_preparing", _lost)
-            with pytest.raises(ConnectionError):
-                cp.prepare(tx.txid)
-        client.abort(tx.txid)
-        assert cp.resolve_in_doubt().actions() == {tx.txid: "rolled_back"}
-        assert store.prepared == {} and store.aborted == [tx.txid]
+        resp = httpx.post(f"{url}/reserve/v", headers=headers)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["code"] == "no_coordinator"
+        assert store.pending == {} and store.prepared == {}
+        assert coord.fake.txs[tx.txid].participants == {}
+        assert cp.resolve_in_doubt().actions() == {}

@@ -54,7 +54,8 @@ def banks(pg, coord) -> Iterator[Banks]:
         port = free_port()
         db = pg.new_database("bank")
         urls[name] = db
-        app = create_app(name, db, coord.url, f"http://127.0.0.1:{port}")
+        # The fake coordinator signs nothing: an unsigned development bank.
+        app = create_app(name, db, coord.url, f"http://127.0.0.1:{port}", development=True)
         servers.append(ServerThread(app, port).start())
     yield Banks(servers[0].url, servers[1].url, urls)
     for s in servers:

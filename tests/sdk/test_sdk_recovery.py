@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 from sdk_apps import serve_items
 from sdk_helpers import items, prepared_gids, record_state
 from sqlalchemy import Engine, text
 
-from participant_sdk import PgResourceManager, make_gid
+from participant_sdk import MissingTransaction, PgResourceManager, make_gid
 from participant_sdk.recovery import InDoubt, RecoveryLoop
 from participant_sdk.recovery import main as recovery_main
 
@@ -118,15 +119,17 @@ def test_recovery_loop_runs_at_startup(db_url, engine, make_engine, coord) -> No
     assert prepared_gids(engine) == []
 
 
-def test_recovery_uses_coordinator_from_header_when_none_configured(engine: Engine, coord) -> None:
+def test_work_naming_only_a_caller_coordinator_is_refused(engine: Engine, coord) -> None:
+    """No coordinator configured: the URL a caller passes (its Txc-Coordinator header) does
+    not become one. Nothing is done, nothing enlisted, and recovery has nobody to ask."""
     coord.fake.drive_phase2 = False
     txid = httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"]
     rm = PgResourceManager("svc", engine, public_url="http://127.0.0.1:9")
-    with rm.work(txid, coordinator_url=coord.url) as w:
+    with pytest.raises(MissingTransaction) as e, rm.work(txid, coordinator_url=coord.url) as w:
         w.connection.execute(text("INSERT INTO items VALUES ('h', 1)"))
-    coord.fake.set_outcome(txid, "abort")
-    assert rm.resolve_in_doubt().actions() == {txid: "rolled_back"}
-    assert items(engine) == {}
+    assert e.value.code == "no_coordinator"
+    assert items(engine) == {} and rm.in_doubt() == []
+    assert coord.fake.txs[txid].participants == {}
     rm.close()
 
 
