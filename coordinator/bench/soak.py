@@ -468,8 +468,14 @@ def _growth(windows: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def summarise(
-    windows: list[dict[str, Any]], names: list[str], tally: Tally, window_s: float
+    windows: list[dict[str, Any]],
+    names: list[str],
+    tally: Tally,
+    window_s: float,
+    restarted: set[str] | None = None,
 ) -> dict[str, Any]:
+    """`restarted`: nodes the run restarted (a kill and restart inside one window leaves
+    every window's sample with the new pid, so the samples alone cannot tell)."""
     out: dict[str, Any] = {
         "windows": len(windows),
         "transfers_finished": tally.finished,
@@ -489,6 +495,8 @@ def summarise(
         )
         out["throughput_windows_compared"] = [first["window"], last["window"]]
     growth = {n: _growth(windows, n) for n in names}
+    for n in restarted or ():
+        growth[n]["restarted"] = True
     out["rss"] = growth
     grown = [g["growth_mb"] for g in growth.values() if g.get("growth_mb") is not None]
     out["max_rss_growth_mb"] = max(grown) if grown else None
@@ -569,7 +577,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out["outage"] = outage.out if args.outage else None
         out["final"] = {"leader": leader_of(final), "nodes": final}
         out["money"] = transfer.conservation(before, after)
-        out["summary"] = summarise(windows, names, tally, args.window_s)
+        restarted = {short_name(outage.node)} if outage.node and outage.restarted else set()
+        out["summary"] = summarise(windows, names, tally, args.window_s, restarted)
         out["elapsed_s"] = round(time.time() - started, 1)
         if not out["money"]["conserved"]:
             print(f"   WARNING: money not conserved: {out['money']}", flush=True)
