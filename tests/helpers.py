@@ -4,6 +4,8 @@ scripts (it implements DESIGN §5 by hand, without the SDK)."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -12,7 +14,7 @@ from fastapi.responses import JSONResponse
 from coordinator.bench.serving import serve
 from coordinator.embedded_pg import free_port
 
-__all__ = ["ScriptedParticipant", "free_port", "serve"]
+__all__ = ["ScriptedParticipant", "free_port", "serve", "trickle"]
 
 
 @dataclass
@@ -62,3 +64,25 @@ class ScriptedParticipant:
             return await finish("abort", req)
 
         return app
+
+
+def trickle(port: int, head: bytes, trickle_s: float, within_s: float) -> str:
+    """Send `head` (request line, headers and maybe the start of a body), then a byte every
+    `trickle_s`; the status line of whatever answer comes within `within_s`."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=within_s)
+    try:
+        s.sendall(head)
+        deadline = time.monotonic() + within_s
+        s.settimeout(trickle_s)
+        while time.monotonic() < deadline:
+            try:
+                data = s.recv(4096)
+                return data.decode(errors="replace").split("\r\n", 1)[0] if data else "closed"
+            except TimeoutError:
+                try:
+                    s.sendall(b" ")
+                except OSError:
+                    return "closed"
+        return "no answer"
+    finally:
+        s.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import string
 import time
 from typing import Any
@@ -18,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coordinator import migrate
+from tests.helpers import trickle
 from tests.test_node import running_node
 
 ADMIN, CLIENT, READ, PART = ("a" * 24, "c" * 24, "r" * 24, "p" * 24)
@@ -87,28 +87,12 @@ async def test_oversized_bodies_are_refused_before_parsing(node_db: str) -> None
 
 
 def _slow_request(port: int, path: str, token: str, pause_s: float, within_s: float) -> str:
-    """Send headers announcing 200 bytes, then one byte every `pause_s`; the status line of
-    whatever answer comes within `within_s`."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=within_s)
-    try:
-        s.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n".encode()
-        )
-        deadline = time.monotonic() + within_s
-        s.settimeout(pause_s)
-        while time.monotonic() < deadline:
-            try:
-                data = s.recv(4096)
-                return data.decode(errors="replace").split("\r\n", 1)[0]
-            except TimeoutError:
-                try:
-                    s.sendall(b" ")
-                except OSError:
-                    return "closed"
-        return "no answer"
-    finally:
-        s.close()
+    """Headers announcing 200 bytes, then a byte every `pause_s` (tests.helpers.trickle)."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    ).encode()
+    return trickle(port, head, pause_s, within_s)
 
 
 async def test_a_slow_body_is_cut_off_and_the_node_keeps_serving(node_db: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from participant_sdk.signing import (
     participant_headers,
     signed_headers,
 )
+from tests.helpers import trickle
 from txc_demo.bank import create_app
 from txc_demo.transfer import TransferFailed, transfer
 
@@ -520,28 +520,6 @@ def test_the_demo_bank_without_a_secret_exits_with_one_line(db_url: str) -> None
 # -- a participant's endpoints against oversized and slow requests ------------------------------
 
 
-def _raw(port: int, head: bytes, trickle_s: float, within_s: float) -> str:
-    """Send `head` (request line, headers and maybe the start of a body), then a byte every
-    `trickle_s`; the status line of whatever answer comes within `within_s`."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=within_s)
-    try:
-        s.sendall(head)
-        deadline = time.monotonic() + within_s
-        s.settimeout(trickle_s)
-        while time.monotonic() < deadline:
-            try:
-                data = s.recv(4096)
-                return data.decode(errors="replace").split("\r\n", 1)[0] if data else "closed"
-            except TimeoutError:
-                try:
-                    s.sendall(b" ")
-                except OSError:
-                    return "closed"
-        return "no answer"
-    finally:
-        s.close()
-
-
 def test_oversized_and_slow_protocol_requests_are_cut_off(
     group: tuple[Group, Mallory], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -555,12 +533,12 @@ def test_oversized_and_slow_protocol_requests_are_cut_off(
         b"Content-Length: 1000000000\r\n\r\n{"
     )
     started = time.monotonic()
-    assert " 413 " in _raw(port, huge, 0.2, 5.0)
+    assert " 413 " in trickle(port, huge, 0.2, 5.0)
     slow = (
         b"POST /txc/prepare HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: 100\r\n\r\n{"
     )
-    assert " 408 " in _raw(port, slow, 0.2, 8.0)
+    assert " 408 " in trickle(port, slow, 0.2, 8.0)
     assert time.monotonic() - started < 8.0
     # And the bank still answers.
     assert httpx.get(f"{g.bank_a}/healthz").status_code == 200
