@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from coordinator import shutdown
+
 GRACEFUL_SHUTDOWN_S = 10  # open connections and requests get this long on SIGTERM
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
 DEFAULT_URL = "http://127.0.0.1:7000"
@@ -526,33 +528,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM or Ctrl-C: unwind (`finally` blocks run) within `shutdown.STOP_BOUND_S`; a
+    second one ends the command at once."""
+    shutdown.request_stop()
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 @contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
+def stop_on_signals() -> Iterator[None]:
     """SIGTERM stops a command the way Ctrl-C does: its `finally` blocks run, so a benchmark
     or a recovery run stops the processes and the database it started instead of leaving
-    them behind (the default action ends Python at once). Commands that handle SIGTERM
-    themselves (`serve`, `up`) install their own handler over this one. Only from the main
-    thread (signals can be handled nowhere else); the previous handler is put back after."""
+    them behind (the default action ends Python at once). Both arm `coordinator.shutdown`'s
+    bound, so the command ends in bounded time even when the orderly path hangs. Commands
+    that handle signals themselves (`serve`, `up`) install their own handlers over these.
+    Only from the main thread (signals can be handled nowhere else); the previous handlers
+    are put back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupt)
+    defaults = (signal.SIG_DFL, signal.default_int_handler)
+    replaced = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    replaced = {s: h for s, h in replaced.items() if h in defaults}
+    for s in replaced:
+        signal.signal(s, _interrupt)
     try:
         yield
     finally:
-        if previous is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, previous)
+        # The bound stays armed past this point: interpreter exit joins threads, and that
+        # can hang too.
+        for s, h in replaced.items():
+            signal.signal(s, h)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with stop_on_sigterm():
+        with stop_on_signals():
             return int(args.func(args))
     except CliError as e:
         print(f"txc: {e}", file=sys.stderr)

@@ -13,13 +13,16 @@ import contextlib
 import logging
 import os
 import platform
+import signal
 import socket
 import subprocess
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from coordinator import shutdown
 
 log = logging.getLogger("txc.embedded_pg")
 
@@ -74,6 +77,7 @@ class EmbeddedPostgres:
     data_dir: Path
     port: int = 0
     host: str = "127.0.0.1"
+    _forced_stop: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
@@ -197,6 +201,8 @@ class EmbeddedPostgres:
 
             entry = pwd.getpwnam(OS_USER_WHEN_ROOT)
             os.chown(self.pgdata / "txc.conf", entry.pw_uid, entry.pw_gid)
+        if self._forced_stop is None:  # before the start: an interrupt may land inside it
+            self._forced_stop = shutdown.on_forced_stop("PostgreSQL", self._stop_immediately)
         self._run(
             "pg_ctl",
             ["-D", str(self.pgdata), "-l", str(self.logfile), "-w", "-t", "60", "start"],
@@ -205,6 +211,20 @@ class EmbeddedPostgres:
         self._wait_accepting()
         log.info("embedded PostgreSQL running on %s:%s (%s)", self.host, self.port, self.pgdata)
         return self
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            return int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _stop_immediately(self) -> None:
+        """The last resort (`coordinator.shutdown`): SIGQUIT is PostgreSQL's immediate
+        shutdown; it does not wait, and crash recovery at the next start repairs the rest."""
+        pid = self._postmaster_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGQUIT)
 
     def _wait_accepting(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -219,6 +239,9 @@ class EmbeddedPostgres:
                 time.sleep(0.05)
 
     def stop(self) -> None:
+        if self._forced_stop is not None:
+            shutdown.forget(self._forced_stop)
+            self._forced_stop = None
         if not self.running():
             return
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):

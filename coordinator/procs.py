@@ -10,10 +10,12 @@ import ssl
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from coordinator import shutdown
 
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
@@ -29,9 +31,11 @@ class Proc:
     proc: subprocess.Popen[bytes] | None = None
     new_session: bool = False  # True: Ctrl-C at the terminal reaches only the parent
     ca_file: str | None = None  # a CA bundle for https URLs with a private CA
+    _forced_stop: int | None = field(default=None, init=False, repr=False)
 
     def start(self) -> Proc:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
+        self._forget()
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, *self.args],
@@ -41,13 +45,26 @@ class Proc:
                 stdin=subprocess.DEVNULL,
                 start_new_session=self.new_session,
             )
+        self._forced_stop = shutdown.on_forced_stop(self.name, self._kill_now)
         return self
+
+    def _kill_now(self) -> None:
+        """The last resort (`coordinator.shutdown`): SIGKILL without waiting."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+
+    def _forget(self) -> None:
+        if self._forced_stop is not None:
+            shutdown.forget(self._forced_stop)
+            self._forced_stop = None
 
     def kill(self) -> None:
         """SIGKILL: no chance to flush anything or say goodbye."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(STOP_GRACE_S)
+        self._forget()
 
     def terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -65,6 +82,7 @@ class Proc:
             self.proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.kill()
+        self._forget()
 
     @property
     def alive(self) -> bool:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from coordinator import migrate
+from coordinator import migrate, shutdown
 from coordinator.db import normalise_url
 from coordinator.embedded_pg import EmbeddedPostgres, create_database
 from coordinator.procs import Proc, node_env, peers_for, stop_all
@@ -102,6 +102,7 @@ def up(args: argparse.Namespace) -> int:
     def on_signal(_sig: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        shutdown.request_stop()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -23,7 +23,7 @@ import psycopg
 from coordinator import migrate
 from coordinator.db import normalise_url
 from coordinator.embedded_pg import EmbeddedPostgres, create_database, free_port
-from coordinator.procs import Proc, node_env, peers_for
+from coordinator.procs import Proc, node_env, peers_for, stop_all
 
 READY_TIMEOUT_S = 60.0
 LEADER_TIMEOUT_S = 30.0
@@ -110,11 +110,15 @@ def start_nodes(
         env |= extra_env or {}
         args = module_args or ["-m", "coordinator", "serve"]
         name = f"{prefix}-node{i + 1}"
-        nodes.append(
-            Proc(name, args, env, f"http://127.0.0.1:{port}", root / f"{name}.log").start()
-        )
-    for n in nodes:
-        n.wait_ready("/healthz", READY_TIMEOUT_S)
+        nodes.append(Proc(name, args, env, f"http://127.0.0.1:{port}", root / f"{name}.log"))
+    try:
+        for n in nodes:
+            n.start()
+        for n in nodes:
+            n.wait_ready("/healthz", READY_TIMEOUT_S)
+    except BaseException:  # Ctrl-C, SIGTERM or a node that failed: the caller never sees them
+        stop_all(nodes)
+        raise
     return nodes
 
 
@@ -228,8 +232,12 @@ def start_bank(
             args += ["--recovery-interval", str(recovery_interval_s)]
     args += ["--database-url", db_url, "--port", str(port)]
     proc_name = f"{name}-baseline" if baseline else name
-    proc = Proc(proc_name, args, env, f"http://127.0.0.1:{port}", root / f"{proc_name}.log").start()
-    proc.wait_ready("/healthz", READY_TIMEOUT_S)
+    proc = Proc(proc_name, args, env, f"http://127.0.0.1:{port}", root / f"{proc_name}.log")
+    try:
+        proc.start().wait_ready("/healthz", READY_TIMEOUT_S)
+    except BaseException:  # as in start_nodes: stopped here, or by nobody
+        proc.stop()
+        raise
     return proc
 
 

@@ -9,14 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
+from coordinator import shutdown
+
 pytestmark = pytest.mark.e2e
 
 STARTED_TIMEOUT_S = 90.0  # until the bench has its nodes and banks up
-STOPPED_TIMEOUT_S = 60.0  # until it has stopped them after SIGTERM
+STOPPED_TIMEOUT_S = shutdown.STOP_BOUND_S + 15.0  # until it has stopped them after SIGTERM
 POLL_S = 0.2
 
 
@@ -77,7 +80,9 @@ def test_sigterm_stops_everything_the_bench_started(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"  # the bench's temporary directory (and its database) go here
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
-    bench = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "wb") as err:
+        bench = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
     started: set[int] = set()
     try:
         deadline = time.monotonic() + STARTED_TIMEOUT_S
@@ -97,7 +102,12 @@ def test_sigterm_stops_everything_the_bench_started(tmp_path: Path) -> None:
         while _alive(started) and time.monotonic() < deadline:
             time.sleep(POLL_S)
         assert _alive(started) == set()
-        assert bench.returncode == 130
+        assert bench.returncode == 130, errors.read_text(errors="replace")[-3000:]
+        said = errors.read_text(errors="replace")
+        if "forcing the stop" in said:
+            # Stopped within the bound, but by force: the orderly path hung somewhere. The
+            # guarantee held; the stacks say where to look.
+            warnings.warn(f"the bench's orderly stop hung:\n{said[-6000:]}", stacklevel=1)
     finally:
         if bench.poll() is None:
             bench.kill()
