@@ -237,10 +237,12 @@ def _psycopg_url(url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m participant_sdk.recovery`: resolve a PostgreSQL participant's in-doubt
-    transactions once and print the report as JSON."""
+    """`python -m participant_sdk.recovery`: resolve a PostgreSQL or MariaDB/MySQL
+    participant's in-doubt transactions once and print the report as JSON."""
     from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
 
+    from participant_sdk import mysql_engine
     from participant_sdk.pg_resource import PgResourceManager
 
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -256,17 +258,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
-    engine = create_engine(_psycopg_url(args.database_url))
-    rm = PgResourceManager(
-        args.name,
-        engine,
-        public_url="http://unused.invalid",
-        coordinator_url=args.coordinator_url,
-        token=args.token,
-        participant_token=args.participant_token or None,
-    )
+    options = {
+        "public_url": "http://unused.invalid",
+        "coordinator_url": args.coordinator_url,
+        "token": args.token,
+        "participant_token": args.participant_token or None,
+    }
+    rm: ParticipantBase
+    if mysql_engine.is_mysql_url(args.database_url):
+        from participant_sdk.mysql_resource import MySqlResourceManager
+
+        engine = mysql_engine.create_engine(args.database_url)
+        rm = MySqlResourceManager(args.name, engine, **options)
+    else:
+        engine = create_engine(_psycopg_url(args.database_url))
+        rm = PgResourceManager(args.name, engine, **options)
     try:
         report = rm.resolve_in_doubt(dry_run=args.dry_run)
+    except DBAPIError as e:
+        print(f"cannot read the participant database: {e.orig}", file=sys.stderr)
+        return 5
     finally:
         rm.close()
         engine.dispose()
