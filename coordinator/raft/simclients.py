@@ -8,6 +8,14 @@ client's decision, and clients keep re-proposing their decision after leader cha
 decision register must still yield one outcome. Participants learn the outcome from any
 node's applied state, commit or abort locally, and acknowledge.
 
+Every re-proposal is paced by what the client sees applied (`SimTxn.retry_due`): a capped
+exponential backoff, as the engine's phase-2 rounds and callers' retries are. Proposals that
+are re-sent on a fixed short period, whatever the log's speed, outgrow a slow log (one entry
+per message, one message in flight, 20 ms delays commit some 50 entries a second): its
+uncommitted tail then grows, every proposal waits behind it, and waiting makes clients
+re-propose more (issue 20: acknowledgements re-proposed every client round, one entry per
+participant, left a transaction unfinished 8 s after the network healed).
+
 Late askers come after a transaction is done, when its record may have been forgotten
 (only a tombstone left): the client repeats its commit or its begin with the same txid, or
 a participant in doubt asks for the outcome (`Engine.outcome`: read it, and when the node
@@ -19,6 +27,7 @@ design); simcheck also excludes purged txids explicitly, for an ask applied late
 from __future__ import annotations
 
 import random
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -26,6 +35,11 @@ from coordinator.commands import Begin, Command, Decide, Enlist, RecordVote, Sta
 from coordinator.model import Outcome, Phase2, Transaction, TxState, Vote
 
 PARTICIPANTS = ("p1", "p2")
+# A client proposes at most once per CLIENT_RETRY_MS; what it does not see applied it proposes
+# again after a backoff that starts at twice that and doubles up to CLIENT_MAX_BACKOFF_MS (see
+# the module's docstring).
+CLIENT_RETRY_MS = 40
+CLIENT_MAX_BACKOFF_MS = 640
 
 
 @dataclass
@@ -39,12 +53,29 @@ class SimTxn:
     target: int  # the node the client talks to
     step: int = 0
     rival_sent: bool = False
-    # Re-proposing a step too eagerly only lengthens the log: back off until it shows up.
-    proposed_step: int = -1
+    # Re-proposing too eagerly only lengthens the log: back off until it shows up. What the
+    # client proposed last (a step's index, or the participants acknowledging), when, and
+    # how long it waits before proposing it again.
+    proposing: Hashable = None
     proposed_at: int = 0
     backoff_ms: int = 0
     local: dict[str, Outcome] = field(default_factory=dict)
     finished_ms: int | None = None
+
+    def retry_due(self, what: Hashable, now_ms: int) -> bool:
+        """Whether to propose `what` now. Something new (the next step, one more participant
+        acknowledging) goes at once, unless a proposal went out less than CLIENT_RETRY_MS ago;
+        the same thing again only once its backoff has passed, which each proposal doubles
+        (80, 160, ... ms) up to CLIENT_MAX_BACKOFF_MS. So a client adds at most one entry per
+        backoff, however long the log takes to commit what it proposed."""
+        if what != self.proposing:
+            self.proposing, self.backoff_ms = what, CLIENT_RETRY_MS
+        if now_ms - self.proposed_at < self.backoff_ms:
+            return False
+        self.proposed_at = now_ms
+        self.backoff_ms = min(2 * self.backoff_ms, CLIENT_MAX_BACKOFF_MS)
+        assert CLIENT_RETRY_MS <= self.backoff_ms <= CLIENT_MAX_BACKOFF_MS, self.backoff_ms
+        return True
 
     def steps(self, at: float) -> list[Command]:
         p1, p2 = PARTICIPANTS

@@ -47,6 +47,7 @@ from coordinator.raft.ready import PersistentState, Ready, Role
 from coordinator.raft.simcheck import Checker, InvariantViolation
 from coordinator.raft.simclients import (
     ASK_PATIENCE_MS,
+    CLIENT_RETRY_MS,
     PARTICIPANTS,
     Ask,
     LateAsker,
@@ -63,8 +64,6 @@ from coordinator.statemachine import Machine, Result
 TICK_MS = 10  # one Raft tick of virtual time
 ELECTION_TICKS = 10
 HEARTBEAT_TICKS = 2
-CLIENT_RETRY_MS = 40  # a client re-checks and re-proposes its step this often
-CLIENT_MAX_BACKOFF_MS = 640
 READ_EVERY_MS = 50
 FAULT_EVERY_MS = 60  # mean time between fault draws during chaos
 LIVENESS_MS = 8_000  # after the chaos phase, everything must end within this
@@ -184,6 +183,16 @@ class Stats:
     late_tombstone_answers: int = 0  # answered from a tombstone: the point of the check
     late_after_purge: int = 0  # applied after the purge: a new life, not compared
     late_unanswered: int = 0  # gave up (chaos) before the tombstone could be purged
+    # The worst of a run (and, added up, of a campaign): how close liveness came to its bound,
+    # and the longest uncommitted tail of a leader's log (proposals outgrowing the log).
+    max_heal_to_done_ms: int = 0
+    max_uncommitted: int = 0
+
+    def add(self, other: Stats) -> None:
+        """Fold another run's figures in: counts add up, the `max_` figures keep the worst."""
+        for k, v in vars(other).items():
+            mine = getattr(self, k)
+            setattr(self, k, max(mine, v) if k.startswith("max_") else mine + v)
 
 
 class Simulation:
@@ -253,6 +262,7 @@ class Simulation:
                 self._full_check()
             if self.calm and self._all_done():
                 self.stats.heal_to_done_ms = self.now - self.p.chaos_ms
+                self.stats.max_heal_to_done_ms = self.stats.heal_to_done_ms
                 self.stats.late_unanswered = sum(1 for a in self.askers if not a.answer)
                 self._full_check()
                 self._check_converged()
@@ -410,6 +420,9 @@ class Simulation:
 
     def _observe(self, raft: RaftNode, rd: Ready) -> None:
         self.touched.add(raft.id)
+        if raft.role is Role.LEADER:
+            tail = raft.log.last_index() - raft.log.commit
+            self.stats.max_uncommitted = max(self.stats.max_uncommitted, tail)
         if rd.entries:
             self.check.on_persist(raft, rd.entries)
         if rd.soft_state is not None:
@@ -578,20 +591,19 @@ class Simulation:
             # Expired: enlisting is refused now, so the coordinator's timeout aborts it.
             txn.want, txn.step = Outcome.ABORT, len(steps) - 1
             steps = txn.steps(at)
-        if view is not None and view.outcome is not None:
+        decided = view is not None and view.outcome is not None
+        if decided:
             self._participants_learn(txn)
             if txn.finished_ms is not None:
                 return
-        elif txn.step < len(steps):
-            if txn.proposed_step != txn.step:
-                txn.proposed_step, txn.backoff_ms = txn.step, CLIENT_RETRY_MS
-            if self.now - txn.proposed_at >= txn.backoff_ms:
-                txn.proposed_at = self.now
-                txn.backoff_ms = min(2 * txn.backoff_ms, CLIENT_MAX_BACKOFF_MS)
-                self._propose(txn, [steps[txn.step]])
+        elif txn.step < len(steps) and txn.retry_due(txn.step, self.now):
+            self._propose(txn, [steps[txn.step]])
         if (
             txn.rival_abort_at is not None
             and self.now >= txn.rival_abort_at
+            # A timeout sweep or an operator aborts what it sees undecided: once the decision
+            # shows, it stops (its proposals still in the log are applied after it).
+            and not decided
             and (not txn.rival_sent or self.rng.random() < 0.3)
         ):
             txn.rival_sent = True
@@ -600,7 +612,9 @@ class Simulation:
 
     def _participants_learn(self, txn: SimTxn) -> None:
         """Each participant asks a random node; a node that has not applied the decision
-        yet says nothing. Once all know, they acknowledge until the transaction completes."""
+        yet says nothing. Those that know acknowledge, together in one entry (as the engine's
+        phase-2 round proposes all its acknowledgements at once), re-proposed with the
+        client's backoff until the transaction completes."""
         for name in PARTICIPANTS:
             if name in txn.local:
                 continue
@@ -615,9 +629,10 @@ class Simulation:
             assert best.completed_at is not None
             self._finished(txn, best.outcome, best.completed_at)
             return
-        for name in pending_acks(best):
-            if name in txn.local:
-                self._propose(txn, [Ack(txn.txid, self.now / 1000.0, name=name)])
+        names = [name for name in pending_acks(best) if name in txn.local]
+        if names and txn.retry_due(frozenset(names), self.now):
+            at = self.now / 1000.0
+            self._propose(txn, [Ack(txn.txid, at, name=name) for name in names])
 
     def _finished(self, txn: SimTxn, outcome: Outcome | None, completed_s: float | None) -> None:
         """The client saw its transaction end (`completed_s`: when its record completed, also
@@ -900,8 +915,7 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             print(e, file=sys.stderr)
             continue
-        for k, v in vars(st).items():
-            setattr(total, k, getattr(total, k) + v)
+        total.add(st)
     n = len(seeds)
     print(f"{n} seeds, {failures} failed, {time.monotonic() - started:.1f}s; totals: {vars(total)}")
     return 1 if failures else 0

@@ -7,6 +7,7 @@ replays it. 500 seeds take about 40 s on a 2-core machine; run more by hand with
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -15,7 +16,9 @@ from coordinator.commands import Begin, Decide, Forget, PurgeTombstones
 from coordinator.model import Outcome, Transaction, tombstone
 from coordinator.raft import simulation
 from coordinator.raft.simcheck import Checker, InvariantViolation
+from coordinator.raft.simclients import CLIENT_MAX_BACKOFF_MS, CLIENT_RETRY_MS, SimTxn
 from coordinator.raft.simulation import (
+    LIVENESS_MS,
     SimNode,
     SimParams,
     Simulation,
@@ -43,14 +46,50 @@ def test_simulation_seeds(start: int) -> None:
     assert not failures, "\n\n".join(failures)
 
 
+# Issue 20: at 521efaa this seed ended 3.6 s after the heal with a leader's uncommitted tail
+# of 94 entries (and failed the 8 s bound in the tree the issue was filed from): every
+# client round each participant re-proposed its acknowledgement, one entry each, faster
+# than its one-entry, one-in-flight log committed. With paced re-proposals it ends in about
+# 1.2 s with a tail of 15; these bounds leave room for other changes, not for the pathology.
+ISSUE_20_SEED = 102034
+ISSUE_20_MAX_HEAL_TO_DONE_MS = LIVENESS_MS // 4
+ISSUE_20_MAX_UNCOMMITTED = 40
+
+
+def test_issue_20_seed_102034_clients_do_not_outgrow_a_slow_log() -> None:
+    p = SimParams.from_seed(ISSUE_20_SEED)
+    assert (p.nodes, p.max_entries_per_msg, p.max_inflight_msgs, p.net.max_delay_ms) == (
+        3,
+        1,
+        1,
+        20,
+    ), "the seed no longer draws the slow log it is kept for"
+    st = run_seed(ISSUE_20_SEED)
+    assert st.heal_to_done_ms <= ISSUE_20_MAX_HEAL_TO_DONE_MS, st
+    assert st.max_uncommitted <= ISSUE_20_MAX_UNCOMMITTED, st
+
+
+def test_a_client_proposes_at_most_once_per_backoff() -> None:
+    """What a client does not see applied is proposed again after 80, 160, ... ms, then
+    every CLIENT_MAX_BACKOFF_MS however long the log takes; something new goes at once."""
+    txn = SimTxn("tx", {}, Outcome.COMMIT, None, 3600.0, 0, 1)
+    sent = [now for now in range(0, LIVENESS_MS, 10) if txn.retry_due(3, now)]
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert gaps[:3] == [2 * CLIENT_RETRY_MS, 4 * CLIENT_RETRY_MS, 8 * CLIENT_RETRY_MS]
+    assert set(gaps[3:]) == {CLIENT_MAX_BACKOFF_MS}
+    assert len(sent) <= 4 + LIVENESS_MS // CLIENT_MAX_BACKOFF_MS
+    now = sent[-1] + CLIENT_RETRY_MS
+    assert txn.retry_due(frozenset({"p1"}), now)  # the acknowledgements: new, at once
+    assert not txn.retry_due(frozenset({"p1"}), now + CLIENT_RETRY_MS // 2)
+    assert txn.retry_due(frozenset({"p1", "p2"}), now + CLIENT_RETRY_MS)  # one more knows
+
+
 def test_simulation_exercises_every_feature() -> None:
     """A run of seeds that does not crash, partition, transfer, snapshot... proves nothing:
     check the faults and features were actually exercised."""
     total = Stats()
     for seed in range(40):
-        st = run_seed(seed)
-        for k, v in vars(st).items():
-            setattr(total, k, getattr(total, k) + v)
+        total.add(run_seed(seed))
     for name in (
         "elections",
         "crashes",
