@@ -1,13 +1,16 @@
 """The deterministic simulation under many seeds (even seeds: 3 nodes, odd seeds: 5).
 
 Each chunk runs a range of seeds and reports every failing one with the command that
-replays it. 500 seeds take about 40 s on a 2-core machine; run more by hand with
-`python -m coordinator.raft.simulation --seeds 5000`.
+replays it. The 500 seeds start at an offset derived from the commit (tests/raft/sim_seeds.py),
+so every commit explores new ones; pytest's summary prints the range and its replay command.
+They take about 20 s on a 2-core machine; run more by hand with
+`python -m coordinator.raft.simulation --seeds 20000 --start <a new number>`.
 """
 
 from __future__ import annotations
 
 import itertools
+import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -30,20 +33,47 @@ from coordinator.raft.simulation import (
     run_seed,
 )
 from coordinator.statemachine import Machine
+from tests.raft import sim_seeds
+from tests.raft.sim_seeds import CHUNK, SEEDS
 
-SEEDS = 500
-CHUNK = 50
+CI_SEEDS = sim_seeds.ci_seeds()
 
 
-@pytest.mark.parametrize("start", range(0, SEEDS, CHUNK))
-def test_simulation_seeds(start: int) -> None:
+@pytest.mark.parametrize("chunk", range(SEEDS // CHUNK))
+def test_simulation_seeds(chunk: int) -> None:
+    start = CI_SEEDS.start + chunk * CHUNK
     failures = []
     for seed in range(start, start + CHUNK):
         try:
             run_seed(seed)
         except SimulationFailure as e:
             failures.append(str(e))
-    assert not failures, "\n\n".join(failures)
+    assert not failures, "\n\n".join([*failures, CI_SEEDS.describe()])
+
+
+def test_ci_seeds_move_with_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = sim_seeds.offset_from_commit("521efaa0" * 5)
+    b = sim_seeds.offset_from_commit("521efaa1" * 5)
+    assert a != b
+    for offset in (a, b):
+        assert sim_seeds.CI_SEED_FLOOR <= offset < sim_seeds.CI_SEED_FLOOR + sim_seeds.CI_SEED_SPAN
+    assert sim_seeds.offset_from_commit("521efaa0" * 5) == a  # the same commit replays
+    monkeypatch.setenv(sim_seeds.OFFSET_ENV, "1234")
+    forced = sim_seeds.ci_seeds()
+    assert forced.start == 1234
+    assert "--seeds 500 --start 1234" in forced.describe()
+
+
+def test_ci_seeds_without_git(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_git(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError("git")
+
+    monkeypatch.delenv(sim_seeds.OFFSET_ENV, raising=False)
+    monkeypatch.setattr(subprocess, "run", no_git)
+    seeds = sim_seeds.ci_seeds()
+    assert seeds.start == sim_seeds.FALLBACK_OFFSET
+    assert "git rev-parse HEAD failed" in seeds.describe()
+    assert "fallback" in seeds.describe()
 
 
 # Issue 20: at 521efaa this seed ended 3.6 s after the heal with a leader's uncommitted tail
