@@ -378,6 +378,30 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up(args)
 
 
+def cmd_node(args: argparse.Namespace) -> int:
+    """`txc node stop|start|list`: a process of a running `txc up`, on purpose."""
+    from pathlib import Path
+
+    from coordinator import supervise
+
+    data_dir = Path(args.data_dir).resolve()
+    try:
+        if args.action == "list":
+            children = supervise.read_status(data_dir)["children"]
+            rows = [
+                [n, c["state"], c["pid"] or "-", c["restarts"], c["url"]]
+                for n, c in children.items()
+            ]
+            _print(args, children, _table(rows, ["NAME", "STATE", "PID", "RESTARTS", "URL"]))
+            return EXIT_OK
+        if not args.name:
+            raise CliError(EXIT_USAGE, f"txc node {args.action} needs a name (2, node2, bank-a)")
+        print(supervise.request(data_dir, args.name, stop=args.action == "stop"))
+        return EXIT_OK
+    except supervise.ControlError as e:
+        raise CliError(EXIT_UNAVAILABLE, str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="txc", description="txc: a two-phase-commit coordinator")
     p.add_argument(
@@ -410,6 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-demo", action="store_true", help="do not start the demo participants")
     up.set_defaults(func=cmd_up)
+
+    node = sub.add_parser("node", help="stop, start or list the processes of a running `txc up`")
+    node.add_argument("action", choices=["stop", "start", "list"])
+    node.add_argument("name", nargs="?", help="2 (for node2), node2, bank-a, ...")
+    node.add_argument(
+        "--data-dir",
+        default=os.environ.get("TXC_DATA_DIR", ".txc"),
+        help="the data directory of that `txc up` (default .txc)",
+    )
+    node.set_defaults(func=cmd_node)
 
     serve = sub.add_parser(
         "serve", help="run one coordinator node (settings from --config / TXC_* variables)"

@@ -2,7 +2,10 @@
 
 Embedded PostgreSQL (or the server `--database-url` names), one database per coordinator
 node and per demo participant, migrations, the coordinator, the demo banks; then it waits.
-Ctrl-C (or SIGTERM) stops the processes it started and the database, leaving nothing running.
+It supervises what it started (coordinator/supervise.py): a process that dies is restarted
+with backoff, `txc node stop|start N` takes one down and back on purpose. Ctrl-C (or SIGTERM)
+stops the processes it started and the database, leaving nothing running, within the bound
+of coordinator/shutdown.py whatever state they are in.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from coordinator import migrate, shutdown
 from coordinator.db import normalise_url
 from coordinator.embedded_pg import EmbeddedPostgres, create_database
 from coordinator.procs import Proc, node_env, peers_for, stop_all
+from coordinator.supervise import Supervisor
 
 READY_TIMEOUT_S = 60.0
 DEMO_BANKS = (("bank-a", "bank_a"), ("bank-b", "bank_b"))
@@ -91,17 +95,21 @@ def _spawn(name: str, args: list[str], env: dict[str, str], port: int, log_dir: 
     return Proc(name, args, env, url, log_dir / f"{name}.log", new_session=True).start()
 
 
+def _say(line: str) -> None:
+    print(time.strftime("%H:%M:%S ") + line, flush=True)
+
+
 def up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     log_dir = data_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)  # the user's alone (as root, the embedded PostgreSQL opens it to x)
+    log_dir.mkdir(exist_ok=True)
     pg: EmbeddedPostgres | None = None
     children: list[Proc] = []
-    stopping = False
+    supervisor: Supervisor | None = None
 
     def on_signal(_sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
         shutdown.request_stop()
         raise KeyboardInterrupt
 
@@ -182,6 +190,7 @@ def up(args: argparse.Namespace) -> int:
             for c in children:
                 if not c.name.startswith("node"):
                     c.wait_ready("/healthz", deadline - time.monotonic())
+        supervisor = Supervisor(children, data_dir, say=_say)  # before "up": `txc node` works
         print()
         print("txc is up.")
         for c in children:
@@ -204,15 +213,13 @@ def up(args: argparse.Namespace) -> int:
         print(f"  admin token    {creds['admin']}   (dashboard sign-in, txc CLI)")
         print(f"  logs           {log_dir}")
         print(f"  data           {data_dir} (remove it to start afresh)")
-        print("Ctrl-C stops everything.", flush=True)
-        while True:
-            for c in children:
-                if not c.alive:
-                    code = c.proc.returncode if c.proc else None
-                    print(f"warning: {c.name} exited with {code}; see {c.log_path}", flush=True)
-                    children.remove(c)
-                    break
-            time.sleep(0.5)
+        print(
+            "  node control   txc node list|stop N|start N"
+            f"{'' if args.data_dir == '.txc' else ' --data-dir ' + str(args.data_dir)}"
+        )
+        print("A process that dies is restarted. Ctrl-C stops everything.", flush=True)
+        supervisor.run()
+        return 0  # not reached: run() returns only by an exception
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
         return 0
@@ -220,9 +227,10 @@ def up(args: argparse.Namespace) -> int:
         print(f"txc up failed: {e}", file=sys.stderr)
         return 1
     finally:
-        stop_all(children)
+        if supervisor is not None:
+            supervisor.stop_all()
+        else:
+            stop_all(children)
         if pg is not None:
             pg.stop()
-        if not stopping:
-            pass
         print("stopped.", flush=True)
