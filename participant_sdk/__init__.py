@@ -10,7 +10,7 @@ Client side::
 Participant side::
 
     rm = PgResourceManager("bank-a", engine, public_url=..., coordinator_url=...)
-    rm.install(app)
+    rm.install(app)  # MariaDB/MySQL: MySqlResourceManager, the same contract (XA branches)
 
     @app.post("/transfer/debit")
     def debit(body: Debit, work: PgWork = rm.join()) -> dict:
@@ -52,6 +52,7 @@ from participant_sdk.headers import (
     make_gid,
     propagation_headers,
 )
+from participant_sdk.mysql_resource import MySqlResourceManager, MySqlWork
 from participant_sdk.participant import (
     AsyncJoin,
     InsecureConfiguration,
@@ -88,6 +89,8 @@ __all__ = [
     "InvalidRequest",
     "JoinFailed",
     "MissingTransaction",
+    "MySqlResourceManager",
+    "MySqlWork",
     "ParticipantBase",
     "ParticipantError",
     "ParticipantSigner",

@@ -1,4 +1,5 @@
-"""Demo bank: a participant service holding account balances in its own PostgreSQL database.
+"""Demo bank: a participant service holding account balances in its own PostgreSQL (or
+MariaDB/MySQL) database.
 
 A transfer between two banks is one global transaction: bank A's `POST /transfer/debit` and
 bank B's `POST /transfer/credit` each run in a local transaction that the SDK's PostgreSQL
@@ -6,6 +7,10 @@ resource manager prepares before answering; the client then asks the coordinator
 Until phase 2 arrives, the debited/credited rows stay locked by the prepared transaction;
 another request on the same account waits at most WORK_LOCK_TIMEOUT_MS and then gets 409
 `account_busy` (instead of blocking a worker for as long as a transaction stays in doubt).
+
+On MariaDB/MySQL (`--database-url mysql+pymysql://...`, `mysql://` or `mariadb://`) the same
+service runs on the SDK's MySqlResourceManager (XA branches) with its own schema and SQL
+(`bank_mysql.py`), so one transfer can move money between a PostgreSQL bank and a MariaDB one.
 
 Run:  python -m txc_demo.bank --name bank-a --database-url postgresql+psycopg://... \
           --coordinator-url http://127.0.0.1:7000 --port 8001
@@ -41,7 +46,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from participant_sdk import (
     AsyncJoin,
@@ -49,8 +55,11 @@ from participant_sdk import (
     PgResourceManager,
     PgWork,
     create_tables,
+    mysql_engine,
 )
+from participant_sdk.mysql_resource import MySqlResourceManager, MySqlWork
 from participant_sdk.recovery import RECOVERY_INTERVAL_S
+from txc_demo import bank_mysql
 
 log = logging.getLogger("txc.demo.bank")
 
@@ -148,9 +157,27 @@ def _move(work: PgWork, account: str, delta: int) -> int:
     return int(new_balance)
 
 
+def is_mysql(database_url: str) -> bool:
+    """Whether the bank runs on MariaDB/MySQL (else PostgreSQL)."""
+    return mysql_engine.is_mysql_url(database_url)
+
+
+def _move_mysql(work: MySqlWork, account: str, delta: int) -> int:
+    try:
+        balance = bank_mysql.move(work.connection, work.txid, account, delta)
+    except bank_mysql.Busy as e:
+        raise BankError(409, "account_busy", f"{account!r} is locked by another transfer") from e
+    if balance is None:
+        if bank_mysql.account(work.connection, account) is None:
+            raise BankError(404, "unknown_account", f"no account {account!r}")
+        raise BankError(409, "insufficient_funds", f"{account!r} cannot pay {-delta}")
+    return balance
+
+
 def make_engine(database_url: str) -> Engine:
     """The bank's connection pool (the benchmark's baseline bank uses the same one)."""
-    return create_engine(
+    make = mysql_engine.create_engine if is_mysql(database_url) else create_engine
+    return make(
         database_url,
         pool_size=POOL_SIZE,
         max_overflow=POOL_MAX_OVERFLOW,
@@ -178,7 +205,11 @@ def create_app(
     used only without a secret. Without either, the bank refuses to start unless
     `development` (participant_sdk.InsecureConfiguration)."""
     engine = make_engine(database_url)
-    rm = PgResourceManager(
+    mysql = is_mysql(database_url)
+    kind: type[PgResourceManager] | type[MySqlResourceManager] = (
+        MySqlResourceManager if mysql else PgResourceManager
+    )
+    rm: PgResourceManager | MySqlResourceManager = kind(
         name,
         engine,
         public_url=public_url,
@@ -192,9 +223,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        init_database(engine, seed)
-        if rm.max_prepared_transactions() == 0:
-            log.error("max_prepared_transactions is 0 on %s: transfers will fail", name)
+        if isinstance(rm, MySqlResourceManager):
+            bank_mysql.init_database(engine, seed or SEED_ACCOUNTS)
+            rm.check_server()  # a server too old for XA: refuse to start, saying why
+        else:
+            init_database(engine, seed)
+            if rm.max_prepared_transactions() == 0:
+                log.error("max_prepared_transactions is 0 on %s: transfers will fail", name)
         try:
             yield
         finally:
@@ -220,19 +255,26 @@ def create_app(
     @app.get("/accounts")
     def get_accounts() -> dict[str, Any]:
         with engine.connect() as conn:
-            rows = list_accounts(conn)
+            rows = bank_mysql.accounts(conn) if mysql else list_accounts(conn)
         return {"bank": name, "accounts": rows, "total": sum(r["balance"] for r in rows)}
 
     @app.get("/accounts/{account}")
     def get_account(account: str) -> dict[str, Any]:
         with engine.connect() as conn:
-            row = conn.execute(select(accounts).where(accounts.c.name == account)).first()
-        if row is None:
+            if mysql:
+                found = bank_mysql.account(conn, account)
+            else:
+                row = conn.execute(select(accounts).where(accounts.c.name == account)).first()
+                found = None if row is None else {"name": row.name, "balance": row.balance}
+        if found is None:
             raise BankError(404, "unknown_account", f"no account {account!r}")
-        return {"bank": name, "name": row.name, "balance": row.balance}
+        return {"bank": name, **found}
 
-    def move(work: PgWork, account: str, delta: int) -> dict[str, Any]:
-        balance = _move(work, account, delta)
+    def move(work: PgWork | MySqlWork, account: str, delta: int) -> dict[str, Any]:
+        if isinstance(work, MySqlWork):
+            balance = _move_mysql(work, account, delta)
+        else:
+            balance = _move(work, account, delta)
         return {"bank": name, "txid": work.txid, "account": account, "balance": balance}
 
     # `async def` + join_async(): the joined unit (record check, _move, prepare, enlist) runs
@@ -246,6 +288,14 @@ def create_app(
         return await join.run(move, body.account, body.amount)
 
     return app
+
+
+def probe_database(engine: Engine) -> None:
+    """One connection before serving: a wrong database URL is reported as such (DBAPIError)
+    instead of as a failed application start-up."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,8 +342,13 @@ def main(argv: list[str] | None = None) -> None:
             recovery_interval_s=args.recovery_interval,
             development=args.development,
         )
-    except (InsecureConfiguration, ValueError) as e:
+        probe_database(app.state.engine)
+    except (InsecureConfiguration, ValueError, ArgumentError) as e:
         print(f"txc demo bank: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except DBAPIError as e:
+        where = make_url(args.database_url).render_as_string(hide_password=True)
+        print(f"txc demo bank: cannot use its database {where}: {e.orig}", file=sys.stderr)
         raise SystemExit(2) from None
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 

@@ -6,7 +6,8 @@ durable).
 
 For each participant P the audit gathers
 - at P: its SDK records (`txc_participant_record`: prepared / committed / aborted) and its
-  prepared transactions (`txc:P:<txid>` gids in `pg_prepared_xacts`);
+  prepared transactions (`txc:P:<txid>` gids in `pg_prepared_xacts`; on MariaDB/MySQL its XA
+  branches in `XA RECOVER`, read by `audit_mysql.py`);
 - at the coordinator: every transaction that enlisted P (`GET /v1/transactions?participant=P`,
   all pages), and each transaction P holds work for that the listing did not return (a
   forgotten one answers from the coordinator's history, or only with its decision when the
@@ -41,17 +42,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from coordinator.ops import audit_mysql
 from coordinator.ops.common import (
     EXIT_ATTENTION,
     Coordinator,
     OpsError,
-    make_engine,
     parse_iso,
+    participant_engine,
     redact,
 )
 from participant_sdk.headers import gid_prefix, parse_gid, validate_participant_name
+from participant_sdk.mysql_resource import is_mysql
 
 MAX_RECORDS = 200_000  # bound on the SDK records one audit reads per participant
 LOOKUP_CHUNK = 500
@@ -263,6 +266,8 @@ def classify(
 
 
 def _read_local(engine: Engine, name: str, since_s: float | None) -> dict[str, Local]:
+    if is_mysql(engine):
+        return audit_mysql.read_local(engine, name, since_s, MAX_RECORDS, LOOKUP_CHUNK)
     prefix = gid_prefix(name)
     out: dict[str, Local] = {}
     with engine.connect() as conn:
@@ -299,6 +304,8 @@ def _read_local(engine: Engine, name: str, since_s: float | None) -> dict[str, L
 
 
 def _records_of(engine: Engine, name: str, txids: list[str]) -> dict[str, tuple[str, float]]:
+    if is_mysql(engine):
+        return audit_mysql.records_of(engine, name, txids, LOOKUP_CHUNK)
     out: dict[str, tuple[str, float]] = {}
     stmt = text(
         "SELECT txid, state, extract(epoch FROM updated_at) FROM txc_participant_record "
@@ -321,7 +328,10 @@ def audit_participant(
     grace_s: float,
     now: float | None = None,
 ) -> ParticipantAudit:
-    engine = make_engine(database_url, read_only=True)
+    try:
+        engine = participant_engine(database_url, read_only=True)
+    except ArgumentError as e:
+        raise OpsError(2, f"{name}: bad database URL: {e}") from None
     result = ParticipantAudit(name, redact(database_url))
     try:
         try:

@@ -276,6 +276,10 @@ ABORT and it is first made durable (presumed abort), so a late commit can never 
 it. Prepared work without an SDK record (the process died between PREPARE TRANSACTION and
 enlisting) is rolled back without asking. Safe to run while the participant runs: every
 step takes the SDK's per-transaction lock and re-checks.
+
+A MariaDB/MySQL participant (--database-url mysql://, mariadb:// or mysql+pymysql://): its XA
+branches in XA RECOVER (gtrid txc:<txid>, bqual <NAME>) instead of gids, resolved with
+XA COMMIT / XA ROLLBACK.
 """
 
 AUDIT_HELP = """\

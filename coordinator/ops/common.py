@@ -52,6 +52,29 @@ def make_engine(url: str, *, read_only: bool = True) -> Engine:
     )
 
 
+def is_mysql_url(url: str) -> bool:
+    """A MariaDB/MySQL participant database (mysql://, mariadb://, mysql+pymysql://, ...)."""
+    from participant_sdk.mysql_engine import is_mysql_url as is_mysql
+
+    return is_mysql(url)
+
+
+def participant_engine(url: str, *, read_only: bool = True) -> Engine:
+    """`make_engine` for a participant's database, PostgreSQL or MariaDB/MySQL. A read-only
+    MariaDB session is `SET SESSION TRANSACTION READ ONLY` (every statement's transaction,
+    autocommit ones too, refuses to write)."""
+    if not is_mysql_url(url):
+        return make_engine(url, read_only=read_only)
+    from participant_sdk.mysql_engine import create_engine as mysql_engine
+
+    connect_args: dict[str, Any] = {"connect_timeout": 10}
+    if read_only:
+        connect_args["init_command"] = "SET SESSION TRANSACTION READ ONLY"
+    return mysql_engine(
+        url, pool_size=2, max_overflow=2, pool_pre_ping=True, connect_args=connect_args
+    )
+
+
 @contextlib.contextmanager
 def read_node(database_url: str, check_table: str = "txc_log") -> Iterator[Connection]:
     """One consistent, read-only look at a coordinator node's database: a REPEATABLE READ

@@ -1,7 +1,10 @@
-"""`txc recover`: resolve a PostgreSQL participant's in-doubt prepared transactions.
+"""`txc recover`: resolve a participant's in-doubt prepared transactions (PostgreSQL, or
+MariaDB/MySQL XA branches when the database URL is a mysql:// or mariadb:// one).
 
 This wraps the SDK's own recovery (`participant_sdk.recovery.resolve_in_doubt` over a
-`PgResourceManager`), so the CLI and a running participant apply exactly the same rules:
+`PgResourceManager` or a `MySqlResourceManager`), so the CLI and a running participant
+apply exactly the same rules (COMMIT/ROLLBACK PREPARED below read XA COMMIT/ROLLBACK on
+MariaDB, and pg_prepared_xacts reads XA RECOVER):
 
 - prepared and recorded 'prepared': ask the coordinator; commit -> COMMIT PREPARED,
   abort -> ROLLBACK PREPARED, pending -> leave it;
@@ -23,18 +26,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from coordinator.ops.common import (
     EXIT_ATTENTION,
     EXIT_IN_DOUBT,
     Coordinator,
     OpsError,
-    make_engine,
     parse_iso,
+    participant_engine,
 )
+from participant_sdk import mysql_record
 from participant_sdk.errors import CoordinatorUnavailable
 from participant_sdk.headers import parse_gid, validate_participant_name
+from participant_sdk.mysql_resource import MySqlResourceManager, is_mysql
+from participant_sdk.mysql_xid import format_id_for, parse_recover_row
+from participant_sdk.participant import ParticipantBase
 from participant_sdk.pg_resource import PgResourceManager
 from participant_sdk.recovery import MAX_IN_DOUBT_PER_PASS, RecoveryReport, resolve_in_doubt
 
@@ -91,6 +98,19 @@ class _DryRunManager(PgResourceManager):
         return self.peek
 
 
+class _DryRunMySqlManager(MySqlResourceManager):
+    """The same for a MariaDB/MySQL participant."""
+
+    peek: _Peek
+
+    def coordinator_for(self, url: str | None = None) -> Any:
+        return self.peek
+
+
+# How the notes name the statements on MariaDB/MySQL.
+_XA_WORDS = {"COMMIT PREPARED": "XA COMMIT", "ROLLBACK PREPARED": "XA ROLLBACK"}
+
+
 @dataclass
 class RecoverResult:
     participant: str
@@ -101,6 +121,7 @@ class RecoverResult:
     notes: dict[str, str] = field(default_factory=dict)
     other_gids: list[str] = field(default_factory=list)  # txc gids of other participants
     truncated: bool = False
+    xa: bool = False  # a MariaDB/MySQL participant (XA branches)
 
     def exit_code(self) -> int:
         actions = [i.action for i in self.report.items]
@@ -150,11 +171,16 @@ class RecoverResult:
             base = "failed"
         else:
             base = _NOTES.get(action, action)
+        if self.xa:
+            for pg_word, xa_word in _XA_WORDS.items():
+                base = base.replace(pg_word, xa_word)
         extra = self.notes.get(txid)
         return f"{base}; {extra}" if extra else base
 
 
 def _other_gids(engine: Engine, name: str) -> list[str]:
+    if is_mysql(engine):
+        return _other_xids(engine, name)
     with engine.connect() as conn:
         gids = conn.execute(
             text(
@@ -170,9 +196,25 @@ def _other_gids(engine: Engine, name: str) -> list[str]:
         return out
 
 
+def _other_xids(engine: Engine, name: str) -> list[str]:
+    """The txc branches in this participant's database (by formatID) of other names."""
+    fmt = format_id_for(str(engine.url.database))
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("XA RECOVER").all()
+    out = []
+    for row in rows:
+        xid = parse_recover_row(tuple(row))
+        if xid and xid.format_id == fmt and xid.txid is not None and xid.bqual != name:
+            out.append(xid.display)
+    return out[:1000]
+
+
 def _check_participant_db(engine: Engine) -> None:
     with engine.connect() as conn:
-        exists = conn.execute(text("SELECT to_regclass('txc_participant_record')")).scalar()
+        if is_mysql(engine):
+            exists: object = True if mysql_record.has_table(conn) else None
+        else:
+            exists = conn.execute(text("SELECT to_regclass('txc_participant_record')")).scalar()
     if exists is None:
         raise OpsError(
             2,
@@ -194,7 +236,11 @@ def recover(
     except ValueError as e:
         raise OpsError(2, str(e)) from None
     # A dry run connects read-only: it cannot change the participant's database.
-    engine = make_engine(database_url, read_only=not apply)
+    try:
+        engine = participant_engine(database_url, read_only=not apply)
+    except ArgumentError as e:
+        raise OpsError(2, f"--database-url: {e}") from None
+    xa = is_mysql(engine)
     coord = Coordinator(coordinator_urls, token)
     seeds = ",".join(coord.urls)
     try:
@@ -203,21 +249,25 @@ def recover(
         except DBAPIError as e:
             raise OpsError(5, f"cannot reach the participant database: {e.orig}") from None
         notes: dict[str, str] = {}
-        rm: PgResourceManager
+        rm: ParticipantBase
         if apply:
+            kind = MySqlResourceManager if xa else PgResourceManager
             try:
-                rm = PgResourceManager(
+                rm = kind(
                     participant, engine, public_url=UNUSED_PUBLIC_URL, coordinator_url=seeds,
                     token=token,
                 )  # fmt: skip
             except ValueError as e:
                 raise OpsError(2, f"--coordinator-url: {e}") from None
         else:
-            dry = _DryRunManager(participant, engine, public_url=UNUSED_PUBLIC_URL)
+            dry_kind = _DryRunMySqlManager if xa else _DryRunManager
+            dry = dry_kind(participant, engine, public_url=UNUSED_PUBLIC_URL)
             dry.peek = _Peek(coord, notes)
             rm = dry
         try:
             report = resolve_in_doubt(rm, dry_run=not apply)
+        except DBAPIError as e:
+            raise OpsError(5, f"cannot read the participant database: {e.orig}") from None
         finally:
             rm.close()
         return RecoverResult(
@@ -229,6 +279,7 @@ def recover(
             notes,
             _other_gids(engine, participant),
             truncated=len(report.items) >= MAX_IN_DOUBT_PER_PASS,
+            xa=xa,
         )
     finally:
         coord.close()
