@@ -245,3 +245,15 @@ def _sqlite() -> Engine:
     from sqlalchemy import create_engine as sa_create_engine
 
     return sa_create_engine("sqlite://")
+
+
+def test_missing_mariadb_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    """No MariaDB binaries: the embedded server says what to install (the fixtures turn this
+    into a skip with the same message)."""
+    from coordinator import embedded_mariadb
+
+    monkeypatch.setattr(embedded_mariadb, "SERVER_NAMES", ("no-such-mariadbd",))
+    with pytest.raises(embedded_mariadb.MariaDBNotInstalled, match="apt-get install"):
+        embedded_mariadb.EmbeddedMariaDB(tmp_path).start()
+    with pytest.raises(pytest.skip.Exception, match="MariaDB is not installed"):
+        mdb.start_or_skip(tmp_path)
