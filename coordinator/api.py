@@ -768,6 +768,17 @@ def create_app(node: Any) -> FastAPI:
     async def cluster() -> dict[str, Any]:
         return node.log.status()  # type: ignore[no-any-return]
 
+    @app.get("/v1/cluster/participants", dependencies=[Admins])
+    async def participant_registry() -> dict[str, Any]:
+        """This node's participant registry (names, URLs, how many secrets, a fingerprint
+        to compare across nodes; never a secret) and its reloads. Each node answers for
+        itself: each reads its own file."""
+        watch = node.registry_watch
+        out: dict[str, Any] = {"node_id": node.log.status().get("node_id"), **registry.describe()}
+        if watch is not None:
+            out["reload"] = {**watch.describe(), "loaded_at": iso(watch.loaded_at)}
+        return out
+
     @app.get("/v1/cluster/retention", dependencies=[Readers])
     async def retention_state() -> dict[str, Any]:
         """This node's replicated state and history by size (counted: a soak or an operator

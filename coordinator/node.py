@@ -23,6 +23,7 @@ from coordinator.history import STANDALONE_LOG_KEEP, HistoryKeeper
 from coordinator.log import CommandLog, SingleNodeLog
 from coordinator.metrics import Metrics
 from coordinator.participant_client import ParticipantClient
+from coordinator.registry_watch import RegistryWatch
 from coordinator.replicated_log import RaftLog
 from coordinator.retention import Retention
 from coordinator.store import Store
@@ -120,6 +121,11 @@ class Node:
             retention_s=settings.retention_s,
             tombstone_retention_s=settings.tombstone_retention_s,
         )
+        self.registry_watch = (
+            RegistryWatch(settings.participants_file, self.registry, self.enlisted_names)
+            if settings.participants_file
+            else None
+        )
         self.history = HistoryKeeper(
             self.db,
             history_retention_days=settings.history_retention_days,
@@ -141,9 +147,18 @@ class Node:
         await self.engine.start()
         self.retention.start()
         self.history.start()
+        if self.registry_watch is not None:
+            self.registry_watch.start()
         log.info("node %s serving at %s", self.settings.node_id, self.settings.advertise_url)
 
+    def enlisted_names(self) -> set[str]:
+        """The participants enlisted in an unfinished transaction (a registry reload may not
+        remove them: phase 2 signs for them)."""
+        return {p.name for t in self.store.inflight.values() for p in t.participants}
+
     async def stop(self) -> None:
+        if self.registry_watch is not None:
+            await self.registry_watch.stop()
         await self.history.stop()
         await self.retention.stop()
         await self.engine.stop()

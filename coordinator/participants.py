@@ -22,6 +22,8 @@ The registry is a TOML file (`participants_file`), the same on every node:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import stat
 import tomllib
@@ -87,6 +89,39 @@ class Registry:
         self.shared_secret = shared_secret
         assert len(self.identities) <= MAX_PARTICIPANTS
 
+    def replace(self, identities: dict[str, Identity]) -> None:
+        """A reloaded registry file (coordinator/registry_watch.py). One assignment: a
+        request sees the old identities or the new ones, never a mix. The mode never
+        changes this way (a registry stays a registry)."""
+        assert self.mode is Mode.REGISTRY and identities, "only a registry is reloaded"
+        assert len(identities) <= MAX_PARTICIPANTS
+        self.identities = dict(identities)
+
+    def fingerprint(self) -> str:
+        """A short digest of names, URLs and secrets: equal on two nodes when they hold the
+        same registry (what an operator compares after editing the file everywhere). Secrets
+        enter only hashed, and the digest is one-way."""
+        h = hashlib.sha256()
+        for name in sorted(self.identities):
+            ident = self.identities[name]
+            h.update(
+                json.dumps([name, list(ident.urls), [_digest(x) for x in ident.secrets]]).encode()
+            )
+        if self.shared_secret:
+            h.update(b"shared:" + _digest(self.shared_secret).encode())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict[str, object]:
+        """What an operator may see: names, URLs, how many secrets; never a secret."""
+        return {
+            "mode": str(self.mode),
+            "fingerprint": self.fingerprint(),
+            "participants": [
+                {"name": i.name, "urls": list(i.urls), "secrets": len(i.secrets)}
+                for i in sorted(self.identities.values(), key=lambda i: i.name)
+            ],
+        }
+
     @property
     def mode(self) -> Mode:
         if self.identities:
@@ -124,6 +159,10 @@ class Registry:
         if ident is None:
             return Refusal.UNKNOWN
         return None if ident.url_allowed(url) else Refusal.URL
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def load(path: str) -> dict[str, Identity]:
