@@ -322,6 +322,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from coordinator import config, logs
     from coordinator.node import build_app
+    from participant_sdk.header_deadline import server_options
 
     try:
         settings = config.load(
@@ -356,6 +357,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # A stop never waits forever on a connection (a peer's stream, a long poll).
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         limit_concurrency=MAX_CONCURRENCY,
+        **server_options(settings.header_timeout_s),  # a deadline on headers (slowloris)
     )
     return EXIT_OK
 

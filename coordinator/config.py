@@ -85,6 +85,7 @@ class Settings:
     phase2_coalesce_results: bool = True
     max_body_bytes: int = 64 * 1024
     body_read_timeout_s: float = 30.0  # a request's body must have arrived by then (else 408)
+    header_timeout_s: float = 10.0  # a request's headers must have arrived by then (else 408)
     log_batch_max: int = 512  # commands written in one log transaction (group commit)
     log_queue_max: int = 10_000  # proposals waiting for the log before 503
     participant_connections: int = 200  # HTTP connections to participants, all together

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import string
 import time
 from typing import Any
@@ -110,6 +111,38 @@ async def test_a_slow_body_is_cut_off_and_the_node_keeps_serving(node_db: str) -
         assert took < 5.0, took  # the bound, not the sender's patience
         r = await c.post("/v1/transactions", json={}, headers=bearer(CLIENT))
         assert r.status_code == 201
+
+
+def _silent_or_trickled(port: int, trickled: bool, within_s: float) -> str:
+    """A connection that sends nothing, or a request line and then a header byte every
+    0.2 s (tests.helpers.trickle); the status line of the answer."""
+    if trickled:
+        head = b"GET /v1/transactions HTTP/1.1\r\nHost: x\r\nX-Slow: "
+        return trickle(port, head, 0.2, within_s)
+    with socket.create_connection(("127.0.0.1", port), timeout=within_s) as s:
+        data = s.recv(4096)
+    return data.decode(errors="replace").split("\r\n", 1)[0] if data else "closed"
+
+
+async def test_slow_or_missing_headers_are_cut_off_and_the_node_keeps_serving(
+    node_db: str,
+) -> None:
+    async with running_node(node_db, api_tokens=TOKENS, header_timeout_s=1.0) as c:
+        port = int(str(c.base_url).rsplit(":", 1)[1])
+        started = time.monotonic()
+        lines = await asyncio.gather(
+            *(asyncio.to_thread(_silent_or_trickled, port, i % 2 == 1, 10.0) for i in range(16))
+        )
+        took = time.monotonic() - started
+        assert all(" 408 " in ln for ln in lines), lines
+        assert took < 5.0, took  # the bound, not the sender's patience
+        r = await c.post("/v1/transactions", json={}, headers=bearer(CLIENT))
+        assert r.status_code == 201
+        # A kept-alive connection is not cut off between or during honest requests.
+        for _ in range(3):
+            await asyncio.sleep(0.6)
+            r = await c.post("/v1/transactions", json={}, headers=bearer(CLIENT))
+            assert r.status_code == 201
 
 
 # -- fuzzing over the schema ---------------------------------------------------------------

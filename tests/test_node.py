@@ -32,7 +32,10 @@ async def running_node(
     port = port or free_port()
     settings = Settings(database_url=db_url, port=port, **{**FAST, **overrides})
     app = build_app(settings, run_migrations=False)
-    async with serve(app, port) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with (
+        serve(app, port, settings.header_timeout_s) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+    ):
         yield client
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from participant_sdk.header_deadline import server_options
 from participant_sdk.pg_resource import PgWork
 from txc_demo import bank
 
@@ -65,7 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)  # as the demo bank
-    uvicorn.run(create_app(args.name, args.database_url), host=args.host, port=args.port)
+    uvicorn.run(
+        create_app(args.name, args.database_url),
+        host=args.host,
+        port=args.port,
+        **server_options(),  # as the txc bank, so that both pay the same
+    )
 
 
 if __name__ == "__main__":

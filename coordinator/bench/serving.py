@@ -10,16 +10,22 @@ from typing import Any
 import uvicorn
 
 from coordinator.embedded_pg import free_port
+from participant_sdk.header_deadline import HEADER_TIMEOUT_S, server_options
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, port: int | None = None) -> AsyncIterator[str]:
+async def serve(
+    app: Any, port: int | None = None, header_timeout_s: float = HEADER_TIMEOUT_S
+) -> AsyncIterator[str]:
     """Yields the base URL (http://127.0.0.1:port) while uvicorn serves `app`."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    options = server_options(header_timeout_s)  # a deadline on request headers, as `txc serve`
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     loop = asyncio.get_running_loop()
