@@ -86,6 +86,24 @@ def is_mysql(engine: Engine) -> bool:
     return engine.dialect.name in ("mysql", "mariadb")
 
 
+ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
+
+
+def _branch_isolation(conn: Connection) -> str | None:
+    """The isolation level the application asked of this connection (an `isolation_level`
+    execution option of its engine or connection), to be given to the branch. Why: the SDK
+    switches the connection to autocommit mode (see the module doc, step 1), which in
+    SQLAlchemy replaces that option; the session's own level (the server's default, or the
+    engine's `create_engine(isolation_level=...)`, set once per session) applies as it is."""
+    level = conn.get_execution_options().get("isolation_level")
+    if level is None or level == "AUTOCOMMIT":
+        return None
+    level = str(level).upper().replace("_", " ")
+    if level not in ISOLATION_LEVELS:
+        raise ValueError(f"unknown isolation level {level!r}")
+    return level
+
+
 class MySqlResourceManager(ParticipantBase):
     """A MariaDB (>= 10.5) or MySQL (>= 8.0) participant. `engine` points at the participant's
     own database (the URL must name it), which holds the record table (`create_tables()`).
@@ -186,10 +204,13 @@ class MySqlResourceManager(ParticipantBase):
         self.check_server()
         self.coordinator_for(coordinator_url)  # fail before any work when none is known
         with self.engine.connect() as conn:
+            level = _branch_isolation(conn)
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             existing = rec.state(conn, self.name, txid)
             if existing is not None:
                 raise self._refusal(existing)
+            if level is not None:
+                conn.exec_driver_sql(f"SET TRANSACTION ISOLATION LEVEL {level}")
             try:
                 conn.exec_driver_sql(f"XA START {xid.sql}")
             except DBAPIError as e:

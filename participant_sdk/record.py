@@ -129,7 +129,13 @@ def create_tables(engine: Engine) -> None:
     """Create the record tables if missing, and bring an existing record table's indexes up
     to date (tests and demos; production runs the `participant` Alembic branch, migrations
     p0001, p0003 and p0004, which make the same tables). Never waits for prepared
-    transactions (see `participant_xid`): a participant starts to resolve them."""
+    transactions (see `participant_xid`): a participant starts to resolve them.
+    A MariaDB/MySQL engine gets that dialect's record table (`mysql_record.py`)."""
+    if engine.dialect.name in ("mysql", "mariadb"):
+        from participant_sdk import mysql_record
+
+        mysql_record.create_tables(engine)
+        return
     metadata.create_all(engine, checkfirst=True)
     with engine.begin() as conn:
         # create_all skips a table that exists, indexes included: a database made by an

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ mariadb, my_url, my_engine, make_my_engine = (
 )
 
 THREAD_JOIN_S = 30.0
+INNODB_TRX_CACHE_S = 0.15  # > InnoDB's 0.1 s refresh of information_schema.innodb_trx
 
 
 def proto(url: str, action: str, txid: str, name: str = "svc") -> httpx.Response:
@@ -257,3 +259,35 @@ def test_missing_mariadb_is_a_clear_error(tmp_path, monkeypatch) -> None:
         embedded_mariadb.EmbeddedMariaDB(tmp_path).start()
     with pytest.raises(pytest.skip.Exception, match="MariaDB is not installed"):
         mdb.start_or_skip(tmp_path)
+
+
+@pytest.mark.parametrize("level", ["READ COMMITTED", "SERIALIZABLE"])
+def test_the_branch_runs_at_the_applications_isolation_level(
+    my_engine: Engine, coord, level: str
+) -> None:
+    """No level is required (the SDK's checks use their own autocommit connection), and the
+    level the application asked of its engine is the branch's. At SERIALIZABLE the branch's
+    reads take shared locks; none of them touches the SDK's record table, so two txids
+    prepared one after the other do not block each other's records."""
+    coord.fake.drive_phase2 = False
+    rm = manager(my_engine.execution_options(isolation_level=level), coord)
+    seen = []
+    for key in ("s1", "s2"):
+        txid = httpx.post(f"{coord.url}/v1/transactions", json={}).json()["txid"]
+        with rm.work(txid) as w:
+            w.connection.execute(text("INSERT INTO items VALUES (:k, 1)"), {"k": key})
+            # InnoDB's INFORMATION_SCHEMA transaction tables are a cache refreshed at most
+            # every 0.1 s: a transaction this young may not be in it yet.
+            time.sleep(INNODB_TRX_CACHE_S)
+            seen.append(
+                w.connection.execute(
+                    text(
+                        "SELECT trx_isolation_level FROM information_schema.innodb_trx "
+                        "WHERE trx_mysql_thread_id = CONNECTION_ID()"
+                    )
+                ).scalar_one()
+            )
+        assert rm.commit(txid).status == 200
+    assert seen == [level, level]
+    assert items(my_engine) == {"s1": 1, "s2": 1}
+    rm.close()
