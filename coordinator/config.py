@@ -39,6 +39,9 @@ class Settings:
     # participant, its secrets and its URLs. `participant_token` is the earlier model, one
     # secret shared by every participant (any of them can act as any other).
     participants_file: str = ""
+    # Refuse a participants_file that others may read. false only where the file is a
+    # mounted secret the platform keeps private (Docker and Kubernetes mount them 0644).
+    participants_file_private: bool = True
     participant_token: str = field(default="", repr=False)
 
     # Raft group: `peers` lists every initial member as "id=url,id=url"; empty runs one
@@ -135,8 +138,10 @@ class Settings:
             missing = []
             if Role.ADMIN not in roles:
                 missing.append("an admin token (TXC_API_TOKEN or TXC_API_TOKENS=admin=...)")
-            if not self.participants_file and not self.participant_token:
-                missing.append("TXC_PARTICIPANTS_FILE (each participant's secret and URLs)")
+            if not self.participants_file:
+                # A shared participant_token is not enough: any participant holding it can
+                # sign commits, aborts and "yes" votes for every other (docs/security.md).
+                missing.append("TXC_PARTICIPANTS_FILE (each participant's own secret and URLs)")
             if missing:
                 raise ConfigError(
                     "production configuration without credentials: set " + "; ".join(missing)
@@ -150,7 +155,7 @@ class Settings:
             from coordinator.participants import RegistryError, load
 
             try:
-                load(self.participants_file)
+                load(self.participants_file, private=self.participants_file_private)
             except RegistryError as e:
                 raise ConfigError(str(e)) from None
         if not roles and not is_loopback(self.host) and self.environment != "development":

@@ -60,7 +60,9 @@ class Node:
         self.store = Store(self.db)
         self.metrics = Metrics()
         self.registry = participants.from_settings(
-            settings.participants_file, settings.participant_token
+            settings.participants_file,
+            settings.participant_token,
+            private=settings.participants_file_private,
         )
         if self.registry.mode is participants.Mode.SHARED:
             log.warning(
@@ -122,7 +124,12 @@ class Node:
             tombstone_retention_s=settings.tombstone_retention_s,
         )
         self.registry_watch = (
-            RegistryWatch(settings.participants_file, self.registry, self.enlisted_names)
+            RegistryWatch(
+                settings.participants_file,
+                self.registry,
+                self.enlisted_names,
+                private=settings.participants_file_private,
+            )
             if settings.participants_file
             else None
         )

@@ -165,9 +165,10 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def load(path: str) -> dict[str, Identity]:
+def load(path: str, *, private: bool = True) -> dict[str, Identity]:
     """The identities in a registry file; RegistryError for anything that is not exactly
-    the documented shape (a typo must not silently leave a participant unregistered)."""
+    the documented shape (a typo must not silently leave a participant unregistered), or,
+    with `private`, for a file others may read."""
     try:
         st = os.stat(path)
         if st.st_size > MAX_REGISTRY_BYTES:
@@ -178,7 +179,7 @@ def load(path: str) -> dict[str, Identity]:
         raise RegistryError(f"participants_file {path}: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise RegistryError(f"participants_file {path}: not TOML: {e}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if private and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise RegistryError(
             f"participants_file {path} holds secrets and is readable by others "
             f"(mode {stat.S_IMODE(st.st_mode):o}): chmod 600 it"
@@ -243,6 +244,6 @@ def _identity(name: str, entry: object, where: str) -> Identity:
     return Identity(name, tuple(secrets), tuple(clean))
 
 
-def from_settings(participants_file: str, shared_secret: str) -> Registry:
-    identities = load(participants_file) if participants_file else {}
+def from_settings(participants_file: str, shared_secret: str, *, private: bool = True) -> Registry:
+    identities = load(participants_file, private=private) if participants_file else {}
     return Registry(identities, shared_secret)

@@ -54,9 +54,12 @@ class RegistryWatch(Periodic):
         registry: Registry,
         in_use: Callable[[], set[str]],
         interval_s: float = REGISTRY_POLL_S,
+        *,
+        private: bool = True,
     ) -> None:
         super().__init__(interval_s)
         self.path = path
+        self.private = private
         self.registry = registry
         self.in_use = in_use
         self.version = _version(path)  # the one loaded at start
@@ -73,7 +76,7 @@ class RegistryWatch(Periodic):
         if version == self.version and self.error is None:
             return False
         try:
-            identities = load(self.path)
+            identities = load(self.path, private=self.private)
         except RegistryError as e:
             self._refuse(version, str(e))
             return False

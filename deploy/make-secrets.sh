@@ -3,8 +3,11 @@
 # Existing files are kept, so running it again changes nothing.
 #
 #   cluster_secret         authenticates the coordinator nodes to each other
-#   participant_secret     the key the coordinator signs its requests to participants with
-#                          (TXC_PARTICIPANT_TOKEN); the banks verify with it
+#   bank_a_secret          bank-a's own secret: it signs its calls and answers with it, and
+#                          the coordinator signs its requests to bank-a with it
+#   bank_b_secret          the same for bank-b (neither bank can act for the other)
+#   participants           the participant registry the nodes read (TXC_PARTICIPANTS_FILE):
+#                          each bank's name, its secret and its URL
 #   admin_token            API token with the admin role: the txc CLI, the dashboard's actions
 #   client_token           API token with the client role: begin, commit, abort (applications)
 #   participant_api_token  API token with the participant role: enlist, outcome (the banks)
@@ -26,7 +29,7 @@ write() { # write NAME CONTENT: atomically, mode 0644
     mv "$dir/.$1.tmp" "$dir/$1"
 }
 
-for name in cluster_secret participant_secret admin_token client_token \
+for name in cluster_secret bank_a_secret bank_b_secret admin_token client_token \
     participant_api_token read_token pg_password; do
     if [ -s "$dir/$name" ]; then
         echo "kept      $dir/$name"
@@ -42,4 +45,19 @@ tokens="$tokens,read=$(cat "$dir/read_token")"
 if [ "$(cat "$dir/api_tokens" 2>/dev/null || true)" != "$tokens" ]; then
     write api_tokens "$tokens"
     echo "generated $dir/api_tokens"
+fi
+
+# The registry: the URLs are the banks' --public-url plus the SDK's /txc mount.
+registry="# Written by deploy/make-secrets.sh from bank_a_secret and bank_b_secret.
+
+[participants.bank-a]
+secrets = [\"$(cat "$dir/bank_a_secret")\"]
+urls = [\"http://bank-a:8001/txc\"]
+
+[participants.bank-b]
+secrets = [\"$(cat "$dir/bank_b_secret")\"]
+urls = [\"http://bank-b:8002/txc\"]"
+if [ "$(cat "$dir/participants" 2>/dev/null || true)" != "$registry" ]; then
+    write participants "$registry"
+    echo "generated $dir/participants"
 fi

@@ -110,7 +110,8 @@ def test_production_refuses_to_start_without_credentials() -> None:
         Settings(**base, participant_token="p" * 20).validate()
     with pytest.raises(ConfigError, match="TXC_PARTICIPANTS_FILE"):
         Settings(**base, api_token="a" * 20).validate()
-    Settings(**base, api_token="a" * 20, participant_token="p" * 20).validate()
+    with pytest.raises(ConfigError, match="TXC_PARTICIPANTS_FILE"):  # one shared secret
+        Settings(**base, api_token="a" * 20, participant_token="p" * 20).validate()
     with pytest.raises(ConfigError, match="unknown role"):
         Settings(database_url="x", api_tokens="root=" + "x" * 20).validate()
     with pytest.raises(ConfigError, match="at least"):

@@ -24,7 +24,7 @@ import tempfile
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 
 import txc_demo.bank as bank
 import txc_demo.transfer as transfer
+from coordinator import participants
 from coordinator.auth import Role, parse_tokens
 from coordinator.cli import build_parser
 from coordinator.config import Settings, load
@@ -167,8 +168,25 @@ def postgres_services() -> list[str]:
     return [name for name, s in SERVICES.items() if str(s.get("image", "")).startswith("postgres:")]
 
 
+@functools.cache
+def mounted_file(name: str) -> str:
+    """A declared secret's content in a real file (mode 0644, as Docker mounts it), for
+    settings that name a file rather than take its value (TXC_PARTICIPANTS_FILE)."""
+    folder = Path(tempfile.mkdtemp(prefix="txc-compose-secrets-"))
+    path = folder / name
+    path.write_text(secret_value(name))
+    path.chmod(0o644)
+    return str(path)
+
+
 def node_settings(service: str) -> Settings:
-    return load(env=container_env(service)).validate()
+    """The settings the node loads in its container; a file setting that points into
+    /run/secrets reads the same content from a scratch copy."""
+    env = container_env(service)
+    for key, value in env.items():
+        if key.endswith("_FILE") and value.startswith(SECRETS_MOUNT):
+            env[key] = mounted_file(secret_of(service, value))
+    return load(env=env).validate()
 
 
 def published(service: str) -> list[tuple[int, int]]:
@@ -231,15 +249,18 @@ def run_bank_main(service: str, monkeypatch: pytest.MonkeyPatch) -> BankRun:
     created: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     served: list[dict[str, Any]] = []
 
-    def fake_create_app(*args: Any, **kwargs: Any) -> str:
-        created.append((args, kwargs))
-        return "app"
+    app = SimpleNamespace(state=SimpleNamespace(engine=None))  # what main reads of an app
 
-    def fake_run(app: Any, **kwargs: Any) -> None:
-        assert app == "app"
+    def fake_create_app(*args: Any, **kwargs: Any) -> SimpleNamespace:
+        created.append((args, kwargs))
+        return app
+
+    def fake_run(served_app: Any, **kwargs: Any) -> None:
+        assert served_app is app
         served.append(kwargs)
 
     monkeypatch.setattr(bank, "create_app", fake_create_app)
+    monkeypatch.setattr(bank, "probe_database", lambda engine: None)  # no server here
     monkeypatch.setattr(uvicorn, "run", fake_run)
     try:
         bank.main(command(service))
@@ -331,7 +352,12 @@ def test_node_settings_load_and_validate(index: int, service: str) -> None:
     assert s.advertise_url == f"http://{service}:{s.port}"
     # secrets come from the mounted files, not from the compose file
     assert s.cluster_secret == secret_value("cluster_secret")
-    assert s.participant_token == secret_value("participant_secret")
+    # each bank has its own identity in the registry; no secret is shared between them
+    assert s.participant_token == ""
+    registry = participants.load(s.participants_file, private=s.participants_file_private)
+    assert sorted(registry) == BANKS
+    for b in BANKS:
+        assert registry[b].secrets == (secret_value(f"bank_{b[-1]}_secret"),)
     tokens = parse_tokens(s.api_tokens, s.api_token)
     assert tokens[secret_value("admin_token")] == Role.ADMIN
     assert sorted(tokens.values()) == sorted(Role), "one token for each role"
@@ -383,13 +409,13 @@ def test_bank_command_is_accepted_by_the_bank(
     assert run.public_url == f"http://{service}:{run.port}"
     nodes = {n: node_settings(n) for n in NODES}
     assert run.coordinator_url.split(",") == [nodes[n].advertise_url for n in NODES]
-    # the bank's API token has the participant role on every node, and it verifies the
-    # nodes' requests with their signing key
+    # the bank signs with its own secret, which every node's registry holds for its name,
+    # at the URL it announces
     for s in nodes.values():
-        assert parse_tokens(s.api_tokens, s.api_token).get(run.kwargs["token"]) == (
-            Role.PARTICIPANT
-        )
-        assert s.participant_token == run.kwargs["participant_token"]
+        registry = participants.load(s.participants_file, private=s.participants_file_private)
+        assert registry[service].secrets == (run.kwargs["participant_token"],)
+        assert registry[service].url_allowed(run.public_url + "/txc")
+    assert not run.kwargs.get("token"), "a registry participant needs no bearer token"
     # its own database, which allows PREPARE TRANSACTION
     db = make_url(run.database_url)
     assert db.drivername == "postgresql+psycopg"  # bank.py hands it to create_engine as is
@@ -585,10 +611,10 @@ def test_make_secrets_generates_each_declared_secret(tmp_path: Path) -> None:
     folder = make_secrets(tmp_path)
     made = {p.name: p for p in folder.iterdir() if p.name != ".gitignore"}
     declared = {Path(spec["file"]).name for spec in DECLARED_SECRETS.values()}
-    # and the client and read tokens, for applications and the dashboard's view
-    assert set(made) == declared | {"client_token", "read_token"}
+    # and the role tokens, for applications, the dashboard's view and bearer participants
+    assert set(made) == declared | {"client_token", "read_token", "participant_api_token"}
     values = {n: p.read_text() for n, p in made.items()}
-    singles = {n: v for n, v in values.items() if n != "api_tokens"}
+    singles = {n: v for n, v in values.items() if n not in ("api_tokens", "participants")}
     assert len(set(singles.values())) == len(singles)
     assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in singles.values())
     assert parse_tokens(values["api_tokens"]) == {

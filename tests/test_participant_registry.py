@@ -136,4 +136,11 @@ def test_registry_settings(tmp_path: Path) -> None:
     prod = {**BASE, "environment": "production", "api_token": S}
     with pytest.raises(ConfigError, match="TXC_PARTICIPANTS_FILE"):
         Settings(**prod).validate()
+    with pytest.raises(ConfigError, match="TXC_PARTICIPANTS_FILE"):  # shared: not enough
+        Settings(**prod, participant_token=S).validate()
     Settings(**prod, participants_file=write(tmp_path, GOOD)).validate()
+    # A platform's mounted secret (0644 in a private folder), said explicitly.
+    shared_mount = write(tmp_path, GOOD, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        Settings(**prod, participants_file=shared_mount).validate()
+    Settings(**prod, participants_file=shared_mount, participants_file_private=False).validate()
