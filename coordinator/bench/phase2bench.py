@@ -30,7 +30,7 @@ from coordinator.bench import profiling, report, stack
 from coordinator.bench.loadgen import run_bench
 from coordinator.embedded_pg import EmbeddedPostgres
 from coordinator.participant_client import ParticipantClient, Reply
-from coordinator.participants import Registry
+from coordinator.participants import Identity, Registry
 from participant_sdk.headers import ENLIST_DEFERRED, ENLIST_HEADER, TRANSACTION_HEADER
 
 BANK = "bank-a"
@@ -127,7 +127,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             recovery_interval_s=RECOVERY_INTERVAL_S,
         )
         accounts = [stack.account_name(i) for i in range(args.per_round)]
-        client = ParticipantClient(registry=Registry(shared_secret=creds.participant_secret))
+        # As a node with a registry signs for this bank (and checks its signed answers).
+        url = f"{bank.url}/txc"
+        identity = Identity(BANK, (creds.bank_secrets[BANK],), (url,))
+        client = ParticipantClient(registry=Registry({BANK: identity}))
         await client.start()
         try:
             async with aiohttp.ClientSession() as session:

@@ -512,7 +512,7 @@ def summarise(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="txc-bench-soak-"))
     pg = EmbeddedPostgres(root / "postgres").start()
-    creds = None if args.no_auth else stack.Credentials.generate()
+    creds = None if args.no_auth else stack.Credentials.generate(registry=not args.shared_secret)
     started = time.time()
     node_env = {
         "TXC_RETENTION_S": str(args.retention_s),
@@ -540,6 +540,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "client": args.client,
                 "accounts_per_bank": args.accounts,
                 "auth": creds is not None,
+                "participant_identities": (
+                    "none" if creds is None else "registry" if creds.registry else "shared secret"
+                ),
                 "outage": args.outage,
                 "retention_s": args.retention_s,
                 "tombstone_retention_s": args.tombstone_retention_s,
@@ -726,6 +729,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-auth",
         action="store_true",
         help="development mode: no API tokens, unsigned participant requests",
+    )
+    p.add_argument(
+        "--shared-secret",
+        action="store_true",
+        help="the earlier trust model: one participant secret shared by the nodes and both "
+        "banks, instead of each bank's own secret in a registry (to compare their cost)",
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out-dir", default="docs/bench", help="where soak.json goes")

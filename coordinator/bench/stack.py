@@ -33,25 +33,47 @@ SEED_BATCH = 1_000  # accounts inserted per statement when seeding a bank
 ROLES = ("admin", "client", "participant", "read")
 
 
+BANKS = ("bank-a", "bank-b")
+
+
 @dataclass(frozen=True)
 class Credentials:
-    """Development credentials generated per run, as `txc up` does: the cluster secret, the
-    participant signing secret, and one API token per role."""
+    """Development credentials generated per run, as `txc up` does: the cluster secret, one
+    API token per role, and each bank's own secret in a participant registry the nodes read
+    (what a production deployment runs). With `registry=False` (`--shared-secret`), the
+    earlier model instead: one participant secret shared by the nodes and every bank."""
 
     cluster: str
     participant_secret: str
     tokens: dict[str, str]
+    bank_secrets: dict[str, str]
+    registry: bool = True
 
     @classmethod
-    def generate(cls) -> Credentials:
+    def generate(cls, *, registry: bool = True) -> Credentials:
         return cls(
             cluster=secrets.token_urlsafe(24),
             participant_secret=secrets.token_urlsafe(24),
             tokens={role: secrets.token_urlsafe(24) for role in ROLES},
+            bank_secrets={bank: secrets.token_urlsafe(24) for bank in BANKS},
+            registry=registry,
         )
 
     def api_tokens(self) -> str:
         return ",".join(f"{role}={tok}" for role, tok in self.tokens.items())
+
+    def write_registry(self, path: Path, bank_urls: dict[str, str]) -> str:
+        """The participant registry (mode 600) naming each bank at its protocol URL."""
+        assert self.registry and set(bank_urls) <= set(self.bank_secrets)
+        path.write_text(
+            "".join(
+                f'[participants.{bank}]\nsecrets = ["{self.bank_secrets[bank]}"]\n'
+                f'urls = ["{url}"]\n\n'
+                for bank, url in bank_urls.items()
+            )
+        )
+        path.chmod(0o600)
+        return str(path)
 
 
 def dsn(url: str) -> str:
@@ -86,6 +108,7 @@ def start_nodes(
     module_args: list[str] | None = None,
     raft_when_single: bool = False,
     extra_env: dict[str, str] | None = None,
+    participants_file: str | None = None,
 ) -> list[Proc]:
     """Start `size` coordinator nodes, each with a fresh database `{prefix}_node{i}`.
 
@@ -103,10 +126,11 @@ def start_nodes(
             env |= {"TXC_PEERS": peers, "TXC_RAFT_ID": "1", "TXC_CLUSTER_SECRET": cluster_secret}
         env |= {"TXC_LOG_LEVEL": "WARNING"}
         if creds is not None:
-            env |= {
-                "TXC_API_TOKENS": creds.api_tokens(),
-                "TXC_PARTICIPANT_TOKEN": creds.participant_secret,
-            }
+            env |= {"TXC_API_TOKENS": creds.api_tokens()}
+            if participants_file is not None:
+                env |= {"TXC_PARTICIPANTS_FILE": participants_file}
+            else:
+                env |= {"TXC_PARTICIPANT_TOKEN": creds.participant_secret}
         env |= extra_env or {}
         args = module_args or ["-m", "coordinator", "serve"]
         name = f"{prefix}-node{i + 1}"
@@ -212,10 +236,12 @@ def start_bank(
     coordinator_urls: list[str] | None = None,
     creds: Credentials | None = None,
     recovery_interval_s: float | None = None,
+    port: int | None = None,
 ) -> Proc:
     """A demo bank process (`txc_demo.bank`), or its baseline twin (same SQL, autocommit, no
-    coordinator: `coordinator.bench.baseline_bank`)."""
-    port = free_port()
+    coordinator: `coordinator.bench.baseline_bank`). With a registry, at the `port` it is
+    registered at, signing with its own secret."""
+    port = port or free_port()
     env: dict[str, str] = {}
     if baseline:
         args = ["-m", "coordinator.bench.baseline_bank", "--name", name]
@@ -223,7 +249,10 @@ def start_bank(
         assert coordinator_urls, "a txc bank needs the coordinator's URLs"
         args = ["-m", "txc_demo.bank", "--name", name]
         args += ["--coordinator-url", ",".join(coordinator_urls)]
-        if creds is not None:  # by environment: a command line is visible to every local user
+        # By environment: a command line is visible to every local user.
+        if creds is not None and creds.registry:
+            env["TXC_PARTICIPANT_TOKEN"] = creds.bank_secrets[name]  # it signs its calls
+        elif creds is not None:
             env["TXC_API_TOKEN"] = creds.tokens["participant"]
             env["TXC_PARTICIPANT_TOKEN"] = creds.participant_secret
         else:

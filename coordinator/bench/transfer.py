@@ -19,10 +19,12 @@ server (fsync and synchronous_commit on):
   third of the way in; reports the window without commits and latency around the kill.
 
 Credentials are generated per run and used as `txc up` uses them (API tokens per role,
-participant requests signed), unless `--no-auth`. Each worker of the closed loop picks
-random accounts from its own slice of the accounts (no two in-flight transfers touch the
-same row: no lock contention). After each scenario the banks must hold the same total as
-before and no prepared transaction may be left: `conserved` in the report.
+each bank its own secret in a participant registry, every protocol request and answer
+signed), unless `--no-auth`; `--shared-secret` measures the earlier one-secret model.
+Each worker of the closed loop picks random accounts from its own slice of the accounts (no
+two in-flight transfers touch the same row: no lock contention). After each scenario the
+banks must hold the same total as before and no prepared transaction may be left:
+`conserved` in the report.
 
 A report, never a test: nothing here asserts a figure (DESIGN §8).
 """
@@ -54,7 +56,7 @@ from coordinator.bench.txclient import (
     Tx,
     TxFailed,
 )
-from coordinator.embedded_pg import EmbeddedPostgres
+from coordinator.embedded_pg import EmbeddedPostgres, free_port
 from coordinator.procs import Proc, stop_all
 from participant_sdk.headers import ENLISTMENT_HEADER
 
@@ -190,12 +192,19 @@ def start_scenario(
     """The processes of one scenario (also `txc bench soak`'s, with its settings in
     `node_env`): `nodes` coordinator nodes, each on a fresh database, and the two banks."""
     sc = Scenario(name, nodes)
+    ports = {bank: free_port() for bank in stack.BANKS}
     try:
         if nodes:
             prefix = "bench_" + name.replace("-", "_")
-            sc.node_procs = stack.start_nodes(pg, root, prefix, nodes, creds, extra_env=node_env)
+            registry = None
+            if creds is not None and creds.registry:
+                urls = {b: f"http://127.0.0.1:{port}/txc" for b, port in ports.items()}
+                registry = creds.write_registry(root / f"participants-{name}.toml", urls)
+            sc.node_procs = stack.start_nodes(
+                pg, root, prefix, nodes, creds, extra_env=node_env, participants_file=registry
+            )
             sc.procs += sc.node_procs
-        for bank, db in zip(("bank-a", "bank-b"), bank_dbs, strict=True):
+        for bank, db in zip(stack.BANKS, bank_dbs, strict=True):
             p = stack.start_bank(
                 bank,
                 db,
@@ -204,6 +213,7 @@ def start_scenario(
                 coordinator_urls=[n.url for n in sc.node_procs],
                 creds=creds,
                 recovery_interval_s=recovery_interval_s,
+                port=ports[bank],
             )
             sc.procs.append(p)
             sc.bank_urls.append(p.url)
@@ -538,7 +548,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--accounts must be at least the highest concurrency")
     root = Path(tempfile.mkdtemp(prefix="txc-bench-transfers-"))
     pg = EmbeddedPostgres(root / "postgres").start()
-    creds = None if args.no_auth else stack.Credentials.generate()
+    creds = None if args.no_auth else stack.Credentials.generate(registry=not args.shared_secret)
     started = time.time()
     try:
         bank_dbs = [
@@ -557,6 +567,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "warmup_s": args.warmup,
                 "accounts_per_bank": args.accounts,
                 "auth": creds is not None,
+                "participant_identities": (
+                    "none" if creds is None else "registry" if creds.registry else "shared secret"
+                ),
                 "client": args.client,
                 "wait_idle_s": args.wait_idle,
                 "raft_tick_s": 0.05,
@@ -616,6 +629,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-auth",
         action="store_true",
         help="development mode: no API tokens, unsigned participant requests",
+    )
+    p.add_argument(
+        "--shared-secret",
+        action="store_true",
+        help="the earlier trust model: one participant secret shared by the nodes and both "
+        "banks, instead of each bank's own secret in a registry (to compare their cost)",
     )
     p.add_argument(
         "--profile",
