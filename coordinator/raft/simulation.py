@@ -184,7 +184,8 @@ class Stats:
     late_after_purge: int = 0  # applied after the purge: a new life, not compared
     late_unanswered: int = 0  # gave up (chaos) before the tombstone could be purged
     # The worst of a run (and, added up, of a campaign): how close liveness came to its bound,
-    # and the longest uncommitted tail of a leader's log (proposals outgrowing the log).
+    # and the longest uncommitted tail of a leader's log (proposals outgrowing the log, or a
+    # leader cut off from its group during the chaos).
     max_heal_to_done_ms: int = 0
     max_uncommitted: int = 0
 
