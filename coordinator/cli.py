@@ -435,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--nodes", type=int, choices=[1, 3, 5], default=3, help="coordinator nodes (default 3)"
     )
     up.add_argument("--no-demo", action="store_true", help="do not start the demo participants")
+    up.add_argument(
+        "--demo-mysql",
+        action="store_true",
+        help="also a third demo bank, bank-c, on an embedded MariaDB (Debian: mariadb-server)",
+    )
     up.set_defaults(func=cmd_up)
 
     node = sub.add_parser("node", help="stop, start or list the processes of a running `txc up`")

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator import shutdown
 from coordinator.embedded_pg import free_port
 
 log = logging.getLogger("txc.embedded_mariadb")
@@ -98,6 +99,7 @@ class EmbeddedMariaDB:
     host: str = "127.0.0.1"
     binlog: bool = False
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _forced_stop: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
@@ -224,6 +226,9 @@ class EmbeddedMariaDB:
                 # parent stops it (stop()) when it is done.
                 start_new_session=True,
             )
+        # The last resort of coordinator/shutdown.py: SIGKILL, not waited for (InnoDB's
+        # crash recovery at the next start repairs the rest).
+        self._forced_stop = shutdown.on_forced_stop("MariaDB", self._kill_now)
         self._wait_ready()
         log.info("embedded MariaDB running on %s:%s (%s)", self.host, self.port, self.datadir)
         return self
@@ -279,6 +284,9 @@ class EmbeddedMariaDB:
 
     def stop(self) -> None:
         """SIGTERM (a clean shutdown), then SIGKILL after STOP_TIMEOUT_S."""
+        if self._forced_stop is not None:
+            shutdown.forget(self._forced_stop)
+            self._forced_stop = None
         if not self.running():
             self._proc = None
             return
@@ -288,6 +296,11 @@ class EmbeddedMariaDB:
             self._signal(signal.SIGKILL)
             self._wait_gone(pid, STOP_TIMEOUT_S)
         self._proc = None
+
+    def _kill_now(self) -> None:
+        """The last resort of coordinator/shutdown.py: SIGKILL, not waited for (InnoDB's
+        crash recovery at the next start repairs the rest)."""
+        self._signal(signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL: a server crash (what InnoDB's crash recovery then faces)."""

@@ -18,14 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-from coordinator import migrate, shutdown
+from coordinator import embedded_mariadb, migrate, shutdown
 from coordinator.db import normalise_url
+from coordinator.embedded_mariadb import EmbeddedMariaDB
 from coordinator.embedded_pg import EmbeddedPostgres, create_database
 from coordinator.procs import Proc, node_env, peers_for, stop_all
 from coordinator.supervise import Supervisor
 
 READY_TIMEOUT_S = 60.0
 DEMO_BANKS = (("bank-a", "bank_a"), ("bank-b", "bank_b"))
+MARIADB_BANK = ("bank-c", "bank_c")  # with --demo-mysql: a third bank, on MariaDB
 
 
 def _server_url_for(server_url: str, database: str) -> str:
@@ -40,7 +42,7 @@ CREDENTIAL_NAMES = (
     "client",
     "participant",
     "read",
-    *(f"secret:{name}" for name, _ in DEMO_BANKS),
+    *(f"secret:{name}" for name, _ in (*DEMO_BANKS, MARIADB_BANK)),
 )
 
 
@@ -95,17 +97,34 @@ def _spawn(name: str, args: list[str], env: dict[str, str], port: int, log_dir: 
     return Proc(name, args, env, url, log_dir / f"{name}.log", new_session=True).start()
 
 
+class UpError(Exception):
+    """A request `txc up` cannot serve (one line for the user, exit code 2)."""
+
+
+def _start_mariadb(data_dir: Path) -> EmbeddedMariaDB:
+    """The demo's MariaDB server, from the machine's own package (not bundled: a newcomer
+    without it gets the line that installs it)."""
+    if not embedded_mariadb.available():
+        raise UpError(f"--demo-mysql needs a MariaDB server: {embedded_mariadb.INSTALL_HINT}")
+    print(f"starting embedded MariaDB in {data_dir / 'mariadb'} ...", flush=True)
+    return EmbeddedMariaDB(data_dir / "mariadb").start()
+
+
 def _say(line: str) -> None:
     print(time.strftime("%H:%M:%S ") + line, flush=True)
 
 
 def up(args: argparse.Namespace) -> int:
+    if args.demo_mysql and args.no_demo:
+        print("txc up: --demo-mysql adds a demo bank: not with --no-demo", file=sys.stderr)
+        return 2
     data_dir = Path(args.data_dir).resolve()
     log_dir = data_dir / "logs"
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)  # the user's alone (as root, the embedded PostgreSQL opens it to x)
     log_dir.mkdir(exist_ok=True)
     pg: EmbeddedPostgres | None = None
+    mdb: EmbeddedMariaDB | None = None
     children: list[Proc] = []
     supervisor: Supervisor | None = None
 
@@ -122,16 +141,16 @@ def up(args: argparse.Namespace) -> int:
             print(f"starting embedded PostgreSQL in {data_dir / 'postgres'} ...", flush=True)
             pg = EmbeddedPostgres(data_dir / "postgres").start()
             server_url = pg.url()
+        demo = [] if args.no_demo else [*DEMO_BANKS]
+        if args.demo_mysql:
+            mdb = _start_mariadb(data_dir)
+            demo.append(MARIADB_BANK)
         nodes = max(1, args.nodes)
         creds = _credentials(data_dir)
         secret = creds["cluster"]
         ports = [args.port + i for i in range(nodes)]
         peers = peers_for(ports)
-        banks = (
-            []
-            if args.no_demo
-            else [(name, _bank_port(args.port, i)) for i, (name, _) in enumerate(DEMO_BANKS)]
-        )
+        banks = [(name, _bank_port(args.port, i)) for i, (name, _) in enumerate(demo)]
         # With demo banks, each has its own identity; without, nobody is registered and
         # participants the user starts share one secret (TXC_PARTICIPANT_TOKEN).
         participant_env = (
@@ -158,11 +177,14 @@ def up(args: argparse.Namespace) -> int:
         for c in children:
             c.wait_ready("/readyz", deadline - time.monotonic())
         bank_urls: list[str] = []
-        if not args.no_demo:
-            for i, (name, db) in enumerate(DEMO_BANKS):
-                create_database(server_url, db)
-                db_url = _server_url_for(server_url, db)
-                migrate.upgrade(db_url, "participant")
+        if demo:
+            for i, (name, db) in enumerate(demo):
+                if (name, db) == MARIADB_BANK and mdb is not None:
+                    db_url = mdb.create_database(db)  # the bank creates its own tables
+                else:
+                    create_database(server_url, db)
+                    db_url = _server_url_for(server_url, db)
+                    migrate.upgrade(db_url, "participant")
                 port = _bank_port(args.port, i)
                 children.append(
                     _spawn(
@@ -201,13 +223,14 @@ def up(args: argparse.Namespace) -> int:
         print(f"  OpenAPI docs   {coordinator_url}/docs")
         print(f"  cluster        {coordinator_url}/v1/cluster")
         print(f"  metrics        {coordinator_url}/metrics")
-        for (name, _), url in zip(DEMO_BANKS, bank_urls, strict=False):
-            print(f"  demo {name:<9} {url}/accounts")
-        if bank_urls:
+        for (name, db), url in zip(demo, bank_urls, strict=True):
+            on = "MariaDB" if (name, db) == MARIADB_BANK else "PostgreSQL"
+            print(f"  demo {name:<9} {url}/accounts ({on})")
+        for to in bank_urls[1:]:
             print(
                 f"  demo transfer  python -m txc_demo.transfer --coordinator-url {coordinator_url} "
                 f"--from-bank {bank_urls[0]} --from-account alice "
-                f"--to-bank {bank_urls[1]} --to-account bob --amount 10"
+                f"--to-bank {to} --to-account bob --amount 10"
             )
         print(f"  credentials    source {data_dir / 'credentials.env'}   (development tokens)")
         print(f"  admin token    {creds['admin']}   (dashboard sign-in, txc CLI)")
@@ -223,6 +246,9 @@ def up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
         return 0
+    except UpError as e:
+        print(f"txc up: {e}", file=sys.stderr)
+        return 2
     except Exception as e:
         print(f"txc up failed: {e}", file=sys.stderr)
         return 1
@@ -231,6 +257,8 @@ def up(args: argparse.Namespace) -> int:
             supervisor.stop_all()
         else:
             stop_all(children)
+        if mdb is not None:
+            mdb.stop()
         if pg is not None:
             pg.stop()
         print("stopped.", flush=True)

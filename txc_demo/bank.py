@@ -57,6 +57,7 @@ from participant_sdk import (
     create_tables,
     mysql_engine,
 )
+from participant_sdk.header_deadline import server_options
 from participant_sdk.mysql_resource import MySqlResourceManager, MySqlWork
 from participant_sdk.recovery import RECOVERY_INTERVAL_S
 from txc_demo import bank_mysql
@@ -350,7 +351,9 @@ def main(argv: list[str] | None = None) -> None:
         where = make_url(args.database_url).render_as_string(hide_password=True)
         print(f"txc demo bank: cannot use its database {where}: {e.orig}", file=sys.stderr)
         raise SystemExit(2) from None
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # The header deadline (participant_sdk/header_deadline.py): slow or silent connections
+    # cannot fill the bank's connection slots.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", **server_options())
 
 
 if __name__ == "__main__":

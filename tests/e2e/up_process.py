@@ -16,6 +16,7 @@ from tests.helpers import free_port
 
 UP_TIMEOUT_S = 120.0  # until "txc is up." (the embedded PostgreSQL's initdb included)
 BANK_OFFSETS = (101, 102)  # `txc up`'s demo banks listen at the first node's port + these
+MARIADB_BANK_OFFSET = 103  # and bank-c, with --demo-mysql
 
 
 def port_free(port: int) -> bool:
@@ -34,7 +35,7 @@ def base_port(nodes: int = 3) -> int:
     """A port P with P..P+nodes-1 and the banks' ports free (`txc up`'s layout)."""
     for _ in range(50):
         p = free_port()
-        offsets = (*range(nodes), *BANK_OFFSETS)
+        offsets = (*range(nodes), *BANK_OFFSETS, MARIADB_BANK_OFFSET)
         if p + max(offsets) < 65535 and all(port_free(p + d) for d in offsets):
             return p
     raise AssertionError("no free port range")
