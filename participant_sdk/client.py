@@ -418,8 +418,15 @@ class ParticipantSigner:
         if not answer_valid(
             self.secrets, sent[SIGNATURE_HEADER], resp.status_code, resp.content, given
         ):
+            # An unsigned 401 is also what a real coordinator answers when this
+            # participant's secret is not the one its registry holds: say so, as a hint.
+            hint = (
+                "; is participant_token the secret the coordinator's registry holds?"
+                if resp.status_code == 401
+                else ""
+            )
             raise _Retryable(
-                f"{call.op}: answer not signed by the coordinator (HTTP {resp.status_code})",
+                f"{call.op}: answer not signed by the coordinator (HTTP {resp.status_code})" + hint,
                 code="unsigned_answer",
                 # No status: nothing may be concluded from it (a forged 4xx must not read
                 # as "the coordinator refused this enlistment").

@@ -60,6 +60,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
         _coordinator_urls(args),
         token=args.token or None,
         apply=args.apply,
+        participant_token=args.participant_token or None,
     )
     res.database = redact(res.database)
     data = res.to_dict()
@@ -329,6 +330,12 @@ def register(sub: Any) -> None:
     )
     rc.add_argument(
         "--apply", action="store_true", help="resolve (default: dry run, change nothing)"
+    )
+    rc.add_argument(
+        "--participant-token",
+        default=os.environ.get("TXC_PARTICIPANT_TOKEN", ""),
+        help="the participant's own secret (TXC_PARTICIPANT_TOKEN): --apply then asks the "
+        "outcomes signed as the participant and accepts only answers the coordinator signed",
     )
     rc.set_defaults(func=_run(cmd_recover))
 

@@ -230,6 +230,7 @@ def recover(
     *,
     token: str | None,
     apply: bool,
+    participant_token: str | None = None,
 ) -> RecoverResult:
     try:
         validate_participant_name(participant)
@@ -253,9 +254,12 @@ def recover(
         if apply:
             kind = MySqlResourceManager if xa else PgResourceManager
             try:
+                # With the participant's own secret, the outcome queries are signed as the
+                # participant and only signed answers count (a coordinator with a registry);
+                # without, a bearer token asks and the answers are taken as they come.
                 rm = kind(
                     participant, engine, public_url=UNUSED_PUBLIC_URL, coordinator_url=seeds,
-                    token=token,
+                    token=token, participant_token=participant_token or None,
                 )  # fmt: skip
             except ValueError as e:
                 raise OpsError(2, f"--coordinator-url: {e}") from None
