@@ -14,7 +14,7 @@ import re
 import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
@@ -46,6 +46,9 @@ from coordinator.sign_answers import SignAnswers
 from coordinator.statemachine import Status
 from coordinator.store import ListFilter
 from participant_sdk.signing import PARTICIPANT_HEADER, enlistment_valid
+
+if TYPE_CHECKING:  # the node builds the app: no import at run time
+    from coordinator.node import Node
 
 TXID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -352,7 +355,7 @@ class ForwardToLeader:
     cannot (no leader known, or the request was already forwarded once). A plain ASGI
     middleware: every request, Raft messages included, passes through it."""
 
-    def __init__(self, app: ASGIApp, node: Any) -> None:
+    def __init__(self, app: ASGIApp, node: "Node") -> None:
         self.app = app
         self.node = node
 
@@ -407,7 +410,7 @@ class RequestContext:
 # -- the app ----------------------------------------------------------------------------------
 
 
-def create_app(node: Any) -> FastAPI:
+def create_app(node: "Node") -> FastAPI:
     """`node` is a `coordinator.node.Node` (typed loosely to avoid an import cycle)."""
 
     @asynccontextmanager

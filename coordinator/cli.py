@@ -30,17 +30,14 @@ from typing import Any
 import httpx
 
 from coordinator import shutdown
+from coordinator.cli_output import CliError
+from coordinator.cli_output import emit as _print
+from coordinator.cli_output import table as _table
 
 GRACEFUL_SHUTDOWN_S = 10  # open connections and requests get this long on SIGTERM
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
 DEFAULT_URL = "http://127.0.0.1:7000"
 CLI_TIMEOUT_S = 30.0
-
-
-class CliError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
@@ -77,18 +74,6 @@ def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> dic
         422: EXIT_USAGE,
     }
     raise CliError(code.get(r.status_code, EXIT_FAILED), msg)
-
-
-def _table(rows: list[list[Any]], headers: list[str]) -> str:
-    widths = [max([len(h), *(len(str(r[i])) for r in rows)]) for i, h in enumerate(headers)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(out)
-
-
-def _print(args: argparse.Namespace, data: Any, human: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else human)
 
 
 def _participants_cell(t: dict[str, Any]) -> str:

@@ -52,7 +52,7 @@ import asyncio
 import heapq
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -79,6 +79,9 @@ from coordinator.raft.transport import (
     verify_post,
     well_formed_nonce,
 )
+
+if TYPE_CHECKING:  # the node builds the app: no import at run time
+    from coordinator.node import Node
 
 _WANTED = {
     h.lower().encode("latin-1")
@@ -126,7 +129,7 @@ class RaftEndpoint:
     """Serves RAFT_PATH itself and passes every other request to `app`. `node` is a
     `coordinator.node.Node` (typed loosely to avoid an import cycle)."""
 
-    def __init__(self, app: ASGIApp, node: Any, secret: str) -> None:
+    def __init__(self, app: ASGIApp, node: Node, secret: str) -> None:
         self.app = app
         self.node = node
         self.secret = secret

@@ -10,12 +10,15 @@ package without importing FastAPI routes (and the API module) in a cycle.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 
+if TYPE_CHECKING:  # the node builds the app: no import at run time
+    from coordinator.node import Node
 
-def router(node: Any) -> APIRouter:
+
+def router(node: Node) -> APIRouter:
     """The `/dashboard` routes for `node` (a `coordinator.node.Node`)."""
     from coordinator.dashboard.routes import build_router
 

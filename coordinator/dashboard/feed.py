@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import Counter as Tally
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -32,6 +32,9 @@ from coordinator.auth import Role, parse_tokens
 from coordinator.dashboard.series import SERIES_SPAN_S
 from coordinator.model import Phase2, Transaction
 from coordinator.store import ListFilter
+
+if TYPE_CHECKING:  # the node builds the app: no import at run time
+    from coordinator.node import Node
 
 SNAPSHOT_CACHE_S = 0.5  # a snapshot is rebuilt at most this often, whatever the number of streams
 MAX_LIVE_ROWS = 200  # in-flight transactions sent to browsers: flagged first, then the oldest
@@ -146,7 +149,7 @@ class LeaderMirror:
 class Feed:
     """Builds and caches what the dashboard streams; one per node."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         # Identifies this process's Metrics: a browser that reconnects asks for the seconds
         # it has not seen, which only makes sense against the same series.

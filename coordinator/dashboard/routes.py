@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
@@ -34,6 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from coordinator.api import ApiError, authenticated
 from coordinator.auth import Principal, Role, TokenTable, parse_tokens
 from coordinator.dashboard.feed import Feed
+
+if TYPE_CHECKING:  # the node builds the app: no import at run time
+    from coordinator.node import Node
 
 PUSH_INTERVAL_S = 1.0  # a stream sends a snapshot and the new seconds of activity this often
 # A stream ends after this long and the page reconnects at once, asking only for what it has
@@ -87,7 +90,7 @@ class TransferRequest(BaseModel):
     to: int = Field(ge=1)
 
 
-def build_router(node: Any) -> APIRouter:
+def build_router(node: Node) -> APIRouter:
     settings = node.settings
     tokens = TokenTable(parse_tokens(settings.api_tokens, settings.api_token))
     feed = Feed(node)

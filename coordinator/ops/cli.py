@@ -21,6 +21,7 @@ import argparse
 import os
 from typing import Any
 
+from coordinator.cli_output import CliError, emit, table
 from coordinator.ops.common import OpsError, age, redact
 
 EXIT_CODES_HELP = (
@@ -33,7 +34,6 @@ def _run(fn: Any) -> Any:
     """Run an ops command, turning OpsError into the CLI's CliError (same exit codes)."""
 
     def run(args: argparse.Namespace) -> int:
-        from coordinator.cli import CliError
 
         try:
             return int(fn(args))
@@ -51,7 +51,6 @@ def _coordinator_urls(args: argparse.Namespace) -> str:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from coordinator.cli import _print, _table
     from coordinator.ops.recover import recover
 
     res = recover(
@@ -81,7 +80,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if rows:
         lines += [
             "",
-            _table(rows, ["TXID", "PREPARED", "RECORD", "OUTCOME", "ACTION", "WHAT"]),
+            table(rows, ["TXID", "PREPARED", "RECORD", "OUTCOME", "ACTION", "WHAT"]),
         ]
     if res.other_gids:
         lines += [
@@ -91,7 +90,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
         ]
     if res.truncated:
         lines.append("note: more candidates than one pass looks at; run again")
-    _print(args, data, "\n".join(lines))
+    emit(args, data, "\n".join(lines))
     return res.exit_code()
 
 
@@ -99,7 +98,6 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from coordinator.cli import _print, _table
     from coordinator.ops.audit import audit
 
     res = audit(
@@ -132,13 +130,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if rows:
         lines += [
             "",
-            _table(
+            table(
                 rows,
                 ["PARTICIPANT", "TXID", "KIND", "PROBLEM", "HERE", "COORDINATOR", "AGE", "DETAIL"],
             ),
         ]
     lines += ["", "clean" if res.problems == 0 else f"{res.problems} problem(s) found"]
-    _print(args, res.to_dict(), "\n".join(lines))
+    emit(args, res.to_dict(), "\n".join(lines))
     return res.exit_code()
 
 
@@ -146,7 +144,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_raft_log(args: argparse.Namespace) -> int:
-    from coordinator.cli import _print, _table
     from coordinator.ops.raftinspect import read_log
 
     res = read_log(args.database_url, args.start, args.limit)
@@ -155,12 +152,11 @@ def cmd_raft_log(args: argparse.Namespace) -> int:
         f"log of {res['database']}: entries {res['first_index'] or '-'}..{res['last_index'] or '-'}"
         f" ({res['entries_stored']} stored), snapshot at {res['snapshot_index'] or '-'}"
     )
-    _print(args, res, head + "\n\n" + _table(rows, ["INDEX", "TERM", "KIND", "CONTENT"]))
+    emit(args, res, head + "\n\n" + table(rows, ["INDEX", "TERM", "KIND", "CONTENT"]))
     return 0
 
 
 def cmd_raft_state(args: argparse.Namespace) -> int:
-    from coordinator.cli import _print
     from coordinator.ops.raftinspect import read_state, state_exit_code
 
     st = read_state(args.database_url)
@@ -208,7 +204,7 @@ def cmd_raft_state(args: argparse.Namespace) -> int:
         lines += ["PROBLEMS:", *(f"- {p}" for p in st["problems"])]
     else:
         lines.append("consistent")
-    _print(args, st, "\n".join(lines))
+    emit(args, st, "\n".join(lines))
     return state_exit_code(st)
 
 
@@ -216,12 +212,11 @@ def cmd_raft_state(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from coordinator.cli import _print
     from coordinator.ops.backup import take_backup
 
     summary = take_backup(args.database_url, args.out)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items())) or "none"
-    _print(
+    emit(
         args,
         summary,
         f"backup of {summary['database']} ({summary['mode']}) at applied index "
@@ -233,7 +228,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from coordinator.cli import _print
     from coordinator.ops.backup import restore
 
     res = restore(args.database_url, args.input, node_id=args.node_id, peers=args.peers)
@@ -257,7 +251,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         "if anything may have been decided after the backup was taken, run `txc audit` "
         "against every participant before serving traffic"
     )
-    _print(args, res, "\n".join(lines))
+    emit(args, res, "\n".join(lines))
     return 0
 
 
