@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 from participant_sdk import mysql_record
 from participant_sdk.mysql_engine import create_engine
 from participant_sdk.mysql_resource import MySqlResourceManager
-from participant_sdk.recovery import main as recovery_main
+from participant_sdk.recovery_cli import main as recovery_main
 from tests.sdk import mariadb_fixture as mdb
 from tests.sdk.mariadb_fixture import branches, items, record_state, rollback_branches
 

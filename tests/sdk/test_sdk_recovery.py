@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 
 from participant_sdk import MissingTransaction, PgResourceManager, make_gid
 from participant_sdk.recovery import InDoubt, RecoveryLoop
-from participant_sdk.recovery import main as recovery_main
+from participant_sdk.recovery_cli import main as recovery_main
 
 POLL_TIMEOUT_S = 20.0
 POLL_STEP_S = 0.05
