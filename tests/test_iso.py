@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from coordinator.api import iso, iso_slow
+from coordinator.http_common import iso, iso_slow
 
 
 @given(st.floats(min_value=0, max_value=2**33, allow_nan=False, allow_infinity=False))

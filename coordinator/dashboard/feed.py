@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from coordinator.api import txn_json
 from coordinator.auth import Role, parse_tokens
 from coordinator.dashboard.series import SERIES_SPAN_S
+from coordinator.http_common import txn_json
 from coordinator.model import Phase2, Transaction
 from coordinator.store import ListFilter
 

@@ -31,9 +31,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.api import ApiError, authenticated
 from coordinator.auth import Principal, Role, TokenTable, parse_tokens
 from coordinator.dashboard.feed import Feed
+from coordinator.http_common import ApiError, authenticated
 
 if TYPE_CHECKING:  # the node builds the app: no import at run time
     from coordinator.node import Node
