@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from coordinator import shutdown
 from tests.helpers import free_port
 
 UP_TIMEOUT_S = 120.0  # until "txc is up." (the embedded PostgreSQL's initdb included)
@@ -102,5 +103,11 @@ class UpProcess:
         return time.monotonic() - t0
 
     def kill(self) -> None:
+        """After a failed test: SIGTERM first (`txc up` stops its children, which run in
+        sessions of their own that a SIGKILL of its session would not reach), then SIGKILL."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(shutdown.STOP_BOUND_S + 10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
