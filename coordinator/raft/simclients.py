@@ -52,6 +52,7 @@ class SimTxn:
     start_ms: int
     target: int  # the node the client talks to
     step: int = 0
+    forwarded_to: int = 0  # the leader `target` forwarded the last proposal to (0: none)
     rival_sent: bool = False
     # Re-proposing too eagerly only lengthens the log: back off until it shows up. What the
     # client proposed last (a step's index, or the participants acknowledging), when, and
@@ -59,6 +60,7 @@ class SimTxn:
     proposing: Hashable = None
     proposed_at: int = 0
     backoff_ms: int = 0
+    attempts: int = 0  # proposals of `proposing` so far
     local: dict[str, Outcome] = field(default_factory=dict)
     finished_ms: int | None = None
 
@@ -69,10 +71,11 @@ class SimTxn:
         (80, 160, ... ms) up to CLIENT_MAX_BACKOFF_MS. So a client adds at most one entry per
         backoff, however long the log takes to commit what it proposed."""
         if what != self.proposing:
-            self.proposing, self.backoff_ms = what, CLIENT_RETRY_MS
+            self.proposing, self.backoff_ms, self.attempts = what, CLIENT_RETRY_MS, 0
         if now_ms - self.proposed_at < self.backoff_ms:
             return False
         self.proposed_at = now_ms
+        self.attempts += 1
         self.backoff_ms = min(2 * self.backoff_ms, CLIENT_MAX_BACKOFF_MS)
         assert CLIENT_RETRY_MS <= self.backoff_ms <= CLIENT_MAX_BACKOFF_MS, self.backoff_ms
         return True
@@ -147,6 +150,7 @@ class LateAsker:
     timeout_s: float
     read_first: bool  # an outcome inquiry reads before it proposes (Engine.outcome)
     answer: str = ""  # where the answer came from (simcheck.on_answer), once answered
+    forwarded_to: int = 0  # as SimTxn's
     proposed_at: int = 0
     backoff_ms: int = 0
 

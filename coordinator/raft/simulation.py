@@ -26,6 +26,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -597,8 +598,8 @@ class Simulation:
             self._participants_learn(txn)
             if txn.finished_ms is not None:
                 return
-        elif txn.step < len(steps) and txn.retry_due(txn.step, self.now):
-            self._propose(txn, [steps[txn.step]])
+        elif txn.step < len(steps):
+            self._retry(txn, txn.step, [steps[txn.step]])
         if (
             txn.rival_abort_at is not None
             and self.now >= txn.rival_abort_at
@@ -631,9 +632,18 @@ class Simulation:
             self._finished(txn, best.outcome, best.completed_at)
             return
         names = [name for name in pending_acks(best) if name in txn.local]
-        if names and txn.retry_due(frozenset(names), self.now):
+        if names:
             at = self.now / 1000.0
-            self._propose(txn, [Ack(txn.txid, at, name=name) for name in names])
+            self._retry(txn, frozenset(names), [Ack(txn.txid, at, name=name) for name in names])
+
+    def _retry(self, txn: SimTxn, what: Hashable, cmds: list[Command]) -> None:
+        """Propose `cmds` (for `what`: a step, the acknowledgements) when the client's backoff
+        allows; a repeat of a forwarded proposal goes to where it was forwarded (`_redirect`)."""
+        if not txn.retry_due(what, self.now):
+            return
+        if txn.attempts > 1:
+            _redirect(txn)
+        self._propose(txn, cmds)
 
     def _finished(self, txn: SimTxn, outcome: Outcome | None, completed_s: float | None) -> None:
         """The client saw its transaction end (`completed_s`: when its record completed, also
@@ -684,6 +694,7 @@ class Simulation:
                 self._answered(a, answer)
                 return
         if self.now - a.proposed_at >= a.backoff_ms:
+            _redirect(a)
             a.proposed_at = self.now
             a.backoff_ms = min(2 * max(a.backoff_ms, CLIENT_RETRY_MS // 2), ASK_PATIENCE_MS)
             data = self._propose(a, a.commands(self.now / 1000.0))
@@ -709,10 +720,12 @@ class Simulation:
             return None
         data = encode_batch(cmds)
         try:
+            who.forwarded_to = 0
             if raft.role is Role.LEADER:
                 raft.propose(data)
             elif raft.leader != 0 and self.rng.random() < 0.5:
                 raft.forward_proposal(data)
+                who.forwarded_to = raft.leader
             else:
                 raise NotLeader(raft.leader)
         except NotLeader as e:
@@ -846,6 +859,17 @@ class Simulation:
                 raise InvariantViolation(
                     f"nodes applied up to {node.applied} hold different states"
                 )
+
+
+def _redirect(who: SimTxn | LateAsker) -> None:
+    """A client proposing again what it forwarded through a node goes to the leader that node
+    named, as the real shell's followers redirect (NotLeader with the leader's URL) instead of
+    forwarding. A forwarded proposal tells the client nothing, and the node may be cut off for
+    good: one whose re-admission was truncated away still believes the old leader, which drops
+    its stale-term proposals, and nothing ever tells it. A client that stayed with it waited out
+    half of its re-proposals, one backoff each (seed 206171: 4.2 s after the heal)."""
+    if who.forwarded_to:
+        who.target, who.forwarded_to = who.forwarded_to, 0
 
 
 def _machine_data(m: Machine) -> bytes:
