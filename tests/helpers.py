@@ -7,6 +7,7 @@ import asyncio
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -86,3 +87,12 @@ def trickle(port: int, head: bytes, trickle_s: float, within_s: float) -> str:
         return "no answer"
     finally:
         s.close()
+
+
+def gone(pid: int) -> bool:
+    """True when `pid` no longer runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import gone
+
 EXIT_TIMEOUT_S = 30.0  # far above the bounds the scripts below set
 
 # A command that started a child, was asked to stop, and then hangs in its cleanup (here:
@@ -36,15 +38,6 @@ HANGING = textwrap.dedent(
             pass
     """
 )
-
-
-def _gone(pid: int) -> bool:
-    """True when `pid` no longer runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def _run(
@@ -84,9 +77,9 @@ def test_a_hanging_stop_is_ended_within_the_bound_and_its_children_killed(tmp_pa
     assert "forcing the stop (not stopped 1s after)" in err
     assert "time.sleep(0.05)" in err or "hang.py" in err  # the stack of the stuck main thread
     deadline = time.monotonic() + 5
-    while not _gone(child) and time.monotonic() < deadline:
+    while not gone(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _gone(child)
+    assert gone(child)
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
@@ -97,9 +90,9 @@ def test_a_second_stop_request_forces_the_stop_at_once(tmp_path: Path) -> None:
     assert took < EXIT_TIMEOUT_S
     assert "forcing the stop (a second stop request)" in err
     deadline = time.monotonic() + 5
-    while not _gone(child) and time.monotonic() < deadline:
+    while not gone(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _gone(child)
+    assert gone(child)
 
 
 def test_forgotten_actions_do_not_run(tmp_path: Path) -> None:

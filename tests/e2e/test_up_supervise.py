@@ -18,6 +18,7 @@ import httpx
 from coordinator import shutdown, supervise
 from participant_sdk import TxcClient
 from tests.e2e.up_process import UpProcess, base_port, port_free
+from tests.helpers import gone
 from txc_demo.transfer import transfer
 
 BACK_TIMEOUT_S = 60.0  # a restarted node or bank answers /healthz within this
@@ -50,14 +51,6 @@ def _healthy(url: str, timeout_s: float) -> None:
 def _node(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "coordinator", "node", *args, "--data-dir", str(data)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_txc_up_restarts_what_dies_obeys_node_stop_start_and_stops_everything(
@@ -116,7 +109,7 @@ def test_txc_up_restarts_what_dies_obeys_node_stop_start_and_stops_everything(
         took = up.stop(signal.SIGTERM, shutdown.STOP_BOUND_S + 10)
         assert took < shutdown.STOP_BOUND_S + 5, up.output
         assert up.proc.returncode == 0, up.output
-        assert all(_gone(p) for p in pids), [p for p in pids if not _gone(p)]
+        assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]
         assert all(port_free(p) for p in up.ports())
         assert not (data / "up.json").exists()
         r = _node(data, "list")
