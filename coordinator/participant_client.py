@@ -26,6 +26,10 @@ from participant_sdk.signing import (
 )
 
 MAX_REPLY_BYTES = 64 * 1024  # a participant's answer is a small JSON document
+# Idle connections to a participant are dropped after this: under uvicorn's 5 s keep-alive,
+# so this side lets go first instead of sending on a socket the server is closing.
+KEEPALIVE_S = 4.0
+STALE_CONNECTION_RETRIES = 1  # a message sent on a connection the server had just closed
 ACTIONS = ("prepare", "commit", "abort")
 # `POST {url}/batch` (participant_sdk: MAX_BATCH_MESSAGES there is 256, its answer < 1 KiB
 # per message).
@@ -89,6 +93,7 @@ class ParticipantClient:
             limit_per_host=0,
             ttl_dns_cache=60,
             ssl=self.ssl_context or True,
+            keepalive_timeout=KEEPALIVE_S,
         )
         self._session = aiohttp.ClientSession(connector=connector)
 
@@ -176,41 +181,53 @@ class ParticipantClient:
         secret = self.registry.signing_secret(participant)
         if secret:
             headers |= signed_headers(secret, "POST", url, payload)
-        try:
-            async with self._session.post(
-                url,
-                data=payload,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=max(timeout_s, 0.001)),
-                allow_redirects=False,
-            ) as resp:
-                raw = await _read_limited(resp, max_reply)
-                if (
-                    secret
-                    and self.registry.answers_signed
-                    and not self._answer_holds(participant, headers[SIGNATURE_HEADER], resp, raw)
-                ):
-                    return Reply(None, error=f"{action}: answer not signed by {participant}")
-                body: dict[str, Any] = {}
-                if raw:
-                    try:
-                        parsed = json.loads(raw)
-                        if isinstance(parsed, dict):
-                            body = parsed
-                    except ValueError:
-                        pass
-                error = None
-                if resp.status >= 300:
-                    error = f"{action}: HTTP {resp.status} {_describe(body, raw)}"
-                return Reply(resp.status, body, error)
-        except TimeoutError:
-            return Reply(None, error=f"{action}: no answer within {timeout_s:.1f}s")
-        except asyncio.CancelledError:
-            raise
-        except aiohttp.ClientError as e:
-            return Reply(None, error=f"{action}: {type(e).__name__}: {e}"[:500])
-        except OSError as e:
-            return Reply(None, error=f"{action}: {type(e).__name__}: {e}"[:500])
+        for attempt in range(1 + STALE_CONNECTION_RETRIES):
+            try:
+                async with self._session.post(
+                    url,
+                    data=payload,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=max(timeout_s, 0.001)),
+                    allow_redirects=False,
+                ) as resp:
+                    raw = await _read_limited(resp, max_reply)
+                    if (
+                        secret
+                        and self.registry.answers_signed
+                        and not self._answer_holds(
+                            participant, headers[SIGNATURE_HEADER], resp, raw
+                        )
+                    ):
+                        return Reply(None, error=f"{action}: answer not signed by {participant}")
+                    body: dict[str, Any] = {}
+                    if raw:
+                        try:
+                            parsed = json.loads(raw)
+                            if isinstance(parsed, dict):
+                                body = parsed
+                        except ValueError:
+                            pass
+                    error = None
+                    if resp.status >= 300:
+                        error = f"{action}: HTTP {resp.status} {_describe(body, raw)}"
+                    return Reply(resp.status, body, error)
+            except TimeoutError:
+                return Reply(None, error=f"{action}: no answer within {timeout_s:.1f}s")
+            except asyncio.CancelledError:
+                raise
+            except aiohttp.ServerDisconnectedError as e:
+                # Most often a kept-alive connection the participant's server closed as we
+                # sent on it (its keep-alive timeout), so the message never arrived. Every
+                # protocol message is idempotent, so sending it again at once on a fresh
+                # connection is safe either way, and beats waiting a whole phase-2 backoff.
+                if attempt < STALE_CONNECTION_RETRIES:
+                    continue
+                return Reply(None, error=f"{action}: {type(e).__name__}: {e}"[:500])
+            except aiohttp.ClientError as e:
+                return Reply(None, error=f"{action}: {type(e).__name__}: {e}"[:500])
+            except OSError as e:
+                return Reply(None, error=f"{action}: {type(e).__name__}: {e}"[:500])
+        raise AssertionError("unreachable: the last attempt returns")
 
     def _answer_holds(
         self, participant: str, request_sig: str, resp: aiohttp.ClientResponse, raw: bytes
